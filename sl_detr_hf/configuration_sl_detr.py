@@ -1,0 +1,146 @@
+"""SL-DETR configuration: Deformable DETR plus an oriented box head and the synchronized loss."""
+
+from __future__ import annotations
+
+from huggingface_hub.dataclasses import strict
+from transformers import DeformableDetrConfig
+
+__all__ = ["DOTA_CLASSES", "SlDetrConfig"]
+
+# DOTA class lists in mmrotate's order (DESIGN.md section 6).
+_DOTA_V10 = (
+    "plane", "baseball-diamond", "bridge", "ground-track-field", "small-vehicle", "large-vehicle", "ship",
+    "tennis-court", "basketball-court", "storage-tank", "soccer-ball-field", "roundabout", "harbor",
+    "swimming-pool", "helicopter",
+)
+DOTA_CLASSES: dict[str, tuple[str, ...]] = {
+    "1.0": _DOTA_V10,
+    "1.5": (*_DOTA_V10, "container-crane"),
+    "2.0": (*_DOTA_V10, "container-crane", "airport", "helipad"),
+}
+
+_BOX_TYPES = ("rotated", "horizontal")
+
+
+@strict
+class SlDetrConfig(DeformableDetrConfig):
+    r"""Configuration of [`SlDetrForObjectDetection`].
+
+    `SlDetrConfig()` is the paper's DOTA-v1.0 architecture (`sldetr-4scale_r50`): ResNet-50, 4 feature levels,
+    6 + 6 layers, d_model 256, FFN 2048, dropout 0, 900 queries, two-stage proposals with iterative box
+    refinement, 15 DOTA classes. All Deformable DETR fields keep their meaning; the fields below are new.
+
+    box_type (`str`, defaults to `"rotated"`):
+        `"rotated"`: boxes `(cx, cy, w, h, theta)`, L1 + (synchronized) KLD. `"horizontal"`: boxes
+        `(cx, cy, w, h)`, L1 + (synchronized) GIoU, a drop-in for Deformable DETR.
+    class_cost, bbox_cost, geometric_cost (`float`, defaults 2, 5, 2):
+        Hungarian matcher weights of the focal classification cost, the L1 cost and the geometric cost
+        (KLD loss for rotated boxes, `-GIoU` for horizontal ones).
+    cls_loss_coefficient, bbox_loss_coefficient, sync_loss_coefficient (`float`, defaults 1, 5, 2):
+        Loss weights of classification, L1 and the (synchronized) KLD / GIoU term, per decoder layer.
+    focal_alpha, focal_gamma (`float`, defaults 0.25, 2):
+        Focal loss parameters (the matcher cost always; the classification loss when `use_quality_cls=False`).
+    use_sync_loc (`bool`, defaults to `True`):
+        Synchronize the localization loss with the L1 distance (DESIGN.md 4.1 / 4.2); `False` gives plain
+        GIoU / KLD losses.
+    use_quality_cls (`bool`, defaults to `True`):
+        Quality-aware classification (dynamic weights, DESIGN.md 4.3); `False` gives the focal loss.
+    quality_alpha (`float`, defaults to 0.25), quality_gamma (`float`, defaults to 2), quality_min (`float`,
+    defaults to 0.01):
+        `t = clamp(p^alpha * q^(1 - alpha), min=quality_min)`; negatives weighted by `p^gamma`.
+    sync_gain (`float`, defaults to 1.5):
+        The gain `k` in the synchronization factor `exp(k * (t - 1))`.
+    sync_giou_floor (`float`, defaults to 0.001), sync_giou_t_min / sync_giou_t_max (defaults 0, 1.2):
+        GIoU clamp and `t` clamp range of the synchronized GIoU (DESIGN.md 4.1).
+    sync_kld_t_min / sync_kld_t_max (`float`, defaults 0.8, 1.1):
+        `t` clamp range of the synchronized KLD (DESIGN.md 4.2).
+    kld_tau (`float`, defaults to 1.0):
+        `tau` in the KLD loss `1 - 1 / (tau + ln(1 + d))`.
+    one_to_many_k (`int`, defaults to 1), rank_weights (`list[float]`, optional):
+        One-to-many matching: each target takes its `k` best queries, the i-th weighted by `rank_weights[i]`
+        (defaults to all ones). `k = 1` is one-to-one Hungarian matching.
+    max_detections (`int`, defaults to 500):
+        Detections kept per image by post-processing.
+    """
+
+    model_type = "sl_detr"
+
+    box_type: str = "rotated"
+    num_queries: int = 900
+    two_stage_num_proposals: int = 900
+    two_stage: bool = True
+    with_box_refine: bool = True
+    auxiliary_loss: bool = True
+    encoder_ffn_dim: int = 2048
+    decoder_ffn_dim: int = 2048
+    dropout: float | int = 0.0
+    # matcher
+    class_cost: float | int = 2.0
+    bbox_cost: float | int = 5.0
+    geometric_cost: float | int = 2.0
+    # losses
+    cls_loss_coefficient: float | int = 1.0
+    bbox_loss_coefficient: float | int = 5.0
+    sync_loss_coefficient: float | int = 2.0
+    focal_alpha: float = 0.25
+    focal_gamma: float | int = 2.0
+    use_sync_loc: bool = True
+    use_quality_cls: bool = True
+    quality_alpha: float = 0.25
+    quality_gamma: float | int = 2.0
+    quality_min: float = 0.01
+    sync_gain: float | int = 1.5
+    sync_giou_floor: float = 0.001
+    sync_giou_t_min: float | int = 0.0
+    sync_giou_t_max: float | int = 1.2
+    sync_kld_t_min: float | int = 0.8
+    sync_kld_t_max: float | int = 1.1
+    kld_tau: float | int = 1.0
+    one_to_many_k: int = 1
+    rank_weights: list[float] | None = None
+    max_detections: int = 500
+
+    def __post_init__(self, **kwargs):
+        if self.id2label is None and "num_labels" not in kwargs:
+            self.id2label = dict(enumerate(DOTA_CLASSES["1.0"]))
+        if self.id2label is not None and self.label2id is None:
+            self.label2id = {name: int(i) for i, name in self.id2label.items()}
+        super().__post_init__(**kwargs)
+        if self.id2label is not None and self.label2id is not None and len(self.label2id) != len(self.id2label):
+            self.label2id = {name: int(i) for i, name in self.id2label.items()}
+
+    @property
+    def box_dim(self) -> int:
+        """Width of a box: 5 for `"rotated"`, 4 for `"horizontal"`."""
+        return 5 if self.box_type == "rotated" else 4
+
+    def validate_architecture(self):
+        """Reject inconsistent values with a message that names the field."""
+        super().validate_architecture()
+        if self.box_type not in _BOX_TYPES:
+            raise ValueError(f"`box_type` must be one of {_BOX_TYPES}, got {self.box_type!r}")
+        for name in ("num_queries", "two_stage_num_proposals", "d_model", "encoder_layers", "decoder_layers",
+                     "num_feature_levels", "max_detections", "one_to_many_k"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+        for name in ("class_cost", "bbox_cost", "geometric_cost", "cls_loss_coefficient", "bbox_loss_coefficient",
+                     "sync_loss_coefficient", "focal_gamma", "quality_gamma", "sync_gain", "kld_tau"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)!r}")
+        for name in ("focal_alpha", "quality_alpha"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"`{name}` must be in [0, 1], got {getattr(self, name)!r}")
+        if not 0 < self.quality_min <= 1:
+            raise ValueError(f"`quality_min` must be in (0, 1], got {self.quality_min!r}")
+        if not 0 <= self.sync_giou_floor <= 1:
+            raise ValueError(f"`sync_giou_floor` must be in [0, 1], got {self.sync_giou_floor!r}")
+        for lo, hi in (("sync_giou_t_min", "sync_giou_t_max"), ("sync_kld_t_min", "sync_kld_t_max")):
+            if getattr(self, lo) > getattr(self, hi):
+                raise ValueError(f"`{lo}` ({getattr(self, lo)}) must be <= `{hi}` ({getattr(self, hi)})")
+        if self.rank_weights is not None and len(self.rank_weights) != self.one_to_many_k:
+            raise ValueError(f"`rank_weights` must have `one_to_many_k` = {self.one_to_many_k} entries, "
+                             f"got {len(self.rank_weights)}")
+        if self.two_stage and self.two_stage_num_proposals != self.num_queries:
+            raise ValueError(f"with `two_stage`, `two_stage_num_proposals` ({self.two_stage_num_proposals}) must "
+                             f"equal `num_queries` ({self.num_queries})")
