@@ -1,0 +1,241 @@
+"""DOTA mAP (official devkit rules, exact rotated IoU) and the Task1 submission writer.
+
+Rules of ``DOTA_devkit/dota_evaluation_task1.py`` (``voc_eval``):
+
+- per class, the detections of all images are ranked by decreasing score (ties keep input order);
+- a detection is compared with every ground truth of its class in its image; ``ovmax`` is the largest IoU
+  and ``jmax`` that ground truth (difficult or already matched ones included);
+- ``ovmax > iou_threshold`` (strictly): if ``jmax`` is difficult (and ``ignore_difficult``) the detection is
+  neither TP nor FP; else it is TP if ``jmax`` is still unmatched (which marks it), FP otherwise;
+  ``ovmax <= iou_threshold`` or no ground truth: FP;
+- recall = TP / (number of non-difficult ground truths), precision = TP / (TP + FP) over the ranking;
+  AP is VOC07 11-point (``use_07_metric``, the devkit's ``np.arange(0, 1.1, 0.1)`` recall points) or the
+  area under the monotone precision envelope.
+
+Ground truths are rotated boxes (a DOTA polygon becomes its minimum-area rectangle, as in mmrotate), so for
+non-rectangular annotated quadrilaterals IoU differs slightly from the devkit's polygon IoU.
+Classes without non-difficult ground truth have no AP (``nan`` in ``"AP"``) and are left out of ``"mAP"``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..rotated_boxes import box_iou_rotated, poly_to_rbox, rbox_to_poly, regularize_rboxes
+from ._utils import image_key
+
+__all__ = ["evaluate_dota", "voc_ap", "write_task1_submission"]
+
+
+def _array(value: Any, dtype: torch.dtype) -> Tensor:
+    if isinstance(value, Tensor):
+        return value.detach().cpu().to(dtype)
+    return torch.as_tensor(np.asarray(value), dtype=dtype)
+
+
+def _rboxes(item: Mapping, where: str) -> Tensor:
+    """``(N, 5)`` float64 pixel rotated boxes of a per-image dict: ``rboxes``, else ``boxes`` (N, 5), else polygons."""
+    if item.get("rboxes") is not None:
+        boxes = _array(item["rboxes"], torch.float64).reshape(-1, 5)
+    elif item.get("boxes") is not None and np.shape(item["boxes"])[-1:] == (5,):
+        boxes = _array(item["boxes"], torch.float64).reshape(-1, 5)
+    elif item.get("polygons") is not None:
+        return poly_to_rbox(_array(item["polygons"], torch.float64).reshape(-1, 8))
+    elif item.get("boxes") is not None and np.size(item["boxes"]) == 0:
+        boxes = torch.zeros(0, 5, dtype=torch.float64)
+    else:
+        raise ValueError(f"{where} needs pixel rotated boxes: 'rboxes' or 'boxes' of shape (N, 5), or "
+                         f"'polygons' (N, 8); got keys {sorted(item)} (axis-aligned 'boxes' cannot be evaluated here)")
+    return regularize_rboxes(boxes)
+
+
+def _per_image(items: Sequence[Mapping], name: str, detections: bool) -> dict[Any, dict[str, Tensor]]:
+    out: dict[Any, dict[str, Tensor]] = {}
+    for i, item in enumerate(items):
+        where = f"{name}[{i}]"
+        if not isinstance(item, Mapping) or "image_id" not in item:
+            raise ValueError(f"{where} must be a dict with 'image_id'")
+        key = image_key(item["image_id"])
+        if key in out:
+            raise ValueError(f"{where}: duplicate image_id {key!r}")
+        boxes = _rboxes(item, where)
+        n = boxes.shape[0]
+        entry = {"boxes": boxes, "labels": _array(item.get("labels", []), torch.int64).reshape(-1)}
+        if detections:
+            entry["scores"] = _array(item.get("scores", []), torch.float64).reshape(-1)
+        else:
+            diff = item.get("difficult")
+            entry["difficult"] = (torch.zeros(n, dtype=torch.bool) if diff is None
+                                  else _array(diff, torch.int64).reshape(-1) != 0)
+        for field, value in entry.items():
+            if value.shape[0] != n:
+                raise ValueError(f"{where}['{field}'] has {value.shape[0]} entries for {n} boxes")
+        if n and bool((entry["labels"] < 0).any()):
+            raise ValueError(f"{where}['labels'] must be >= 0")
+        out[key] = entry
+    return out
+
+
+def _cat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
+
+
+def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool = True) -> float:
+    """AP from a ranking's recall / precision curves ``(D,)``, exactly as the DOTA devkit computes it."""
+    if use_07_metric:
+        ap = 0.0
+        for t in np.arange(0.0, 1.1, 0.1):
+            p = float(np.max(precision[recall >= t])) if np.any(recall >= t) else 0.0
+            ap += p / 11.0
+        return ap
+    mrec = np.concatenate(([0.0], recall, [1.0]))
+    mpre = np.concatenate(([0.0], precision, [0.0]))
+    mpre = np.maximum.accumulate(mpre[::-1])[::-1]
+    i = np.where(mrec[1:] != mrec[:-1])[0]
+    return float(np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1]))
+
+
+def _match_image(det: dict[str, Tensor], gt: dict[str, Tensor] | None) -> tuple[np.ndarray, np.ndarray]:
+    """``ovmax (D,)`` and ``jmax (D,)`` of each detection against same-class ground truth (-inf / -1 if none)."""
+    d = det["boxes"].shape[0]
+    if gt is None or gt["boxes"].shape[0] == 0 or d == 0:
+        return np.full(d, -np.inf), np.full(d, -1, dtype=np.int64)
+    iou = box_iou_rotated(det["boxes"], gt["boxes"])  # (D, G), all classes at once
+    same = det["labels"][:, None] == gt["labels"][None, :]
+    iou = torch.where(same, iou, torch.full_like(iou, -np.inf))
+    ovmax, jmax = iou.max(dim=1)
+    ovmax = ovmax.numpy()
+    jmax = np.where(np.isfinite(ovmax), jmax.numpy(), -1)
+    return ovmax, jmax
+
+
+def evaluate_dota(detections: Sequence[Mapping], ground_truths: Sequence[Mapping], iou_threshold: float = 0.5,
+                  use_07_metric: bool = True, ignore_difficult: bool = True, num_classes: int | None = None,
+                  class_names: Sequence[str] | None = None) -> dict[str, Any]:
+    """DOTA Task1 mAP (module docstring for the rules).
+
+    Args:
+        detections: per-image dicts ``{"image_id", "rboxes" or "boxes" (N, 5) pixel rotated boxes (or
+            "polygons" (N, 8)), "scores" (N,), "labels" (N,)}`` (post-processing output plus the id);
+            tensors or arrays. Images without an entry have no detections.
+        ground_truths: per-image dicts ``{"image_id", "boxes" (M, 5) (or "polygons" (M, 8)), "labels" (M,),
+            "difficult" (M,) optional}``. Detections of an image absent here are false positives.
+        iou_threshold: a match needs IoU strictly above it.
+        use_07_metric: VOC07 11-point AP (DOTA) or area under the precision envelope.
+        ignore_difficult: the devkit rule; ``False`` treats difficult objects as ordinary ones (mmrotate).
+        num_classes: if given, labels must be below it and every class id appears in the result.
+        class_names: names of the class ids; adds ``"AP_by_name"``.
+    Returns:
+        ``{"mAP": float, "AP": {class id: float}, "recall": {id: float}, "precision": {id: float},
+        "num_gts": {id: int}, "num_dets": {id: int}, "mRecall": float}`` (+ ``"AP_by_name"``); recall and
+        precision are those of the whole ranking (all detections kept).
+    """
+    dets = _per_image(detections, "detections", detections=True)
+    gts = _per_image(ground_truths, "ground_truths", detections=False)
+    if not ignore_difficult:
+        for gt in gts.values():
+            gt["difficult"] = torch.zeros_like(gt["difficult"])
+
+    # Per detection: class, score, ovmax, global index of jmax, difficulty of jmax.
+    labels, scores, ovmax, gt_index, gt_difficult = [], [], [], [], []
+    offsets, offset = {}, 0
+    for key, gt in gts.items():
+        offsets[key] = offset
+        offset += gt["boxes"].shape[0]
+    for key, det in dets.items():
+        gt = gts.get(key)
+        ov, jm = _match_image(det, gt)
+        labels.append(det["labels"].numpy())
+        scores.append(det["scores"].numpy())
+        ovmax.append(ov)
+        gt_index.append(np.where(jm >= 0, jm + offsets.get(key, 0), -1))
+        has_gt = gt is not None and gt["boxes"].shape[0] > 0
+        gt_difficult.append(gt["difficult"].numpy()[np.maximum(jm, 0)] & (jm >= 0) if has_gt
+                            else np.zeros(len(jm), dtype=bool))
+    labels, scores, ovmax = _cat(labels, np.int64), _cat(scores, np.float64), _cat(ovmax, np.float64)
+    gt_index, gt_difficult = _cat(gt_index, np.int64), _cat(gt_difficult, bool)
+    gt_labels = _cat([g["labels"].numpy() for g in gts.values()], np.int64)
+    gt_counted = _cat([~g["difficult"].numpy() for g in gts.values()], bool)
+
+    class_ids = set(labels.tolist()) | set(gt_labels.tolist())
+    if num_classes is not None:
+        if class_ids and max(class_ids) >= num_classes:
+            raise ValueError(f"label {max(class_ids)} is not below num_classes={num_classes}")
+        class_ids |= set(range(num_classes))
+    result: dict[str, Any] = {k: {} for k in ("AP", "recall", "precision", "num_gts", "num_dets")}
+    for c in sorted(class_ids):
+        npos = int(np.sum(gt_counted & (gt_labels == c)))
+        sel = np.nonzero(labels == c)[0]
+        sel = sel[np.argsort(-scores[sel], kind="stable")]
+        hit = ovmax[sel] > iou_threshold
+        ignored = hit & gt_difficult[sel]
+        cand = hit & ~ignored
+        tp = np.zeros(len(sel), dtype=bool)
+        _, first = np.unique(gt_index[sel][cand], return_index=True)  # first (best-ranked) claim of each GT
+        tp[np.nonzero(cand)[0][first]] = True
+        fp = ~tp & ~ignored
+        tp_cum, fp_cum = np.cumsum(tp), np.cumsum(fp)
+        result["num_gts"][c], result["num_dets"][c] = npos, len(sel)
+        if npos == 0:
+            result["AP"][c] = result["recall"][c] = float("nan")
+            counted = tp_cum[-1] + fp_cum[-1] if len(sel) else 0
+            result["precision"][c] = float(tp_cum[-1] / counted) if counted else float("nan")
+            continue
+        rec = tp_cum / float(npos)
+        prec = tp_cum / np.maximum(tp_cum + fp_cum, np.finfo(np.float64).eps)
+        result["AP"][c] = voc_ap(rec, prec, use_07_metric)
+        result["recall"][c] = float(rec[-1]) if len(rec) else 0.0
+        result["precision"][c] = float(prec[-1]) if len(prec) else 0.0
+    valid = [c for c in result["AP"] if result["num_gts"][c] > 0]
+    result["mAP"] = float(np.mean([result["AP"][c] for c in valid])) if valid else float("nan")
+    result["mRecall"] = float(np.mean([result["recall"][c] for c in valid])) if valid else float("nan")
+    if class_names is not None:
+        result["AP_by_name"] = {(class_names[c] if c < len(class_names) else str(c)): ap
+                                for c, ap in result["AP"].items()}
+    return result
+
+
+def write_task1_submission(detections: Sequence[Mapping], out_dir: str | os.PathLike,
+                           class_names: Sequence[str]) -> list[str]:
+    """Write DOTA Task1 result files ``Task1_<class>.txt``: lines ``image_id score x1 y1 x2 y2 x3 y3 x4 y4``.
+
+    Args:
+        detections: per-image dicts as for :func:`evaluate_dota` (``"polygons"`` used when present).
+        out_dir: created if needed; one file per class name, empty for classes without detections.
+        class_names: name of each class id.
+    Returns:
+        The written paths, in class order.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    lines: list[list[str]] = [[] for _ in class_names]
+    for i, item in enumerate(detections):
+        where = f"detections[{i}]"
+        if not isinstance(item, Mapping) or "image_id" not in item:
+            raise ValueError(f"{where} must be a dict with 'image_id'")
+        image_id = image_key(item["image_id"])
+        if item.get("polygons") is not None:
+            polys = _array(item["polygons"], torch.float64).reshape(-1, 8)
+        else:
+            polys = rbox_to_poly(_rboxes(item, where))
+        item_scores = _array(item.get("scores", []), torch.float64).reshape(-1)
+        item_labels = _array(item.get("labels", []), torch.int64).reshape(-1)
+        if not polys.shape[0] == item_scores.shape[0] == item_labels.shape[0]:
+            raise ValueError(f"{where}: boxes, scores and labels differ in length")
+        for poly, score, label in zip(polys.tolist(), item_scores.tolist(), item_labels.tolist()):
+            if not 0 <= label < len(class_names):
+                raise ValueError(f"{where}: label {label} has no class name ({len(class_names)} names)")
+            coords = " ".join(f"{v:.2f}" for v in poly)
+            lines[label].append(f"{image_id} {score:.6f} {coords}\n")
+    paths = []
+    for name, cls_lines in zip(class_names, lines):
+        path = os.path.join(out_dir, f"Task1_{name}.txt")
+        with open(path, "w") as f:
+            f.writelines(cls_lines)
+        paths.append(path)
+    return paths
