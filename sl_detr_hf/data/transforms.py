@@ -1,0 +1,132 @@
+"""Training augmentation for oriented boxes through torchvision's rotated ``tv_tensors``.
+
+Boxes enter torchvision once (:func:`~sl_detr_hf.rotated_boxes.rboxes_to_torchvision`) and come back once
+(:func:`~sl_detr_hf.rotated_boxes.rboxes_from_torchvision`); torchvision does all the geometry.
+
+Rule for objects near the border (DESIGN.md: "dropped or clipped by a documented rule"): boxes are never
+clipped (torchvision's clamping is off); an object is kept when its box centre stays inside the image and at
+least ``min_visibility`` of its box area lies inside the image (exact rotated intersection); otherwise it is
+dropped together with its per-object fields.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+from ..rotated_boxes import box_iou_rotated, rbox_area, rbox_to_poly, rboxes_from_torchvision, rboxes_to_torchvision
+
+__all__ = ["PER_OBJECT_KEYS", "RandomRotate90", "RotatedDetectionAugment", "visible_fraction"]
+
+PER_OBJECT_KEYS = ("class_labels", "labels", "category", "difficult", "iscrowd")
+"""Target fields filtered together with ``boxes`` (``area`` and ``polygon`` are recomputed when present)."""
+
+
+class RandomRotate90(v2.Transform):
+    """Rotate by a random multiple of 90 degrees (the canvas turns with it, nothing is cut), with probability ``p``."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        self.p = p
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        if torch.rand(()) >= self.p:
+            return {"angle": 0}
+        return {"angle": 90 * int(torch.randint(1, 4, ()))}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if params["angle"] == 0:
+            return inpt
+        return self._call_kernel(F.rotate, inpt, angle=params["angle"], expand=True)
+
+
+def visible_fraction(boxes: Tensor, height: int, width: int) -> Tensor:
+    """Fraction of each rotated box ``(N, 5)`` inside the image ``[0, W] x [0, H]``, ``(N,)``."""
+    if boxes.shape[0] == 0:
+        return boxes.new_zeros(0)
+    frame = boxes.new_tensor([[width / 2, height / 2, width, height, 0.0]])
+    iou = box_iou_rotated(boxes, frame)[:, 0]
+    area, frame_area = rbox_area(boxes), float(width * height)
+    inter = iou * (area + frame_area) / (1 + iou)  # from IoU = I / (A + B - I)
+    return inter / area.clamp_min(1e-6)
+
+
+class RotatedDetectionAugment:
+    """``(image, target) -> (image, target)`` augmentation for pixel rotated boxes (detr-style transform).
+
+    Steps, each optional: horizontal flip, vertical flip, rotation by a multiple of 90 degrees, rotation by a
+    random angle in ``[-rotate_degrees, rotate_degrees]`` (canvas kept, corners filled with ``fill``), random
+    shortest-side resize to one of ``scales`` (longest side ``<= max_size``), colour jitter. Then the border
+    rule of this module drops objects.
+
+    Args:
+        image: PIL image or ``(3, H, W)`` uint8 tensor. target: ``"boxes"`` ``(N, 5)`` pixel rotated boxes,
+            the per-object fields of :data:`PER_OBJECT_KEYS` (``(N, ...)``), optional ``"area"``, ``"polygon"``
+            (recomputed), ``"size"`` (set to the new ``(H, W)``); other fields pass through.
+    Returns:
+        ``(3, H', W')`` uint8 tensor and the new target (``boxes`` float32 le90).
+    """
+
+    def __init__(
+        self,
+        hflip_prob: float = 0.5,
+        vflip_prob: float = 0.5,
+        rot90_prob: float = 0.5,
+        rotate_prob: float = 0.0,
+        rotate_degrees: float = 180.0,
+        scales: Sequence[int] | None = None,
+        max_size: int | None = None,
+        brightness: float = 0.2,
+        contrast: float = 0.2,
+        saturation: float = 0.2,
+        hue: float = 0.0,
+        min_visibility: float = 0.5,
+        fill: int = 0,
+    ) -> None:
+        steps: list[v2.Transform] = []
+        if hflip_prob > 0:
+            steps.append(v2.RandomHorizontalFlip(hflip_prob))
+        if vflip_prob > 0:
+            steps.append(v2.RandomVerticalFlip(vflip_prob))
+        if rot90_prob > 0:
+            steps.append(RandomRotate90(rot90_prob))
+        if rotate_prob > 0:
+            steps.append(v2.RandomApply([v2.RandomRotation(rotate_degrees, fill=fill)], p=rotate_prob))
+        if scales:
+            steps.append(v2.RandomShortestSize(list(scales), max_size=max_size))
+        if brightness or contrast or saturation or hue:
+            steps.append(v2.ColorJitter(brightness, contrast, saturation, hue))
+        self.transform = v2.Compose(steps)
+        self.min_visibility = min_visibility
+
+    def __call__(self, image: Image.Image | Tensor, target: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
+        if isinstance(image, Image.Image):
+            image = F.pil_to_tensor(image.convert("RGB"))
+        height, width = image.shape[-2:]
+        boxes = torch.as_tensor(target["boxes"], dtype=torch.float32).reshape(-1, 5)
+        tv_boxes = rboxes_to_torchvision(boxes, (height, width))
+        tv_boxes.clamping_mode = None  # never clip: the border rule below decides
+        out_image, out_boxes = self.transform(tv_tensors.Image(image), tv_boxes)
+        new_h, new_w = out_image.shape[-2:]
+        boxes = rboxes_from_torchvision(out_boxes).float()
+        inside = ((boxes[:, 0] >= 0) & (boxes[:, 0] <= new_w) & (boxes[:, 1] >= 0) & (boxes[:, 1] <= new_h)
+                  & (visible_fraction(boxes, new_h, new_w) >= self.min_visibility))
+        result = dict(target)
+        result["boxes"] = boxes[inside]
+        for key in PER_OBJECT_KEYS:
+            if key in target:
+                result[key] = torch.as_tensor(target[key])[inside]
+        if "area" in target:
+            result["area"] = rbox_area(result["boxes"])
+        if "polygon" in target:
+            result["polygon"] = rbox_to_poly(result["boxes"])
+        if "size" in target:
+            result["size"] = torch.tensor([new_h, new_w])
+        return out_image.as_subclass(Tensor), result
