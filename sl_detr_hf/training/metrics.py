@@ -1,0 +1,199 @@
+"""``compute_metrics`` for ``transformers.Trainer``: DOTA mAP (rotated models) or COCO mAP (horizontal).
+
+What it expects (the ``EvalPrediction`` the Trainer builds):
+
+- ``predictions``: the model outputs without the loss, as the Trainer collects them: a ``ModelOutput`` /
+  dict with ``logits`` and ``pred_boxes``, or a tuple in output order in which ``logits (B, Q, C)`` is
+  directly followed by ``pred_boxes (B, Q, 5|4)`` (other entries such as ``loss_dict`` or auxiliary outputs
+  are skipped), or a list of such tuples, one per batch (``eval_do_concat_batches=False``). Tensors or
+  arrays. ``select_detection_outputs`` as ``preprocess_logits_for_metrics`` keeps only the two tensors
+  (much less memory).
+- ``label_ids``: the ``labels`` of the batch(es): per-image dicts with ``boxes`` normalized as DESIGN.md
+  section 2, ``class_labels``, ``orig_size`` ``(H, W)`` (``size`` if absent) and, for rotated boxes,
+  optional ``difficult``. A list of dicts (one batch, or all images) or a list of lists (per batch).
+
+Use ``TrainingArguments(eval_do_concat_batches=False, label_names=["labels"],
+remove_unused_columns=False)``: with concatenation the Trainer merges the label dicts of different
+batches position by position, which is detected here and reported as an error. ``batch_eval_metrics=True``
+is supported (detections are accumulated until ``compute_result=True``). Scores are evaluated at original
+resolution: predictions and ground truth are both scaled by ``orig_size`` (exact, since the resize keeps
+the aspect ratio).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..evaluation import evaluate_coco, evaluate_dota
+from ..image_processing_sl_detr import SlDetrImageProcessor
+from ..rotated_boxes import denormalize_rboxes
+
+__all__ = ["DetectionMetrics", "select_detection_outputs"]
+
+
+def _is_array(x: Any) -> bool:
+    return isinstance(x, (Tensor, np.ndarray))
+
+
+def _find_outputs(item: Any) -> tuple[Any, Any] | None:
+    """``(logits, pred_boxes)`` in one batch's outputs (mapping or sequence in output order), else ``None``."""
+    if isinstance(item, Mapping) or hasattr(item, "pred_boxes"):
+        logits = item.get("logits") if isinstance(item, Mapping) else getattr(item, "logits", None)
+        boxes = item.get("pred_boxes") if isinstance(item, Mapping) else getattr(item, "pred_boxes", None)
+        return (logits, boxes) if _is_array(logits) and _is_array(boxes) else None
+    if isinstance(item, (list, tuple)):
+        for a, b in zip(item[:-1], item[1:]):
+            if (_is_array(a) and _is_array(b) and a.ndim == 3 and b.ndim == 3 and a.shape[:2] == b.shape[:2]
+                    and b.shape[-1] in (4, 5)):
+                return a, b
+    return None
+
+
+def select_detection_outputs(logits: Any, labels: Any = None) -> tuple[Tensor, Tensor]:
+    """``preprocess_logits_for_metrics`` for ``Trainer``: keep only ``(logits, pred_boxes)`` of a batch."""
+    found = _find_outputs(logits)
+    if found is None:
+        raise ValueError("could not find logits (B, Q, C) followed by pred_boxes (B, Q, 4|5) in the model outputs")
+    return found
+
+
+def _batches(predictions: Any, label_ids: Any) -> list[tuple[Tensor, Tensor, list[Mapping]]]:
+    """Split an ``EvalPrediction`` into ``(logits, pred_boxes, labels)`` per batch."""
+    found = _find_outputs(predictions)
+    if found is not None:
+        pred_batches, label_batches = [found], [label_ids]
+    elif isinstance(predictions, (list, tuple)) and all(_find_outputs(p) is not None for p in predictions):
+        pred_batches = [_find_outputs(p) for p in predictions]
+        label_batches = label_ids
+        if not isinstance(label_ids, (list, tuple)) or len(label_ids) != len(pred_batches):
+            raise ValueError(f"got {len(pred_batches)} prediction batches but labels of another structure; pass "
+                             "eval_do_concat_batches=False so both are lists of batches")
+    else:
+        raise ValueError("predictions must hold logits (B, Q, C) followed by pred_boxes (B, Q, 4|5), or be a list "
+                         "of such per-batch outputs")
+    out = []
+    for (logits, boxes), labels in zip(pred_batches, label_batches):
+        if isinstance(labels, Mapping):
+            labels = [labels]
+        if not isinstance(labels, (list, tuple)) or not all(isinstance(t, Mapping) for t in labels):
+            raise ValueError("labels must be per-image dicts (a list per batch)")
+        if any(t.get("orig_size", t.get("size")) is None or "boxes" not in t or "class_labels" not in t
+               for t in labels):
+            raise ValueError("every label dict needs 'boxes', 'class_labels' and 'orig_size' (or 'size')")
+        if len(labels) != logits.shape[0] or any(np.size(_np(t.get("orig_size", t.get("size")))) != 2
+                                                 for t in labels):
+            raise ValueError(f"{logits.shape[0]} predicted images but {len(labels)} label dicts (or merged sizes): "
+                             "the Trainer concatenated per-image label dicts across batches; set "
+                             "TrainingArguments(eval_do_concat_batches=False)")
+        out.append((torch.as_tensor(_np(logits)), torch.as_tensor(_np(boxes)), list(labels)))
+    return out
+
+
+def _np(value: Any) -> np.ndarray:
+    if isinstance(value, Tensor):
+        return value.detach().cpu().float().numpy() if value.is_floating_point() else value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+class DetectionMetrics:
+    """A ``compute_metrics`` callable: post-processes predictions and returns DOTA or COCO mAP.
+
+    Rotated models (``pred_boxes`` with 5 coordinates) get :func:`evaluate_dota`: ``mAP``, ``mRecall`` and
+    ``AP_<class>`` for classes with ground truth; horizontal models get :func:`evaluate_coco`: the 12 COCO stats
+    and ``AP_<class>``.
+
+    Args:
+        image_processor: its ``post_process_object_detection`` is used (default: a fresh SlDetrImageProcessor).
+        id2label: class names for the per-class keys (class ids otherwise).
+        threshold: minimum score of a kept detection (0: keep the whole top-k, as mAP expects).
+        top_k: detections per image (default: the processor's ``max_detections``; COCO uses at most 100).
+        nms_iou_threshold: optional class-wise rotated NMS in post-processing.
+        iou_threshold, use_07_metric, ignore_difficult: passed to :func:`evaluate_dota`.
+    """
+
+    def __init__(self, image_processor: SlDetrImageProcessor | None = None,
+                 id2label: Mapping[int, str] | None = None, threshold: float = 0.0, top_k: int | None = None,
+                 nms_iou_threshold: float | None = None, iou_threshold: float = 0.5, use_07_metric: bool = True,
+                 ignore_difficult: bool = True) -> None:
+        self.image_processor = image_processor if image_processor is not None else SlDetrImageProcessor()
+        self.id2label = {int(k): str(v) for k, v in id2label.items()} if id2label else None
+        self.threshold, self.top_k, self.nms_iou_threshold = threshold, top_k, nms_iou_threshold
+        self.iou_threshold, self.use_07_metric, self.ignore_difficult = iou_threshold, use_07_metric, ignore_difficult
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget accumulated images."""
+        self._detections: list[dict[str, Any]] = []
+        self._ground_truths: list[dict[str, Any]] = []
+        self._rotated: bool | None = None
+
+    def update(self, predictions: Any, label_ids: Any) -> None:
+        """Post-process and store the detections and ground truth of one or more batches."""
+        for logits, boxes, labels in _batches(predictions, label_ids):
+            rotated = boxes.shape[-1] == 5
+            if self._rotated is not None and self._rotated != rotated:
+                raise ValueError("box type changed between batches")
+            self._rotated = rotated
+            sizes = torch.as_tensor(np.stack([_np(t.get("orig_size", t.get("size"))).reshape(2) for t in labels]))
+            top_k = self.top_k
+            if top_k is None and not rotated:  # COCO protocol: 100 detections per image
+                top_k = min(100, self.image_processor.max_detections)
+            results = self.image_processor.post_process_object_detection(
+                {"logits": logits, "pred_boxes": boxes}, threshold=self.threshold, target_sizes=sizes,
+                top_k=top_k, nms_iou_threshold=self.nms_iou_threshold)
+            for result, target, size in zip(results, labels, sizes):
+                image_id = len(self._ground_truths)
+                self._ground_truths.append(self._ground_truth(target, size, rotated, image_id))
+                det = {"image_id": image_id, "scores": result["scores"], "labels": result["labels"]}
+                det["rboxes" if rotated else "boxes"] = result["rboxes" if rotated else "boxes"]
+                self._detections.append(det)
+
+    @staticmethod
+    def _ground_truth(target: Mapping, size: Tensor, rotated: bool, image_id: int) -> dict[str, Any]:
+        boxes = torch.as_tensor(_np(target["boxes"]), dtype=torch.float64).reshape(-1, 5 if rotated else 4)
+        labels = torch.as_tensor(_np(target["class_labels"])).reshape(-1).long()
+        height, width = (float(v) for v in size)
+        if rotated:
+            pixel = denormalize_rboxes(boxes, (height, width))
+            difficult = target.get("difficult")
+            difficult = (torch.zeros(len(labels), dtype=torch.bool) if difficult is None
+                         else torch.as_tensor(_np(difficult)).reshape(-1).bool())
+            return {"image_id": image_id, "boxes": pixel, "labels": labels, "difficult": difficult}
+        scale = boxes.new_tensor([width, height, width, height])
+        cxcywh = boxes * scale
+        xyxy = torch.cat((cxcywh[:, :2] - cxcywh[:, 2:] / 2, cxcywh[:, :2] + cxcywh[:, 2:] / 2), dim=-1)
+        return {"image_id": image_id, "boxes": xyxy, "labels": labels}
+
+    def compute(self) -> dict[str, float]:
+        """Metrics of everything accumulated since the last reset (then resets)."""
+        if self._rotated is None:
+            raise ValueError("no predictions were given")
+        names = self.id2label or {}
+        if self._rotated:
+            res = evaluate_dota(self._detections, self._ground_truths, iou_threshold=self.iou_threshold,
+                                use_07_metric=self.use_07_metric, ignore_difficult=self.ignore_difficult)
+            metrics = {"mAP": res["mAP"], "mRecall": res["mRecall"]}
+            per_class = {c: ap for c, ap in res["AP"].items() if res["num_gts"][c] > 0}
+        else:
+            res = evaluate_coco(self._detections, self._ground_truths)
+            per_class = res.pop("AP_per_class")
+            metrics = dict(res)
+        metrics.update({f"AP_{names.get(c, c)}": float(ap) for c, ap in per_class.items()})
+        self.reset()
+        return metrics
+
+    def __call__(self, eval_pred: Any, compute_result: bool | None = None) -> dict[str, float]:
+        """``compute_metrics(EvalPrediction)``; with ``batch_eval_metrics`` accumulate until ``compute_result``."""
+        predictions = eval_pred.predictions if hasattr(eval_pred, "predictions") else eval_pred[0]
+        label_ids = eval_pred.label_ids if hasattr(eval_pred, "label_ids") else eval_pred[1]
+        if compute_result is None:
+            self.reset()
+        self.update(predictions, label_ids)
+        if compute_result is None or compute_result:
+            return self.compute()
+        return {}

@@ -1,0 +1,249 @@
+"""SlDetrImageProcessor: resize / pad / labels, round trip through post-processing, save / load, errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from transformers.utils import ModelOutput
+
+from sl_detr_hf.image_processing_sl_detr import SlDetrImageProcessor
+from sl_detr_hf.rotated_boxes import poly_to_rbox, rbox_to_poly
+
+NUM_CLASSES = 4
+
+
+def _random_objects(rng: np.random.Generator, height: int, width: int, n: int) -> list[dict]:
+    """Rotated rectangles inside the image, given as DOTA polygons in a random corner order."""
+    objects = []
+    for _ in range(n):
+        w, h = rng.uniform(8, 0.3 * min(height, width), size=2)
+        cx, cy = rng.uniform(0.35 * width, 0.65 * width), rng.uniform(0.35 * height, 0.65 * height)
+        theta = rng.uniform(-math.pi, math.pi)
+        cos, sin = math.cos(theta), math.sin(theta)
+        corners = [(cx + cos * dx - sin * dy, cy + sin * dx + cos * dy)
+                   for dx, dy in ((-w / 2, -h / 2), (w / 2, -h / 2), (w / 2, h / 2), (-w / 2, h / 2))]
+        shift = int(rng.integers(4))
+        corners = corners[shift:] + corners[:shift]
+        objects.append({"polygon": [v for p in corners for v in p], "category_id": int(rng.integers(NUM_CLASSES)),
+                        "difficult": int(rng.integers(2))})
+    return objects
+
+
+def _perfect_outputs(labels: list, num_queries: int = 12) -> ModelOutput:
+    """Logits high for the right class of the first queries, pred_boxes = the labels; other queries low."""
+    batch, dim = len(labels), labels[0]["boxes"].shape[-1]
+    logits = torch.full((batch, num_queries, NUM_CLASSES), -10.0)
+    boxes = torch.full((batch, num_queries, dim), 0.25)
+    if dim == 5:
+        boxes[..., 4] = 0.0
+    for b, target in enumerate(labels):
+        n = target["boxes"].shape[0]
+        boxes[b, :n] = target["boxes"]
+        logits[b, torch.arange(n), target["class_labels"]] = 10.0
+    return ModelOutput(logits=logits, pred_boxes=boxes)
+
+
+def _angle_diff(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    d = torch.remainder(a - b + math.pi / 2, math.pi) - math.pi / 2
+    return d.abs()
+
+
+@pytest.mark.parametrize("size", [{"shortest_edge": 1024, "longest_edge": 1024},
+                                  {"shortest_edge": 600, "longest_edge": 1000},
+                                  {"max_height": 333, "max_width": 517}])
+def test_rotated_round_trip(size):
+    rng = np.random.default_rng(0)
+    shapes = [(480, 640), (1000, 357), (731, 731), (250, 1203)]
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in shapes]
+    annotations = [{"image_id": i, "annotations": _random_objects(rng, h, w, 5)} for i, (h, w) in enumerate(shapes)]
+    processor = SlDetrImageProcessor(size=size)
+    enc = processor(images=images, annotations=annotations, return_tensors="pt")
+
+    pad_h, pad_w = enc["pixel_values"].shape[-2:]
+    for b, target in enumerate(enc["labels"]):
+        (h, w), (hr, wr) = target["orig_size"].tolist(), target["size"].tolist()
+        assert abs(wr / w - hr / h) <= 1 / w + 1 / h  # aspect kept
+        assert int(enc["pixel_mask"][b].sum()) == hr * wr
+        assert bool(enc["pixel_mask"][b, :hr, :wr].all())
+        assert pad_h == max(int(t["size"][0]) for t in enc["labels"])
+        assert target["boxes"].shape == (5, 5)
+        assert torch.equal(target["difficult"], torch.tensor([bool(o["difficult"]) for o in
+                                                             annotations[b]["annotations"]]))
+
+    results = processor.post_process_object_detection(
+        _perfect_outputs(enc["labels"]), threshold=0.5, target_sizes=[t["orig_size"].tolist() for t in enc["labels"]])
+    for target, ann, res in zip(enc["labels"], annotations, results):
+        expected = poly_to_rbox(torch.tensor([o["polygon"] for o in ann["annotations"]], dtype=torch.float64))
+        assert len(res["scores"]) == len(expected)
+        # All scores are equal, so the output order is not the object order: match by centre.
+        got = res["rboxes"].double()
+        dist = torch.cdist(got[:, :2], expected[:, :2])
+        match = dist.argmin(dim=1)
+        assert sorted(match.tolist()) == list(range(len(expected)))
+        exp = expected[match]
+        assert torch.allclose(got[:, :4], exp[:, :4], atol=0.5)
+        assert bool((_angle_diff(got[:, 4], exp[:, 4]) < 1e-3).all())
+        assert torch.allclose(res["polygons"].double(), rbox_to_poly(exp), atol=0.5)
+        pts = torch.tensor([o["polygon"] for o in ann["annotations"]], dtype=torch.float64)[match].view(-1, 4, 2)
+        hull = torch.cat((pts.amin(1), pts.amax(1)), dim=-1)
+        assert torch.allclose(res["boxes"].double(), hull, atol=0.5)
+        assert torch.equal(res["labels"], target["class_labels"][match])
+
+
+def test_labels_are_normalized_by_resized_size():
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (300, 500, 3), dtype=np.uint8)
+    rbox = [200.0, 120.0, 80.0, 30.0, 0.4]
+    enc = SlDetrImageProcessor(size={"shortest_edge": 600, "longest_edge": 1000})(
+        images=image, annotations={"image_id": "P0001", "annotations": [{"rbox": rbox, "category_id": 2}]},
+        return_tensors="pt")
+    target = enc["labels"][0]
+    assert target["size"].tolist() == [600, 1000] and target["orig_size"].tolist() == [300, 500]
+    assert target["image_id"] == "P0001"
+    resized = target["boxes"][0] * torch.tensor([1000, 600, 1000, 600, 1])
+    assert torch.allclose(resized, torch.tensor([400.0, 240.0, 160.0, 60.0, 0.4]), atol=1e-4)
+    assert enc["pixel_values"].shape == (1, 3, 600, 1000)
+
+
+@pytest.mark.parametrize("pad_size", [None, {"height": 900, "width": 1100}])
+def test_horizontal_round_trip(pad_size):
+    rng = np.random.default_rng(2)
+    shapes = [(400, 600), (700, 300)]
+    images = [torch.from_numpy(rng.integers(0, 256, (3, h, w), dtype=np.uint8)) for h, w in shapes]
+    annotations = []
+    for i, (h, w) in enumerate(shapes):
+        objs = []
+        for _ in range(4):
+            x, y = rng.uniform(0, w * 0.6), rng.uniform(0, h * 0.6)
+            objs.append({"bbox": [x, y, rng.uniform(5, w * 0.4), rng.uniform(5, h * 0.4)],
+                         "category_id": int(rng.integers(NUM_CLASSES))})
+        annotations.append({"image_id": i, "annotations": objs})
+    processor = SlDetrImageProcessor(box_type="horizontal", size={"shortest_edge": 512, "longest_edge": 800},
+                                     pad_size=pad_size)
+    enc = processor(images=images, annotations=annotations, return_tensors="pt")
+    if pad_size is not None:
+        assert enc["pixel_values"].shape[-2:] == (900, 1100)
+    assert "difficult" not in enc["labels"][0]
+    results = processor.post_process_object_detection(
+        _perfect_outputs(enc["labels"]), target_sizes=torch.tensor([t["orig_size"].tolist() for t in enc["labels"]]))
+    for ann, res in zip(annotations, results):
+        xywh = torch.tensor([o["bbox"] for o in ann["annotations"]], dtype=torch.float64)
+        expected = torch.cat((xywh[:, :2], xywh[:, :2] + xywh[:, 2:]), dim=-1)
+        got = res["boxes"].double()
+        match = torch.cdist(got, expected).argmin(dim=1)
+        assert sorted(match.tolist()) == [0, 1, 2, 3]
+        assert torch.allclose(got, expected[match], atol=0.5)
+        assert "rboxes" not in res
+
+
+def test_post_process_top_k_threshold_and_nms():
+    processor = SlDetrImageProcessor(max_detections=3)
+    logits = torch.tensor([[[4.0, -4.0], [3.0, 2.0], [1.0, -9.0], [0.5, -9.0]]])
+    boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.1, 0.0], [0.5, 0.5, 0.2, 0.1, 0.0],
+                           [0.1, 0.1, 0.05, 0.05, 0.3], [0.8, 0.8, 0.1, 0.1, 0.0]]])
+    out = processor.post_process_object_detection({"logits": logits, "pred_boxes": boxes}, threshold=0.0,
+                                                  target_sizes=[(100, 200)])[0]
+    assert out["scores"].shape == (3,)  # default top_k = max_detections
+    assert torch.allclose(out["scores"], torch.sigmoid(torch.tensor([4.0, 3.0, 2.0])))
+    assert out["labels"].tolist() == [0, 0, 1]
+    assert torch.allclose(out["rboxes"][0], torch.tensor([100.0, 50.0, 40.0, 10.0, 0.0]))
+    nms = processor.post_process_object_detection({"logits": logits, "pred_boxes": boxes}, threshold=0.0,
+                                                  target_sizes=[(100, 200)], top_k=4, nms_iou_threshold=0.5)[0]
+    assert nms["labels"].tolist() == [0, 1, 0]  # the second class-0 copy of box 0 is suppressed
+    high = processor.post_process_object_detection({"logits": logits, "pred_boxes": boxes}, threshold=0.96)[0]
+    assert high["labels"].tolist() == [0] and torch.allclose(high["boxes"][0], torch.tensor([0.4, 0.45, 0.6, 0.55]))
+    with pytest.raises(ValueError, match="target sizes"):
+        processor.post_process_object_detection({"logits": logits, "pred_boxes": boxes}, target_sizes=[(1, 1)] * 2)
+
+
+def test_save_and_load(tmp_path):
+    from transformers import AutoImageProcessor
+
+    from sl_detr_hf.configuration_sl_detr import SlDetrConfig
+
+    processor = SlDetrImageProcessor(box_type="horizontal", max_detections=123,
+                                     size={"shortest_edge": 640, "longest_edge": 960}, do_normalize=False)
+    processor.save_pretrained(tmp_path)
+    loaded = SlDetrImageProcessor.from_pretrained(tmp_path)
+    assert loaded.to_dict() == processor.to_dict()
+    assert loaded.box_type == "horizontal" and loaded.max_detections == 123 and not loaded.do_normalize
+    assert loaded.size.shortest_edge == 640
+    SlDetrConfig().save_pretrained(tmp_path)
+    AutoImageProcessor.register(SlDetrConfig, image_processor_classes={"torchvision": SlDetrImageProcessor},
+                                exist_ok=True)
+    auto = AutoImageProcessor.from_pretrained(tmp_path)
+    assert type(auto) is SlDetrImageProcessor and auto.to_dict() == processor.to_dict()
+
+
+def test_do_flags_and_pil_input():
+    from PIL import Image
+
+    image = Image.fromarray(np.full((50, 80, 3), 255, dtype=np.uint8))
+    raw = SlDetrImageProcessor(do_resize=False, do_normalize=False, do_pad=False)(image, return_tensors="pt")
+    assert raw["pixel_values"].shape == (1, 3, 50, 80) and "pixel_mask" not in raw
+    assert torch.allclose(raw["pixel_values"], torch.ones(1))
+    norm = SlDetrImageProcessor(do_resize=False)(image, return_tensors="pt")["pixel_values"]
+    assert torch.allclose(norm[0, :, 0, 0], (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224,
+                                                                                                        0.225]))
+
+
+@pytest.mark.parametrize(("annotation", "message"), [
+    ({"annotations": []}, r"annotations\[0\] has no 'image_id'"),
+    ({"image_id": 1}, r"annotations\[0\]\['annotations'\] must be a list"),
+    ({"image_id": 1, "annotations": [{"polygon": [1, 2, 3, 4, 5, 6, 7], "category_id": 0}]},
+     r"\['annotations'\]\[0\]\['polygon'\] must have 8 numbers"),
+    ({"image_id": 1, "annotations": [{"bbox": [1, 1, 5, 5], "category_id": 0},
+                                     {"rbox": [1, 1, float("nan"), 5, 0], "category_id": 0}]},
+     r"\['annotations'\]\[1\]\['rbox'\] contains NaN"),
+    ({"image_id": 1, "annotations": [{"bbox": [1, 1, 5, 5]}]}, r"\['annotations'\]\[0\]\['category_id'\]"),
+    ({"image_id": 1, "annotations": [{"bbox": [1, 1, 5, 5], "category_id": -1}]}, r"must be >= 0"),
+    ({"image_id": 1, "annotations": [{"bbox": [1, 1, -5, 5], "category_id": 1}]}, r"negative width"),
+    ({"image_id": 1, "annotations": [{"category_id": 1}]}, r"has no geometry"),
+    ("not a dict", r"annotations\[0\] must be a dict"),
+])
+def test_bad_annotations(annotation, message):
+    image = np.zeros((20, 30, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match=message):
+        SlDetrImageProcessor()(image, annotations=[annotation])
+
+
+def test_bad_calls():
+    image = np.zeros((20, 30, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match="2 image"):
+        SlDetrImageProcessor()([image, image], annotations=[{"image_id": 0, "annotations": []}])
+    with pytest.raises(ValueError, match="aspect ratio"):
+        SlDetrImageProcessor(size={"height": 64, "width": 64})(image, annotations={"image_id": 0, "annotations": []})
+    with pytest.raises(ValueError, match="box_type"):
+        SlDetrImageProcessor(box_type="obb")
+    with pytest.raises(ValueError, match="pad_size"):
+        SlDetrImageProcessor(do_resize=False, pad_size={"height": 10, "width": 10})(image)
+
+
+def test_stock_object_detection_pipeline():
+    """transformers' unchanged pipeline("object-detection") runs with this processor and reads xyxy boxes."""
+    from PIL import Image
+    from transformers import PretrainedConfig, PreTrainedModel, pipeline
+
+    class TinyDetector(PreTrainedModel):
+        config_class = PretrainedConfig
+        main_input_name = "pixel_values"
+
+        def __init__(self, config):
+            super().__init__(config)
+            self.scale = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, pixel_values, pixel_mask=None, **kwargs):
+            batch = pixel_values.shape[0]
+            logits = torch.tensor([[[5.0, -5.0], [-5.0, -5.0]]]).expand(batch, -1, -1) * self.scale
+            boxes = torch.tensor([[[0.5, 0.25, 0.5, 0.25, math.pi / 2], [0.1, 0.1, 0.1, 0.1, 0.0]]])
+            return ModelOutput(logits=logits, pred_boxes=boxes.expand(batch, -1, -1))
+
+    model = TinyDetector(PretrainedConfig(id2label={0: "ship", 1: "plane"}))
+    detector = pipeline("object-detection", model=model, image_processor=SlDetrImageProcessor())
+    out = detector(Image.fromarray(np.zeros((200, 400, 3), dtype=np.uint8)), threshold=0.5)
+    # Box (200, 50, 200, 50, pi/2) in pixels: its hull is 50 wide and 200 high around (200, 50).
+    assert out == [{"score": pytest.approx(float(torch.sigmoid(torch.tensor(5.0))), abs=1e-4), "label": "ship",
+                    "box": {"xmin": 175, "ymin": -50, "xmax": 225, "ymax": 150}}]
