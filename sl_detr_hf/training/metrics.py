@@ -1,23 +1,30 @@
 """``compute_metrics`` for ``transformers.Trainer``: DOTA mAP (rotated models) or COCO mAP (horizontal).
 
-What it expects (the ``EvalPrediction`` the Trainer builds):
+Recommended use (works with any ``eval_do_concat_batches``, ``batch_eval_metrics`` and several processes)::
 
-- ``predictions``: the model outputs without the loss, as the Trainer collects them: a ``ModelOutput`` /
-  dict with ``logits`` and ``pred_boxes``, or a tuple in output order in which ``logits (B, Q, C)`` is
-  directly followed by ``pred_boxes (B, Q, 5|4)`` (other entries such as ``loss_dict`` or auxiliary outputs
-  are skipped), or a list of such tuples, one per batch (``eval_do_concat_batches=False``). Tensors or
-  arrays. ``select_detection_outputs`` as ``preprocess_logits_for_metrics`` keeps only the two tensors
-  (much less memory).
-- ``label_ids``: the ``labels`` of the batch(es): per-image dicts with ``boxes`` normalized as DESIGN.md
-  section 2, ``class_labels``, ``orig_size`` ``(H, W)`` (``size`` if absent) and, for rotated boxes,
-  optional ``difficult``. A list of dicts (one batch, or all images) or a list of lists (per batch).
+    Trainer(..., compute_metrics=DetectionMetrics(id2label=config.id2label),
+            preprocess_logits_for_metrics=select_detection_outputs,
+            args=TrainingArguments(..., label_names=["labels"], remove_unused_columns=False))
 
-Use ``TrainingArguments(eval_do_concat_batches=False, label_names=["labels"],
-remove_unused_columns=False)``: with concatenation the Trainer merges the label dicts of different
-batches position by position, which is detected here and reported as an error. ``batch_eval_metrics=True``
-is supported (detections are accumulated until ``compute_result=True``). Scores are evaluated at original
-resolution: predictions and ground truth are both scaled by ``orig_size`` (exact, since the resize keeps
-the aspect ratio).
+Why: the Trainer handles only batch-first tensors correctly. It concatenates lists of per-image label dicts
+position by position across batches, and accelerate's ``gather_for_metrics`` slices every tensor inside them
+on the last, shorter batch. ``select_detection_outputs`` runs before both and packs each batch's ground truth
+into batch-first tensors next to ``logits`` / ``pred_boxes`` (also dropping the large auxiliary outputs).
+
+What ``DetectionMetrics`` accepts as ``EvalPrediction``:
+
+- ``predictions``: a dict / ``ModelOutput`` with ``logits`` and ``pred_boxes`` (plus the packed ground truth
+  ``gt`` / ``gt_sizes`` of :func:`select_detection_outputs`), or a tuple in output order in which
+  ``logits (B, Q, C)`` is directly followed by ``pred_boxes (B, Q, 5|4)`` (entries such as ``loss_dict`` or
+  auxiliary outputs are skipped), or a list of those, one per batch (``eval_do_concat_batches=False``).
+  Tensors or arrays (tensors may be -100 padded along dim 1 by the Trainer's concatenation).
+- ``label_ids`` (used only without packed ground truth): per-image dicts with ``boxes`` normalized as in
+  DESIGN.md section 2, ``class_labels``, ``orig_size`` ``(H, W)`` (``size`` if absent) and optional
+  ``difficult``; a list of dicts, or a list of such lists per batch. Merged or truncated dicts are detected
+  and reported.
+
+Evaluation happens at original resolution: predictions and ground truth are both scaled by ``orig_size``
+(exact, since the resize keeps the aspect ratio).
 """
 
 from __future__ import annotations
@@ -54,42 +61,102 @@ def _find_outputs(item: Any) -> tuple[Any, Any] | None:
     return None
 
 
-def select_detection_outputs(logits: Any, labels: Any = None) -> tuple[Tensor, Tensor]:
-    """``preprocess_logits_for_metrics`` for ``Trainer``: keep only ``(logits, pred_boxes)`` of a batch."""
+def select_detection_outputs(logits: Any, labels: Any = None) -> dict[str, Tensor]:
+    """``preprocess_logits_for_metrics`` for ``Trainer``: keep ``logits`` and ``pred_boxes`` of a batch and pack
+    its ground truth into batch-first tensors.
+
+    The Trainer then slices, gathers and concatenates only batch-first tensors, which it does correctly (it
+    does not for lists of label dicts), so with this function any ``eval_do_concat_batches`` works.
+
+    Returns:
+        ``{"logits" (B, Q, C), "pred_boxes" (B, Q, D), "gt" (B, G, 7), "gt_sizes" (B, 2)}``: ``gt`` rows are
+        ``(5 box values, class, difficult)`` (horizontal boxes padded with a 0), padding rows have class -1;
+        ``G`` is the largest object count of the batch (of all processes when distributed).
+    """
     found = _find_outputs(logits)
     if found is None:
         raise ValueError("could not find logits (B, Q, C) followed by pred_boxes (B, Q, 4|5) in the model outputs")
-    return found
+    out = {"logits": found[0], "pred_boxes": found[1]}
+    if labels is not None:
+        out["gt"], out["gt_sizes"] = _pack_labels(labels, found[0].shape[0], found[1].device)
+    return out
+
+
+def _pack_labels(labels: Any, batch: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    labels = [labels] if isinstance(labels, Mapping) else list(labels)
+    _check_labels(labels, batch)
+    count = max([len(_np(t["class_labels"]).reshape(-1)) for t in labels] + [1])
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        n = torch.tensor([count], device=device)
+        torch.distributed.all_reduce(n, op=torch.distributed.ReduceOp.MAX)
+        count = int(n.item())
+    gt = torch.full((batch, count, 7), -1.0, dtype=torch.float32)
+    for b, t in enumerate(labels):
+        cls = torch.as_tensor(_np(t["class_labels"])).reshape(-1)
+        boxes = torch.as_tensor(_np(t["boxes"]), dtype=torch.float32).reshape(len(cls), -1)
+        gt[b, : len(cls), : boxes.shape[1]] = boxes
+        gt[b, : len(cls), boxes.shape[1]:5] = 0.0
+        gt[b, : len(cls), 5] = cls.float()
+        diff = t.get("difficult")
+        gt[b, : len(cls), 6] = 0.0 if diff is None else torch.as_tensor(_np(diff)).reshape(-1).float()
+    sizes = torch.as_tensor(np.stack([_np(t.get("orig_size", t.get("size"))).reshape(2) for t in labels]))
+    return gt.to(device), sizes.to(device=device, dtype=torch.float32)
+
+
+def _unpack_labels(gt: Any, sizes: Any, box_dim: int) -> list[dict[str, Any]]:
+    gt, sizes = _np(gt), _np(sizes)
+    out = []
+    for rows, size in zip(gt, sizes):
+        rows = rows[rows[:, 5] >= 0]  # class -1: packing padding; -100: the Trainer's concatenation padding
+        out.append({"boxes": rows[:, :box_dim], "class_labels": rows[:, 5].astype(np.int64),
+                    "difficult": rows[:, 6] > 0, "orig_size": size})
+    return out
+
+
+def _check_labels(labels: list, batch: int) -> None:
+    if not all(isinstance(t, Mapping) for t in labels):
+        raise ValueError("labels must be per-image dicts (a list per batch)")
+    if any(t.get("orig_size", t.get("size")) is None or "boxes" not in t or "class_labels" not in t
+           for t in labels):
+        raise ValueError("every label dict needs 'boxes', 'class_labels' and 'orig_size' (or 'size')")
+    if len(labels) != batch or any(np.size(_np(t.get("orig_size", t.get("size")))) != 2 for t in labels):
+        raise ValueError(f"{batch} predicted images but {len(labels)} label dicts (or merged sizes): the Trainer "
+                         "concatenated or truncated per-image label dicts; use "
+                         "preprocess_logits_for_metrics=select_detection_outputs (or eval_do_concat_batches=False "
+                         "with a batch size dividing the dataset)")
+
+
+def _packed(item: Any) -> tuple[Any, Any] | None:
+    """The ground truth packed by :func:`select_detection_outputs`, if present."""
+    if isinstance(item, Mapping) and item.get("gt") is not None and item.get("gt_sizes") is not None:
+        return item["gt"], item["gt_sizes"]
+    return None
 
 
 def _batches(predictions: Any, label_ids: Any) -> list[tuple[Tensor, Tensor, list[Mapping]]]:
     """Split an ``EvalPrediction`` into ``(logits, pred_boxes, labels)`` per batch."""
     found = _find_outputs(predictions)
     if found is not None:
-        pred_batches, label_batches = [found], [label_ids]
+        pred_batches, label_batches, packs = [found], [label_ids], [_packed(predictions)]
     elif isinstance(predictions, (list, tuple)) and all(_find_outputs(p) is not None for p in predictions):
         pred_batches = [_find_outputs(p) for p in predictions]
-        label_batches = label_ids
-        if not isinstance(label_ids, (list, tuple)) or len(label_ids) != len(pred_batches):
+        packs = [_packed(p) for p in predictions]
+        label_batches = label_ids if all(p is None for p in packs) else [None] * len(packs)
+        if not isinstance(label_batches, (list, tuple)) or len(label_batches) != len(pred_batches):
             raise ValueError(f"got {len(pred_batches)} prediction batches but labels of another structure; pass "
                              "eval_do_concat_batches=False so both are lists of batches")
     else:
         raise ValueError("predictions must hold logits (B, Q, C) followed by pred_boxes (B, Q, 4|5), or be a list "
                          "of such per-batch outputs")
     out = []
-    for (logits, boxes), labels in zip(pred_batches, label_batches):
-        if isinstance(labels, Mapping):
-            labels = [labels]
-        if not isinstance(labels, (list, tuple)) or not all(isinstance(t, Mapping) for t in labels):
-            raise ValueError("labels must be per-image dicts (a list per batch)")
-        if any(t.get("orig_size", t.get("size")) is None or "boxes" not in t or "class_labels" not in t
-               for t in labels):
-            raise ValueError("every label dict needs 'boxes', 'class_labels' and 'orig_size' (or 'size')")
-        if len(labels) != logits.shape[0] or any(np.size(_np(t.get("orig_size", t.get("size")))) != 2
-                                                 for t in labels):
-            raise ValueError(f"{logits.shape[0]} predicted images but {len(labels)} label dicts (or merged sizes): "
-                             "the Trainer concatenated per-image label dicts across batches; set "
-                             "TrainingArguments(eval_do_concat_batches=False)")
+    for (logits, boxes), labels, packed in zip(pred_batches, label_batches, packs):
+        if packed is not None:
+            labels = _unpack_labels(*packed, boxes.shape[-1])
+        else:
+            labels = [labels] if isinstance(labels, Mapping) else labels
+            if not isinstance(labels, (list, tuple)):
+                raise ValueError("labels must be per-image dicts (a list per batch)")
+            _check_labels(list(labels), logits.shape[0])
         out.append((torch.as_tensor(_np(logits)), torch.as_tensor(_np(boxes)), list(labels)))
     return out
 
