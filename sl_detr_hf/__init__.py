@@ -1,3 +1,52 @@
-"""SL-DETR: synchronized-loss DETR for oriented and axis-aligned object detection, on Hugging Face."""
+"""SL-DETR: synchronized-loss DETR for oriented and axis-aligned object detection, on Hugging Face.
+
+Importing the package registers SL-DETR with the transformers Auto classes (`AutoConfig`, `AutoModel`,
+`AutoModelForObjectDetection`, `AutoImageProcessor`) and marks the classes for `register_for_auto_class`, so that
+`save_pretrained` writes `auto_map` and copies the (self-contained) code files next to the weights: the saved folder
+loads with `trust_remote_code=True` where this package is not installed.
+"""
+
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForObjectDetection
+
+from .configuration_sl_detr import DOTA_CLASSES, SlDetrConfig
+from .image_processing_sl_detr import SlDetrImageProcessor
+from .loss_sl_detr import SlDetrHungarianMatcher, SlDetrLoss
+from .modeling_sl_detr import (
+    SlDetrConversionReport,
+    SlDetrForObjectDetection,
+    SlDetrModel,
+    SlDetrModelOutput,
+    SlDetrObjectDetectionOutput,
+    SlDetrPreTrainedModel,
+)
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "DOTA_CLASSES",
+    "SlDetrConfig",
+    "SlDetrConversionReport",
+    "SlDetrForObjectDetection",
+    "SlDetrHungarianMatcher",
+    "SlDetrImageProcessor",
+    "SlDetrLoss",
+    "SlDetrModel",
+    "SlDetrModelOutput",
+    "SlDetrObjectDetectionOutput",
+    "SlDetrPreTrainedModel",
+]
+
+
+def _register() -> None:
+    AutoConfig.register(SlDetrConfig.model_type, SlDetrConfig, exist_ok=True)
+    AutoModel.register(SlDetrConfig, SlDetrModel, exist_ok=True)
+    AutoModelForObjectDetection.register(SlDetrConfig, SlDetrForObjectDetection, exist_ok=True)
+    AutoImageProcessor.register(SlDetrConfig, image_processor_classes={"torchvision": SlDetrImageProcessor},
+                                exist_ok=True)
+    SlDetrConfig.register_for_auto_class()
+    SlDetrModel.register_for_auto_class("AutoModel")
+    SlDetrForObjectDetection.register_for_auto_class("AutoModelForObjectDetection")
+    SlDetrImageProcessor.register_for_auto_class("AutoImageProcessor")
+
+
+_register()
