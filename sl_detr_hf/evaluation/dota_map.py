@@ -106,13 +106,12 @@ def _match_image(det: dict[str, Tensor], gt: dict[str, Tensor] | None) -> tuple[
     d = det["boxes"].shape[0]
     if gt is None or gt["boxes"].shape[0] == 0 or d == 0:
         return np.full(d, -np.inf), np.full(d, -1, dtype=np.int64)
-    iou = box_iou_rotated(det["boxes"], gt["boxes"])  # (D, G), all classes at once
-    same = det["labels"][:, None] == gt["labels"][None, :]
-    iou = torch.where(same, iou, torch.full_like(iou, -np.inf))
-    ovmax, jmax = iou.max(dim=1)
-    ovmax = ovmax.numpy()
-    jmax = np.where(np.isfinite(ovmax), jmax.numpy(), -1)
-    return ovmax, jmax
+    iou = box_iou_rotated(det["boxes"], gt["boxes"]).numpy()  # (D, G), all classes at once
+    same = det["labels"].numpy()[:, None] == gt["labels"].numpy()[None, :]
+    iou = np.where(same, iou, -np.inf)
+    jmax = iou.argmax(axis=1)
+    ovmax = iou[np.arange(d), jmax]
+    return ovmax, np.where(np.isfinite(ovmax), jmax, -1)
 
 
 def evaluate_dota(detections: Sequence[Mapping], ground_truths: Sequence[Mapping], iou_threshold: float = 0.5,
