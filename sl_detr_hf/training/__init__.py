@@ -1,0 +1,16 @@
+"""Training with `transformers.Trainer`: data glue, optimizer groups, multi-process evaluation, metrics."""
+
+from .data import DetectionTransform, make_collator, prepare_dataset
+from .metrics import DetectionMetrics, select_detection_outputs
+from .trainer import SlDetrTrainer, build_param_groups, paper_training_arguments
+
+__all__ = [
+    "DetectionMetrics",
+    "DetectionTransform",
+    "SlDetrTrainer",
+    "build_param_groups",
+    "make_collator",
+    "paper_training_arguments",
+    "prepare_dataset",
+    "select_detection_outputs",
+]

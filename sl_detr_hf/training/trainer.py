@@ -1,0 +1,110 @@
+"""`transformers.Trainer` for SL-DETR: paper optimizer groups and multi-process-safe detection evaluation.
+
+Evaluation works with any number of processes: each batch's ground truth is packed next to ``logits`` and
+``pred_boxes`` into batch-first tensors (:func:`~sl_detr_hf.training.metrics.select_detection_outputs`),
+which `Trainer`'s own machinery pads across batches and processes and gathers (``gather_for_metrics`` drops
+the duplicated samples of the last batch); :class:`~sl_detr_hf.training.metrics.DetectionMetrics` reads
+them. Variable-size lists of label dicts, which `Trainer` cannot gather with gloo, never cross processes,
+and the large auxiliary outputs are dropped per batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import Trainer, TrainingArguments
+
+from .metrics import select_detection_outputs
+
+__all__ = ["SlDetrTrainer", "build_param_groups", "paper_training_arguments"]
+
+LOW_LR_KEYWORDS = ("backbone", "sampling_offsets", "reference_points")
+"""Parameters trained at ``lr * low_lr_multiplier`` (Deformable DETR / the paper: backbone and the
+deformable attention's sampling offsets and reference points at 0.1x)."""
+
+
+def build_param_groups(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    low_lr_multiplier: float = 0.1,
+    low_lr_keywords: tuple[str, ...] = LOW_LR_KEYWORDS,
+    no_decay_names: set[str] | None = None,
+) -> list[dict]:
+    """Optimizer parameter groups: {normal, low-lr} x {decay, no decay}; empty groups are dropped.
+
+    Args:
+        no_decay_names: names of parameters without weight decay (default: biases and normalization
+            weights, i.e. every 1-d parameter).
+    """
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        low = any(key in name for key in low_lr_keywords)
+        decay = (name not in no_decay_names) if no_decay_names is not None else param.ndim > 1
+        groups.setdefault((low, decay), []).append(param)
+    return [
+        {"params": params, "lr": lr * (low_lr_multiplier if low else 1.0),
+         "weight_decay": weight_decay if decay else 0.0}
+        for (low, decay), params in sorted(groups.items())
+    ]
+
+
+def paper_training_arguments(output_dir: str, **overrides) -> TrainingArguments:
+    """`TrainingArguments` with the paper's optimizer defaults (AdamW lr 1e-4, weight decay 1e-4, grad clip
+    0.1), and what detection needs (`remove_unused_columns=False`, labels named ``labels``)."""
+    defaults = dict(
+        learning_rate=1e-4,
+        weight_decay=1e-4,
+        max_grad_norm=0.1,
+        optim="adamw_torch",
+        remove_unused_columns=False,
+        label_names=["labels"],
+        eval_do_concat_batches=True,
+        report_to="none",
+    )
+    defaults.update(overrides)
+    return TrainingArguments(output_dir=output_dir, **defaults)
+
+
+# ------------------------------------------------------------------------------------- trainer
+
+
+class SlDetrTrainer(Trainer):
+    """`Trainer` with the paper's parameter groups and detection evaluation.
+
+    Args:
+        low_lr_multiplier: learning-rate factor of the backbone, sampling offsets and reference points.
+        All other arguments are `Trainer`'s; pass ``compute_metrics=DetectionMetrics(...)`` for mAP.
+    """
+
+    def __init__(self, *args, low_lr_multiplier: float = 0.1, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.low_lr_multiplier = low_lr_multiplier
+
+    def create_optimizer(self, model=None):
+        opt_model = self.model if model is None else model
+        if self.optimizer is None:
+            # Trainer's own rule decides decay (norm weights and biases get none).
+            decay_names = set(self.get_decay_parameter_names(opt_model))
+            groups = build_param_groups(
+                opt_model, self.args.learning_rate, self.args.weight_decay, self.low_lr_multiplier,
+                no_decay_names={n for n, _ in opt_model.named_parameters() if n not in decay_names},
+            )
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            optimizer_kwargs.pop("lr", None)
+            self.optimizer = optimizer_cls(groups, lr=self.args.learning_rate, **optimizer_kwargs)
+        return self.optimizer
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Returns ``(loss, {"logits", "pred_boxes", "gt", "gt_sizes"}, gt_sizes)``: all batch-first tensors."""
+        inputs = self._prepare_inputs(inputs)
+        labels = inputs.get("labels")
+        with torch.no_grad():
+            outputs = model(**inputs)
+        loss = outputs.loss.detach() if getattr(outputs, "loss", None) is not None else None
+        if prediction_loss_only or labels is None:
+            return loss, None, None
+        packed = select_detection_outputs({"logits": outputs.logits, "pred_boxes": outputs.pred_boxes}, labels)
+        return loss, packed, packed["gt_sizes"]
