@@ -478,7 +478,7 @@ class SlDetrLoss(nn.Module):
             layers.append(("enc.", enc, enc_targets))
 
         loss_dict: dict[str, Tensor] = {}
-        total = outputs["logits"].new_zeros((), dtype=torch.float32)
+        total = _float(outputs["logits"]).new_zeros(())
         for prefix, layer_out, layer_targets in layers:
             indices = self.matcher(layer_out, layer_targets)
             for name, value in self.layer_losses(layer_out, layer_targets, indices, num_boxes).items():
