@@ -65,17 +65,23 @@ def np_sync_giou(p, t, gain=1.5, floor=0.001, t_min=0.0, t_max=1.2):
 
 
 def np_kld(p: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """KL(N_t || N_p) of pixel boxes with explicit 2x2 matrices (sides clamped to EPS)."""
+    """KL(N_t || N_p) of pixel boxes with explicit 2x2 matrices (sides clamped to EPS).
+
+    Written in the predicted box's frame (where Sigma_p is diagonal) so that the float64 reference stays
+    accurate for degenerate (EPS-sized) sides.
+    """
     out = np.empty(np.broadcast_shapes(p.shape, t.shape)[:-1])
     p, t = np.broadcast_to(p, out.shape + (5,)), np.broadcast_to(t, out.shape + (5,))
     for idx in np.ndindex(out.shape):
         (px, py, pw, ph, pa), (tx, ty, tw, th, ta) = p[idx], t[idx]
         pw, ph, tw, th = max(pw, EPS), max(ph, EPS), max(tw, EPS), max(th, EPS)
-        rp = np.array([[np.cos(pa), -np.sin(pa)], [np.sin(pa), np.cos(pa)]])
-        rt = np.array([[np.cos(ta), -np.sin(ta)], [np.sin(ta), np.cos(ta)]])
-        inv_p = rp @ np.diag([4 / pw**2, 4 / ph**2]) @ rp.T
-        sig_t = rt @ np.diag([tw**2 / 4, th**2 / 4]) @ rt.T
-        delta = np.array([tx - px, ty - py])
+
+        def rot(a):
+            return np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+
+        inv_p = np.diag([4 / pw**2, 4 / ph**2])
+        sig_t = rot(ta - pa) @ np.diag([tw**2 / 4, th**2 / 4]) @ rot(ta - pa).T
+        delta = rot(-pa) @ np.array([tx - px, ty - py])
         log_det_ratio = np.log(pw**2 * ph**2 / 16) - np.log(tw**2 * th**2 / 16)
         d = 0.5 * (delta @ inv_p @ delta + np.trace(inv_p @ sig_t) + log_det_ratio) - 1
         out[idx] = max(d, 0.0)
