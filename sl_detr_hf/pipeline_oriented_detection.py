@@ -1,0 +1,157 @@
+"""The ``"oriented-object-detection"`` pipeline: oriented boxes and polygons from an SL-DETR model.
+
+    >>> from transformers import pipeline
+    >>> import sl_detr_hf  # registers the task (or: pipeline(model=folder_or_hub_id, trust_remote_code=True))
+    >>> detector = pipeline("oriented-object-detection", model="path/to/sl-detr")
+    >>> detector("image.png", threshold=0.3)
+    [{'score': 0.91, 'label': 'plane', 'box': {'xmin': 10, 'ymin': 20, 'xmax': 74, 'ymax': 70},
+      'rbox': {'cx': 42.0, 'cy': 45.1, 'w': 60.3, 'h': 30.2, 'theta': 0.42},
+      'polygon': [[x1, y1], [x2, y2], [x3, y3], [x4, y4]]}, ...]
+
+Per detection: ``score``, ``label`` (class name), ``box`` (the axis-aligned box enclosing the oriented box, integer
+pixels like transformers' ``"object-detection"`` pipeline), ``rbox`` (pixel ``cx, cy, w, h, theta``, theta in
+radians, le90: ``w >= h``, ``theta`` in ``[-pi/2, pi/2)``, positive = clockwise on screen) and ``polygon`` (its 4
+corners in DOTA order). Models with axis-aligned boxes (``box_type="horizontal"``) give ``theta`` 0 (or ``-pi/2``
+when the box is taller than wide, the le90 convention).
+
+This file ships with saved models as custom pipeline code (``config.custom_pipelines``), so that
+``pipeline(model=folder_or_hub_id, trust_remote_code=True)`` works where ``sl_detr_hf`` is not installed: it imports
+only torch, transformers, the standard library and its sibling ``rotated_boxes.py``.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+from typing import Any
+
+import torch
+from transformers.pipelines.base import no_collate_fn
+from transformers.pipelines.object_detection import ObjectDetectionPipeline
+from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
+
+from .rotated_boxes import rbox_to_hbox, rbox_to_poly, regularize_rboxes
+
+__all__ = ["TASK", "OrientedObjectDetectionPipeline", "pad_collate", "register_pipeline"]
+
+TASK = "oriented-object-detection"
+
+
+def pad_collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Batch preprocessed images of different sizes: zero-pad ``pixel_values`` / ``pixel_mask`` at the bottom / right.
+
+    Each item holds ``pixel_values (1, 3, h, w)``, ``pixel_mask (1, h, w)`` and ``target_size (1, 2)`` (one image).
+    The padding is what the image processor itself does for a batch, so the predictions do not change.
+    """
+    if len(items) == 1:
+        return no_collate_fn(items)
+    height = max(int(item["pixel_values"].shape[-2]) for item in items)
+    width = max(int(item["pixel_values"].shape[-1]) for item in items)
+    pixel_values, pixel_masks = [], []
+    for item in items:
+        values = item["pixel_values"]
+        h, w = values.shape[-2:]
+        pixel_values.append(torch.nn.functional.pad(values, (0, width - w, 0, height - h)))
+        mask = item.get("pixel_mask")
+        if mask is None:
+            mask = torch.ones(values.shape[0], h, w, dtype=torch.long)
+        pixel_masks.append(torch.nn.functional.pad(mask, (0, width - w, 0, height - h)))
+    return {
+        "pixel_values": torch.cat(pixel_values),
+        "pixel_mask": torch.cat(pixel_masks),
+        "target_size": torch.cat([item["target_size"] for item in items]),
+    }
+
+
+class OrientedObjectDetectionPipeline(ObjectDetectionPipeline):
+    """Object detection with oriented boxes (SL-DETR or any model whose image processor returns ``rboxes``).
+
+    Call with one image (path, URL or PIL image) or a list of them; keyword arguments:
+
+    - ``threshold`` (float, default 0.5): minimum score;
+    - ``top_k`` (int, default the image processor's ``max_detections``): candidate (query, class) pairs per image
+      before the threshold, so ``threshold=0, top_k=k`` gives exactly ``k`` detections;
+    - ``nms_iou_threshold`` (float, optional): class-wise rotated NMS at this IoU;
+    - ``batch_size`` (int): images per forward pass (images of different sizes are padded together);
+    - ``timeout`` (float): for image URLs.
+
+    Returns one list of detection dicts per image (a single list for a single image), sorted by score.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Skip ObjectDetectionPipeline.__init__'s model-type check: it only knows transformers' own models.
+        super(ObjectDetectionPipeline, self).__init__(*args, **kwargs)
+        if self.image_processor is None or not hasattr(self.image_processor, "post_process_object_detection"):
+            raise ValueError(f"{type(self).__name__} needs an image processor with `post_process_object_detection`")
+
+    def _sanitize_parameters(self, **kwargs: Any) -> tuple[dict, dict, dict]:
+        preprocess_params, forward_params, postprocess_params = super()._sanitize_parameters(**kwargs)
+        for name in ("top_k", "nms_iou_threshold"):
+            if kwargs.get(name) is not None:
+                postprocess_params[name] = kwargs[name]
+        if "top_k" in postprocess_params:
+            top_k = postprocess_params["top_k"]
+            if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+                raise ValueError(f"`top_k` must be a positive integer, got {top_k!r}")
+        if "threshold" in postprocess_params and not isinstance(postprocess_params["threshold"], (int, float)):
+            raise ValueError(f"`threshold` must be a number, got {postprocess_params['threshold']!r}")
+        return preprocess_params, forward_params, postprocess_params
+
+    def _forward(self, model_inputs: dict[str, Any]) -> dict[str, Any]:
+        target_size = model_inputs.pop("target_size")
+        outputs = self.model(**model_inputs)
+        # Only what post-processing needs: keeps the per-image slicing of batched outputs simple.
+        return {"target_size": target_size, "logits": outputs["logits"], "pred_boxes": outputs["pred_boxes"]}
+
+    def get_iterator(self, inputs: Any, num_workers: int, batch_size: int, preprocess_params: dict,
+                     forward_params: dict, postprocess_params: dict) -> PipelineIterator:
+        """Like `Pipeline.get_iterator`, with a collate function that pads images of different sizes."""
+        if isinstance(inputs, collections.abc.Sized):
+            dataset = PipelineDataset(inputs, self.preprocess, preprocess_params)
+        else:
+            dataset = PipelineIterator(inputs, self.preprocess, preprocess_params)
+            num_workers = min(num_workers, 1)
+        loader = torch.utils.data.DataLoader(dataset, num_workers=num_workers, batch_size=batch_size,
+                                             collate_fn=pad_collate)
+        model_iterator = PipelineIterator(loader, self.forward, forward_params, loader_batch_size=batch_size)
+        return PipelineIterator(model_iterator, self.postprocess, postprocess_params)
+
+    def postprocess(self, model_outputs: dict[str, Any], threshold: float = 0.5, top_k: int | None = None,
+                    nms_iou_threshold: float | None = None) -> list[dict[str, Any]]:
+        """Model outputs of one image -> detection dicts (see the class docstring)."""
+        result = self.image_processor.post_process_object_detection(
+            model_outputs, threshold=threshold, target_sizes=model_outputs["target_size"], top_k=top_k,
+            **({"nms_iou_threshold": nms_iou_threshold} if nms_iou_threshold is not None else {}),
+        )[0]
+        rboxes = result.get("rboxes")
+        if rboxes is None:  # axis-aligned model: (x1, y1, x2, y2) -> rotated box with angle 0, le90
+            x1, y1, x2, y2 = result["boxes"].float().unbind(-1)
+            rboxes = regularize_rboxes(torch.stack(((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1,
+                                                    torch.zeros_like(x1)), dim=-1))
+        rboxes = rboxes.float()
+        polygons = rbox_to_poly(rboxes)
+        boxes = rbox_to_hbox(rboxes)
+        id2label = self.model.config.id2label
+        detections = []
+        for score, label, box, rbox, polygon in zip(result["scores"].tolist(), result["labels"].tolist(), boxes,
+                                                    rboxes.tolist(), polygons.tolist()):
+            detections.append({
+                "score": score,
+                "label": id2label.get(label, id2label.get(str(label), str(label))),
+                "box": self._get_bounding_box(box),
+                "rbox": dict(zip(("cx", "cy", "w", "h", "theta"), rbox)),
+                "polygon": [polygon[i:i + 2] for i in range(0, 8, 2)],
+            })
+        return detections
+
+
+def register_pipeline() -> None:
+    """Register ``"oriented-object-detection"`` with transformers' ``pipeline(...)`` (idempotent)."""
+    from transformers import AutoModelForObjectDetection
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    current = PIPELINE_REGISTRY.supported_tasks.get(TASK)
+    if current is not None and current.get("impl") is OrientedObjectDetectionPipeline:
+        return
+    PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=OrientedObjectDetectionPipeline,
+                                        pt_model=AutoModelForObjectDetection, type="image")
+
