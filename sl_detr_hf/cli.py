@@ -172,6 +172,7 @@ def run_demo(args: DemoArguments) -> dict:
     processor.save_pretrained(str(model_dir))
     print("[5/5] drawing predictions and the training curve", flush=True)
     curve = plot_training_curves(trainer.state.log_history, out / "training_curve.png")
+    (out / "eval_metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
     predictions = draw_demo_predictions(model, processor, val_raw, out / "predictions.png")
     summary = {
         "mAP50": metrics.get("eval_mAP"),
