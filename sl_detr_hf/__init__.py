@@ -19,6 +19,7 @@ from .modeling_sl_detr import (
     SlDetrObjectDetectionOutput,
     SlDetrPreTrainedModel,
 )
+from .pipeline_oriented_detection import register_pipeline as _register_pipeline
 
 __version__ = "0.1.0"
 
@@ -50,3 +51,4 @@ def _register() -> None:
 
 
 _register()
+_register_pipeline()  # the "oriented-object-detection" task of transformers.pipeline
