@@ -17,6 +17,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import shapely
 import torch
 from PIL import Image
 
@@ -41,8 +42,9 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 CLASSES_FILE = "classes.txt"
 """Optional file at a dataset root listing its class names, one per line (written by the synthetic generator)."""
 
-MIN_SIDE = 1e-3
-"""A polygon whose minimum-area rectangle has a side shorter than this (pixels) is degenerate."""
+MIN_AREA = 1e-2
+"""A polygon whose 4 points span a convex hull smaller than this (pixels^2: collinear or coincident points) is
+degenerate."""
 
 
 @dataclass(frozen=True)
@@ -162,8 +164,7 @@ def _parse_object_line(tokens: list[str], known: set[str] | None) -> tuple[str |
             return "bad difficult flag", None
         if difficult < 0:
             return "bad difficult flag", None
-    rbox = poly_to_rbox(torch.tensor(coords, dtype=torch.float64))
-    if float(rbox[3]) < MIN_SIDE:
+    if shapely.convex_hull(shapely.multipoints(np.reshape(coords, (4, 2)))).area < MIN_AREA:
         return "degenerate polygon", None
     return None, DotaObject(coords, class_name, difficult)
 

@@ -271,7 +271,11 @@ def split_dota(
     total = SplitSummary()
     bar = tqdm(total=len(items), desc="split", unit="img", disable=not progress)
     if num_workers > 0:
-        with multiprocessing.get_context().Pool(num_workers) as pool:
+        # Workers run numpy / shapely / PIL only (never torch, whose thread pool does not survive a fork);
+        # "fork" spares every worker the package import, "spawn" is the fallback where fork does not exist.
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        with context.Pool(num_workers) as pool:
             results = pool.imap_unordered(work, items)
             for result in results:
                 _add(total, result)

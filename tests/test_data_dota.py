@@ -1,0 +1,151 @@
+"""DOTA reader / writer: parsing, malformed lines, unmatched files, the datasets schema."""
+
+from __future__ import annotations
+
+import logging
+
+import datasets
+import pytest
+import torch
+from PIL import Image
+
+from sl_detr_hf.configuration_sl_detr import DOTA_CLASSES
+from sl_detr_hf.data.dota import find_class_names, load_dota, parse_dota_label_file, write_dota_labels
+from sl_detr_hf.rotated_boxes import rbox_to_poly
+
+GOOD = "10 10 50 10 50 30 10 30 plane 0"
+
+
+def _make_root(tmp_path, labels: dict[str, str], images: dict[str, tuple[int, int]]):
+    (tmp_path / "images").mkdir(parents=True)
+    (tmp_path / "labelTxt").mkdir()
+    for name, size in images.items():
+        Image.new("RGB", size, (10, 20, 30)).save(tmp_path / "images" / f"{name}.png")
+    for name, text in labels.items():
+        (tmp_path / "labelTxt" / f"{name}.txt").write_text(text)
+    return tmp_path
+
+
+def test_parse_header_and_objects(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_text("imagesource:GoogleEarth\ngsd:0.146\n" + GOOD + "\n"
+                    "100 100 140 100 140 120 100 120 ship\n\n"
+                    "0 0 20 0 20 60 0 60 harbor 1\n")
+    objects, problems, header = parse_dota_label_file(path, DOTA_CLASSES["1.0"])
+    assert problems == []
+    assert header == {"imagesource": "GoogleEarth", "gsd": pytest.approx(0.146)}
+    assert [(o.class_name, o.difficult) for o in objects] == [("plane", 0), ("ship", 0), ("harbor", 1)]
+    assert objects[0].polygon == (10, 10, 50, 10, 50, 30, 10, 30)
+
+
+def test_gsd_null(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_text("imagesource:GoogleEarth\ngsd:null\n")
+    assert parse_dota_label_file(path)[2] == {"imagesource": "GoogleEarth", "gsd": None}
+
+
+def test_malformed_lines_are_skipped_with_warnings(tmp_path, caplog):
+    path = tmp_path / "bad.txt"
+    lines = [
+        GOOD,                                            # 1 ok
+        "10 10 50 10 50 30 10 plane",                    # 2 too few fields
+        "10 10 50 10 50 30 10 30 plane 0 extra",         # 3 too many fields
+        "10 10 50 10 50 30 ten 30 plane 0",              # 4 not a number
+        "10 10 50 10 nan 30 10 30 plane 0",              # 5 not finite
+        "10 10 50 10 50 30 10 30 spaceship 0",           # 6 unknown class
+        "10 10 50 10 50 30 10 30 plane hard",            # 7 bad difficult flag
+        "10 10 20 20 30 30 40 40 plane 0",               # 8 degenerate (collinear)
+        "5 5 5 5 5 5 5 5 ship 0",                        # 9 degenerate (one point)
+        "10 10 50 10 50 30 10 30 ship",                  # 10 ok, difficult 0
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    with caplog.at_level(logging.WARNING, logger="sl_detr_hf.data.dota"):
+        objects, problems, _ = parse_dota_label_file(path, DOTA_CLASSES["1.0"])
+    assert [o.class_name for o in objects] == ["plane", "ship"]
+    assert [(p.line, p.reason) for p in problems] == [
+        (2, "too few fields"), (3, "too many fields"), (4, "not a number"), (5, "not finite"),
+        (6, "unknown class"), (7, "bad difficult flag"), (8, "degenerate polygon"), (9, "degenerate polygon")]
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 8
+    assert messages[0].startswith(f"{path}:2: too few fields (line skipped)")
+    assert f"{path}:6: unknown class" in messages[4]
+
+
+def test_write_then_parse_roundtrip(tmp_path):
+    boxes = torch.tensor([[30.0, 40.0, 20.0, 8.0, 0.3], [100.0, 60.0, 50.0, 10.0, -1.2]], dtype=torch.float64)
+    path = tmp_path / "x.txt"
+    write_dota_labels(path, rbox_to_poly(boxes), ["ship", "plane"], [0, 1], imagesource="synthetic", gsd=0.5)
+    objects, problems, header = parse_dota_label_file(path, DOTA_CLASSES["1.0"])
+    assert problems == [] and header == {"imagesource": "synthetic", "gsd": 0.5}
+    got = torch.tensor([o.polygon for o in objects], dtype=torch.float64)
+    torch.testing.assert_close(got, rbox_to_poly(boxes), atol=0.006, rtol=0)
+    assert [o.difficult for o in objects] == [0, 1]
+    with pytest.raises(ValueError, match="without spaces"):
+        write_dota_labels(path, rbox_to_poly(boxes), ["small ship", "plane"])
+
+
+def test_load_dota_schema_values_and_reports(tmp_path, caplog):
+    root = _make_root(
+        tmp_path,
+        labels={"P1": "imagesource:GoogleEarth\ngsd:0.2\n" + GOOD + "\n0 0 60 0 60 20 0 20 ship 1\nbroken\n",
+                "P2": "", "orphan": GOOD + "\n"},
+        images={"P1": (120, 80), "P2": (64, 48), "P3": (32, 32)},
+    )
+    with caplog.at_level(logging.WARNING, logger="sl_detr_hf.data.dota"):
+        ds, summary = load_dota(root, version="1.5", return_summary=True)
+    assert isinstance(ds, datasets.Dataset) and len(ds) == 3
+    assert ds.features["objects"]["category"].feature.names == list(DOTA_CLASSES["1.5"])
+    assert summary.num_images == 3 and summary.num_objects == 2
+    assert dict(summary.skipped_lines) == {"too few fields": 1}
+    assert summary.images_without_labels == [str(root / "images" / "P3.png")]
+    assert summary.labels_without_images == [str(root / "labelTxt" / "orphan.txt")]
+    messages = "\n".join(r.getMessage() for r in caplog.records)
+    assert "label file without an image" in messages and "image without a label file" in messages
+    row = ds[0]
+    assert (row["image_id"], row["width"], row["height"]) == ("P1", 120, 80)
+    assert row["gsd"] == pytest.approx(0.2) and row["imagesource"] == "GoogleEarth"
+    assert row["image"].size == (120, 80)
+    objects = row["objects"]
+    assert objects["category"] == [DOTA_CLASSES["1.5"].index("plane"), DOTA_CLASSES["1.5"].index("ship")]
+    assert objects["difficult"] == [0, 1]
+    assert objects["rbox"][0] == pytest.approx([30, 20, 40, 20, 0], abs=1e-5)
+    assert objects["rbox"][1] == pytest.approx([30, 10, 60, 20, 0], abs=1e-5)
+    assert objects["area"] == pytest.approx([800, 1200])
+    assert ds[2]["objects"]["rbox"] == [] and ds[2]["gsd"] is None
+    assert len(load_dota(root, skip_unlabeled=True)) == 2
+    assert load_dota(root, skip_difficult=True)[0]["objects"]["difficult"] == [0]
+
+
+def test_load_dota_save_memory_map_and_stream(tmp_path):
+    root = _make_root(tmp_path / "src", labels={"A": GOOD}, images={"A": (60, 40)})
+    ds = load_dota(root)
+    ds.save_to_disk(str(tmp_path / "saved"))
+    again = datasets.load_from_disk(str(tmp_path / "saved"))
+    assert again[0]["objects"] == ds[0]["objects"] and again[0]["image"].size == (60, 40)
+    streamed = next(iter(ds.to_iterable_dataset()))
+    assert streamed["image_id"] == "A" and streamed["objects"]["rbox"][0] == pytest.approx([30, 20, 40, 20, 0])
+
+
+def test_class_names_override_and_classes_file(tmp_path):
+    root = _make_root(tmp_path, labels={"A": "0 0 9 0 9 3 0 3 cat\n0 0 9 0 9 3 0 3 plane\n"},
+                      images={"A": (16, 16)})
+    ds, summary = load_dota(root, class_names=["dog", "cat"], return_summary=True)
+    assert ds[0]["objects"]["category"] == [1] and dict(summary.skipped_lines) == {"unknown class": 1}
+    (root / "classes.txt").write_text("cat\nplane\n")
+    assert find_class_names(root) == ("cat", "plane")
+    assert load_dota(root)[0]["objects"]["category"] == [0, 1]
+    assert find_class_names(tmp_path / "nowhere", "2.0") == DOTA_CLASSES["2.0"]
+    with pytest.raises(ValueError, match="unknown DOTA version"):
+        find_class_names(tmp_path / "nowhere", "3.0")
+    assert len(DOTA_CLASSES["1.0"]) == 15 and len(DOTA_CLASSES["2.0"]) == 18
+
+
+def test_missing_folders(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no images folder"):
+        load_dota(tmp_path)
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "images" / "a.png")
+    with pytest.raises(FileNotFoundError, match="no labels folder"):
+        load_dota(tmp_path)
+    ds = load_dota(tmp_path, labels_dir=None)
+    assert ds[0]["objects"]["polygon"] == []
