@@ -103,7 +103,7 @@ class RotatedDetectionAugment:
             steps.append(v2.RandomShortestSize(list(scales), max_size=max_size))
         if brightness or contrast or saturation or hue:
             steps.append(v2.ColorJitter(brightness, contrast, saturation, hue))
-        self.transform = v2.Compose(steps)
+        self.transform = v2.Compose(steps) if steps else v2.Identity()
         self.min_visibility = min_visibility
 
     def __call__(self, image: Image.Image | Tensor, target: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:

@@ -1,0 +1,133 @@
+"""Augmentation through torchvision rotated tv_tensors: the sign convention, boxes following objects, drops."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from torchvision import tv_tensors
+from torchvision.transforms.v2 import functional as F
+
+from sl_detr_hf.data.transforms import RandomRotate90, RotatedDetectionAugment, visible_fraction
+from sl_detr_hf.rotated_boxes import (
+    poly_to_rbox,
+    rbox_to_poly,
+    rboxes_from_torchvision,
+    rboxes_to_torchvision,
+)
+
+
+def _draw(height: int, width: int, boxes: torch.Tensor) -> torch.Tensor:
+    """A black image with each box filled white, ``(3, H, W)`` uint8 (drawn from ``rbox_to_poly``)."""
+    image = Image.new("RGB", (width, height))
+    draw = ImageDraw.Draw(image)
+    for poly in rbox_to_poly(boxes.double()).tolist():
+        draw.polygon(poly, fill=(255, 255, 255))
+    return F.pil_to_tensor(image)
+
+
+def _pixel_box(mask: torch.Tensor) -> torch.Tensor:
+    """Centre, side lengths and le90 angle of a filled rectangle from its pixel moments (independent of us)."""
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    pts = torch.stack((xs, ys), 1).double() + 0.5
+    centre = pts.mean(0)
+    cov = (pts - centre).T @ (pts - centre) / len(pts)
+    evals, evecs = torch.linalg.eigh(cov)  # ascending
+    major = evecs[:, 1]
+    theta = math.atan2(float(major[1]), float(major[0]))
+    theta = (theta + math.pi / 2) % math.pi - math.pi / 2
+    w, h = (12 * evals[1]).sqrt(), (12 * evals[0]).sqrt()  # a uniform segment of length L has variance L^2/12
+    return torch.tensor([centre[0], centre[1], w, h, theta], dtype=torch.float64)
+
+
+def _angle_close(a: float, b: float, tol: float) -> bool:
+    d = (a - b + math.pi / 2) % math.pi - math.pi / 2
+    return abs(d) < tol
+
+
+@pytest.mark.parametrize("degrees", [30.0, -50.0, 90.0])
+def test_sign_convention_matches_torchvision_rotation(degrees):
+    # Rotate an image and its box with torchvision; the rotated white rectangle measured from the pixels must
+    # be the box that rboxes_from_torchvision returns, and rbox_to_poly's corners must enclose it.
+    box = torch.tensor([[120.0, 90.0, 80.0, 24.0, 0.2]])
+    image = _draw(200, 260, box)
+    tv = rboxes_to_torchvision(box, (200, 260))
+    out_image = F.rotate(tv_tensors.Image(image), degrees)
+    out_box = rboxes_from_torchvision(F.rotate(tv, degrees))[0].double()
+    measured = _pixel_box(out_image[0] > 127)
+    torch.testing.assert_close(measured[:2], out_box[:2], atol=1.0, rtol=0)
+    torch.testing.assert_close(measured[2:4], out_box[2:4], atol=2.0, rtol=0)
+    assert _angle_close(float(measured[4]), float(out_box[4]), 0.02)
+    # torchvision turns counter-clockwise on screen for positive degrees: theta decreases by the angle.
+    assert _angle_close(float(out_box[4]), 0.2 - math.radians(degrees), 1e-4)
+    # The polygon of our box equals torchvision's own corner format.
+    corners = F.convert_bounding_box_format(F.rotate(tv, degrees), new_format="XYXYXYXY")
+    ours = rbox_to_poly(out_box[None].float())
+    torch.testing.assert_close(poly_to_rbox(corners.as_subclass(torch.Tensor).double()),
+                               poly_to_rbox(ours.double()), atol=1e-3, rtol=0)
+
+
+def test_flips_match_pixels():
+    box = torch.tensor([[70.0, 40.0, 60.0, 16.0, 0.5]])
+    image = _draw(100, 150, box)
+    tv = rboxes_to_torchvision(box, (100, 150))
+    for image_fn, box_fn in ((F.horizontal_flip, F.horizontal_flip), (F.vertical_flip, F.vertical_flip)):
+        out = rboxes_from_torchvision(box_fn(tv))[0].double()
+        measured = _pixel_box(image_fn(tv_tensors.Image(image))[0] > 127)
+        torch.testing.assert_close(measured[:2], out[:2], atol=1.0, rtol=0)
+        assert _angle_close(float(measured[4]), float(out[4]), 0.03)
+        assert _angle_close(float(out[4]), -0.5, 1e-5)
+
+
+def test_augmented_boxes_follow_their_objects():
+    torch.manual_seed(0)
+    boxes = torch.tensor([[60.0, 50.0, 50.0, 14.0, 0.3], [140.0, 100.0, 40.0, 20.0, -1.0]])
+    image = _draw(160, 200, boxes)
+    aug = RotatedDetectionAugment(rotate_prob=1.0, rotate_degrees=45, scales=(120, 200), max_size=300,
+                                  brightness=0, contrast=0, saturation=0, min_visibility=0.9)
+    kept_all = 0
+    for _ in range(12):
+        target = {"boxes": boxes, "class_labels": torch.tensor([2, 4]), "size": torch.tensor([160, 200])}
+        out_image, out = aug(image, target)
+        height, width = out_image.shape[-2:]
+        assert out["size"].tolist() == [height, width]
+        assert out["boxes"].shape[0] == out["class_labels"].shape[0]
+        # Every kept box is white inside (sample its inner half) -- it still covers its object.
+        for b in out["boxes"]:
+            inner = b.clone()
+            inner[2:4] *= 0.5
+            mask = _draw(height, width, inner[None])[0] > 0
+            assert float(out_image[0][mask].float().mean()) > 200
+        kept_all += int(out["boxes"].shape[0] == 2)
+    assert kept_all >= 6
+
+
+def test_rot90_changes_canvas_and_keeps_everything():
+    torch.manual_seed(1)
+    boxes = torch.tensor([[20.0, 10.0, 16.0, 6.0, 0.0]])
+    image = _draw(30, 50, boxes)
+    out_image, out_boxes = RandomRotate90(p=1.0)(tv_tensors.Image(image), rboxes_to_torchvision(boxes, (30, 50)))
+    assert out_image.shape[-2:] in ((50, 30), (30, 50))
+    measured = _pixel_box(out_image[0] > 127)
+    torch.testing.assert_close(measured[:2], rboxes_from_torchvision(out_boxes)[0, :2].double(), atol=1.0, rtol=0)
+
+
+def test_border_rule_drops_objects():
+    # visible_fraction is exact for axis-aligned cases: half of a 20 x 10 box at the left border.
+    frac = visible_fraction(torch.tensor([[0.0, 50.0, 20.0, 10.0, 0.0], [50.0, 50, 20, 10, 0.7]]), 100, 100)
+    torch.testing.assert_close(frac, torch.tensor([0.5, 1.0]), atol=1e-5, rtol=0)
+    aug = RotatedDetectionAugment(hflip_prob=0, vflip_prob=0, rot90_prob=0, brightness=0, contrast=0,
+                                  saturation=0, min_visibility=0.6)
+    target = {"boxes": torch.tensor([[5.0, 50.0, 20.0, 10.0, 0.0],   # 75% visible: kept
+                                     [1.0, 50.0, 20.0, 10.0, 0.0],   # 55% visible: dropped
+                                     [-2.0, 50.0, 30.0, 10.0, 0.0],  # centre outside: dropped
+                                     [50.0, 50.0, 20.0, 10.0, 0.0]]),
+              "class_labels": torch.tensor([0, 1, 2, 3]), "difficult": torch.tensor([0, 0, 1, 1]),
+              "area": torch.zeros(4), "polygon": torch.zeros(4, 8), "image_id": "x"}
+    _, out = aug(torch.zeros(3, 100, 100, dtype=torch.uint8), target)
+    assert out["class_labels"].tolist() == [0, 3] and out["difficult"].tolist() == [0, 1]
+    torch.testing.assert_close(out["area"], torch.tensor([200.0, 200.0]))
+    torch.testing.assert_close(out["polygon"], rbox_to_poly(out["boxes"]))
+    assert out["image_id"] == "x"
