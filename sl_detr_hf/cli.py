@@ -199,7 +199,7 @@ def draw_demo_predictions(model, processor, dataset, path: Path, num_images: int
     import torch
     from PIL import Image
 
-    from .inference import draw_detections
+    from .visualize import draw_detections
 
     model.eval()
     images = [dataset[i]["image"].convert("RGB") for i in range(min(num_images, len(dataset)))]
