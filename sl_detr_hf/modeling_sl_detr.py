@@ -21,6 +21,7 @@ torch and transformers.
 import copy
 import math
 import os
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -207,6 +208,12 @@ class SlDetrModel(SlDetrPreTrainedModel, DeformableDetrModel):
 
     def __init__(self, config: SlDetrConfig):
         super().__init__(config)
+        if config.backbone_config is not None and config.backbone_config.model_type == "resnet":
+            # Deformable DETR means to train ResNet stages 2-4 (as it does for timm backbones), but for transformers'
+            # ResNet its name filter looks for "stage.N" while the parameters are "encoder.stages.N": it freezes all.
+            for name, parameter in self.backbone.model.named_parameters():
+                if re.match(r"encoder\.stages\.[123]\.", name):
+                    parameter.requires_grad_(True)
         # The two-stage encoder's angle head (the proposal angle delta); the other heads are per decoder layer.
         self.enc_angle_embed = (
             SlDetrAngleHead(config.d_model) if config.two_stage and config.box_type == "rotated" else None
@@ -549,6 +556,11 @@ class SlDetrForObjectDetection(SlDetrPreTrainedModel, DeformableDetrForObjectDet
         values = source.config.to_dict()
         for key in (*_CONFIG_META_FIELDS, *_DDETR_LOSS_FIELDS):
             values.pop(key, None)
+        if "num_labels" in config_kwargs or "id2label" in config_kwargs:
+            # another label set: the source's label maps must not survive next to it
+            for key in ("id2label", "label2id"):
+                if key not in config_kwargs:
+                    values.pop(key, None)
         values.update(config_kwargs)
         values["box_type"] = box_type
         config = SlDetrConfig(**values)
