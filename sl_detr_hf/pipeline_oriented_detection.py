@@ -1,8 +1,9 @@
 """The ``"oriented-object-detection"`` pipeline: oriented boxes and polygons from an SL-DETR model.
 
     >>> from transformers import pipeline
-    >>> import sl_detr_hf  # registers the task (or: pipeline(model=folder_or_hub_id, trust_remote_code=True))
-    >>> detector = pipeline("oriented-object-detection", model="path/to/sl-detr")
+    >>> detector = pipeline(model="folder_or_hub_id", trust_remote_code=True)  # a folder written by save_for_hub
+    >>> import sl_detr_hf  # or, with the package: registers the task for model objects and plain folders
+    >>> detector = pipeline("oriented-object-detection", model=model, image_processor=image_processor)
     >>> detector("image.png", threshold=0.3)
     [{'score': 0.91, 'label': 'plane', 'box': {'xmin': 10, 'ymin': 20, 'xmax': 74, 'ymax': 70},
       'rbox': {'cx': 42.0, 'cy': 45.1, 'w': 60.3, 'h': 30.2, 'theta': 0.42},
@@ -14,9 +15,11 @@ radians, le90: ``w >= h``, ``theta`` in ``[-pi/2, pi/2)``, positive = clockwise 
 corners in DOTA order). Models with axis-aligned boxes (``box_type="horizontal"``) give ``theta`` 0 (or ``-pi/2``
 when the box is taller than wide, the le90 convention).
 
-This file ships with saved models as custom pipeline code (``config.custom_pipelines``), so that
-``pipeline(model=folder_or_hub_id, trust_remote_code=True)`` works where ``sl_detr_hf`` is not installed: it imports
-only torch, transformers, the standard library and its sibling ``rotated_boxes.py``.
+This file ships with saved models as custom pipeline code (``config.custom_pipelines``, see
+``sl_detr_hf.hub.save_for_hub``), so that ``pipeline(model=folder_or_hub_id, trust_remote_code=True)`` works where
+``sl_detr_hf`` is not installed: it imports only torch, transformers, the standard library and its sibling
+``rotated_boxes.py``. transformers asks for ``trust_remote_code=True`` for any folder that declares a custom
+pipeline, also when this package is installed; ``sl_detr_hf.inference.load_detector(folder)`` avoids it.
 """
 
 from __future__ import annotations
