@@ -91,6 +91,21 @@ def test_split_iof_truncation_and_padding(tmp_path):
     assert patch.getpixel((10, 10)) == (200, 0, 0) and patch.getpixel((10, 950)) == DEFAULT_PADDING_VALUE
 
 
+def test_split_image_without_labels(tmp_path, caplog):
+    src = tmp_path / "src"
+    (src / "images").mkdir(parents=True)
+    (src / "labelTxt").mkdir()
+    Image.new("L", (300, 200), 9).save(src / "images" / "B.png")  # grey: converted to RGB
+    summary = split_dota(src, tmp_path / "dst", sizes=(256,), gaps=(56,), progress=False)
+    assert summary.patches == 2 and "image without a label file" in caplog.text
+    assert sorted(p.name for p in (tmp_path / "dst" / "labelTxt").iterdir()) == ["B__256__0___0.txt",
+                                                                                   "B__256__44___0.txt"]
+    assert (tmp_path / "dst" / "labelTxt" / "B__256__0___0.txt").read_text() == ""
+    assert Image.open(tmp_path / "dst" / "images" / "B__256__44___0.png").getpixel((0, 0)) == (9, 9, 9)
+    split_dota(src, tmp_path / "test", sizes=(256,), gaps=(56,), labels_dir=None, progress=False)
+    assert not (tmp_path / "test" / "labelTxt").exists()
+
+
 def test_split_then_merge_recovers_every_object(tmp_path):
     # Objects at most 120 px long (their extent < the 200 px overlap), never overlapping each other, so that
     # every object lies whole in some patch and class-wise NMS at 0.1 leaves exactly one copy.

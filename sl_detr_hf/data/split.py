@@ -176,8 +176,11 @@ def split_image(
     padding_value: int | Sequence[int] = DEFAULT_PADDING_VALUE,
     ext: str = ".png",
     class_names: Sequence[str] | None = None,
+    write_labels: bool | None = None,
 ) -> SplitSummary:
     """Split one image into ``dst_root/images`` and ``dst_root/labelTxt`` (both must exist).
+
+    ``write_labels`` (default: when ``label_path`` is given) writes one label file per patch, empty if need be.
 
     The image is decoded once; each window is cropped, padded, saved and released before the next, so the
     memory beyond the decoded image is one patch.
@@ -188,6 +191,7 @@ def split_image(
         objects, _, header = parse_dota_label_file(label_path, class_names)
     polygons = np.array([o.polygon for o in objects], dtype=np.float64).reshape(-1, 8)
     summary = SplitSummary(images=1, objects=len(objects))
+    write_labels = label_path is not None if write_labels is None else write_labels
     fill = (padding_value,) * 3 if isinstance(padding_value, int) else tuple(int(v) for v in padding_value)
     previous_limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None  # DOTA images reach 20,000 px a side
@@ -207,7 +211,7 @@ def split_image(
                 del patch
                 idx, polys, truncated = _window_objects(polygons, window, iof_thr)
                 difficult = np.where(truncated, 2, [objects[i].difficult for i in idx]) if idx.size else []
-                if label_path is not None:
+                if write_labels:
                     write_dota_labels(dst_root / "labelTxt" / f"{name}.txt", polys,
                                       [objects[i].class_name for i in idx], difficult,
                                       imagesource=header["imagesource"], gsd=header["gsd"])
@@ -220,7 +224,7 @@ def split_image(
 
 
 def _split_one(item: tuple[Path, Path | None], **kwargs) -> SplitSummary:
-    return split_image(item[0], item[1], **kwargs)
+    return split_image(item[0], item[1], write_labels=kwargs.pop("labels_dir") is not None, **kwargs)
 
 
 def split_dota(
@@ -262,12 +266,12 @@ def split_dota(
     for image_id, path in images.items():
         label = None if labels_dir is None else src_root / labels_dir / f"{image_id}.txt"
         if label is not None and not label.is_file():
-            logger.warning("image without a label file (split with no objects): %s", path)
+            logger.warning("image without a label file (its patches get empty label files): %s", path)
             label = None
         items.append((path, label))
     work = partial(_split_one, dst_root=dst_root, sizes=tuple(sizes), gaps=tuple(gaps), rates=tuple(rates),
                    img_rate_thr=img_rate_thr, iof_thr=iof_thr, padding=padding, padding_value=padding_value,
-                   ext=ext, class_names=class_names)
+                   ext=ext, class_names=class_names, labels_dir=labels_dir)
     total = SplitSummary()
     bar = tqdm(total=len(items), desc="split", unit="img", disable=not progress)
     if num_workers > 0:
