@@ -14,8 +14,8 @@ only adds its angle heads). For the same random `batch x 3 x size x size` batch 
 - the peak memory of each phase: on CPU the growth of the process' peak resident set over the phase (the
   kernel's high-water mark is reset before each phase), on CUDA `torch.cuda.max_memory_allocated`;
 
-and the SL-DETR / Deformable DETR ratios. Repeats alternate between the two models so that background load hits
-both alike.
+and the SL-DETR / Deformable DETR ratios. Repeats alternate between the two models, and the order flips every
+repeat, so that background load hits both alike.
 """
 
 from __future__ import annotations
@@ -154,9 +154,10 @@ def main() -> None:
             runs[name]()  # warm-up
         times: dict[str, list[float]] = {name: [] for name in runs}
         peaks: dict[str, list[float]] = {name: [] for name in runs}
-        for _ in range(args.repeat):
-            for name, run in runs.items():
-                seconds, mib = measure(run, device)
+        for repeat in range(args.repeat):
+            order = list(runs) if repeat % 2 == 0 else list(reversed(runs))  # no first-runner advantage
+            for name in order:
+                seconds, mib = measure(runs[name], device)
                 times[name].append(seconds)
                 peaks[name].append(mib)
         for name in runs:

@@ -139,15 +139,22 @@ class SlDetrConversionReport:
         return "\n".join(lines)
 
 
+def _zero_init_linear(in_features: int, out_features: int) -> nn.Linear:
+    """A Linear layer that `SlDetrPreTrainedModel._init_weights` initializes to zero (weight and bias)."""
+    layer = nn.Linear(in_features, out_features)
+    layer._sl_detr_zero_init = True
+    return layer
+
+
 class SlDetrAngleHead(DeformableDetrMLPPredictionHead):
-    """MLP predicting the angle delta (inverse-sigmoid space) of a query: `(..., d_model) -> (..., 1)`.
+    """MLP predicting the angle delta (inverse-sigmoid space) of an encoder proposal: `(..., d_model) -> (..., 1)`.
 
     Its last layer is zero-initialized (see `SlDetrPreTrainedModel._init_weights`), so the initial delta is 0.
     """
 
     def __init__(self, d_model: int, num_layers: int = 3):
         super().__init__(input_dim=d_model, hidden_dim=d_model, output_dim=1, num_layers=num_layers)
-        self.layers[-1]._sl_detr_zero_init = True
+        self.layers[-1] = _zero_init_linear(d_model, 1)
 
 
 class SlDetrProposalBoxHead(DeformableDetrMLPPredictionHead):
@@ -169,8 +176,8 @@ class SlDetrProposalBoxHead(DeformableDetrMLPPredictionHead):
 def _build_heads(config: SlDetrConfig, num_pred: int) -> tuple[nn.ModuleList, nn.ModuleList]:
     """Class and box heads of `num_pred` prediction stages (decoder layers, plus the encoder when two-stage).
 
-    The last head is the two-stage encoder head when `config.two_stage`; in `"rotated"` mode it also predicts the
-    proposal angle.
+    The last head is the two-stage encoder head when `config.two_stage`; in `"rotated"` mode it outputs 5 columns
+    (see `SlDetrProposalBoxHead`). The angle heads are not here: they never enter the transformers decoder.
     """
     class_embed = nn.ModuleList([nn.Linear(config.d_model, config.num_labels) for _ in range(num_pred)])
     boxes = [
@@ -297,7 +304,8 @@ class SlDetrForObjectDetection(SlDetrPreTrainedModel, DeformableDetrForObjectDet
     drop-in for `DeformableDetrForObjectDetection`. With `labels`, the loss is [`SlDetrLoss`].
 
     Parameter names follow Deformable DETR (`model.*`, `class_embed.*`, `bbox_embed.*`); the new angle heads are
-    `angle_embed.{layer}` (one per decoder layer) and, with two-stage, `model.enc_angle_embed` (the proposals).
+    `angle_embed.{layer}` (one per decoder layer: a linear read-out of the hidden features of `bbox_embed.{layer}`)
+    and, with two-stage, `model.enc_angle_embed` (an MLP on the encoder proposals).
     """
 
     def __init__(self, config: SlDetrConfig):
@@ -308,8 +316,10 @@ class SlDetrForObjectDetection(SlDetrPreTrainedModel, DeformableDetrForObjectDet
         # if two-stage, the last class / box head generates the region proposals
         num_pred = config.decoder_layers + 1 if config.two_stage else config.decoder_layers
         self.class_embed, self.bbox_embed = _build_heads(config, num_pred)
+        # Per decoder layer, the angle delta is a linear read-out of the layer's box-head features (the hidden
+        # activations of `bbox_embed[layer]`, shared as in RHINO's 5-d box head): an angle costs almost nothing.
         self.angle_embed = (
-            nn.ModuleList([SlDetrAngleHead(config.d_model) for _ in range(config.decoder_layers)])
+            nn.ModuleList([_zero_init_linear(config.d_model, 1) for _ in range(config.decoder_layers)])
             if config.box_type == "rotated"
             else None
         )
@@ -387,7 +397,7 @@ class SlDetrForObjectDetection(SlDetrPreTrainedModel, DeformableDetrForObjectDet
             reference = init_reference if level == 0 else inter_references[:, level - 1]
             reference = inverse_sigmoid(reference)
             outputs_class = self.class_embed[level](hidden_states[:, level])
-            delta_bbox = self.bbox_embed[level](hidden_states[:, level])
+            delta_bbox, features = _mlp_with_features(self.bbox_embed[level], hidden_states[:, level])
             if reference.shape[-1] == 4:
                 outputs_coord_logits = delta_bbox + reference
             elif reference.shape[-1] == 2:
@@ -398,7 +408,7 @@ class SlDetrForObjectDetection(SlDetrPreTrainedModel, DeformableDetrForObjectDet
             outputs_coord = outputs_coord_logits.sigmoid()
             if self.angle_embed is not None:
                 # Angle: refined like the box, a_l = sigmoid(delta_l + inverse_sigmoid(a_{l-1})), a_{l-1} detached.
-                angle = (self.angle_embed[level](hidden_states[:, level]) + inverse_sigmoid(reference_angle)).sigmoid()
+                angle = (self.angle_embed[level](features) + inverse_sigmoid(reference_angle)).sigmoid()
                 reference_angle = angle.detach()
                 outputs_coord = torch.cat([outputs_coord, angle_from_sigmoid(angle)], dim=-1)
             outputs_classes.append(outputs_class)
@@ -586,6 +596,13 @@ class SlDetrForObjectDetection(SlDetrPreTrainedModel, DeformableDetrForObjectDet
         model.train(source.training)
         logger.info("Converted Deformable DETR to SL-DETR (%s): %s", box_type, report)
         return (model, report) if return_report else model
+
+
+def _mlp_with_features(head: DeformableDetrMLPPredictionHead, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`head(x)` (the same operations, so the same numbers) and the input of its last layer."""
+    for layer in head.layers[:-1]:
+        x = nn.functional.relu(layer(x))
+    return head.layers[-1](x), x
 
 
 def _check_pixel_inputs(config: SlDetrConfig, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None) -> None:

@@ -16,6 +16,7 @@ import pytest
 import torch
 from transformers import (
     AutoConfig,
+    AutoImageProcessor,
     AutoModel,
     AutoModelForObjectDetection,
     DeformableDetrConfig,
@@ -26,6 +27,7 @@ from transformers import (
 from sl_detr_hf import (
     SlDetrConfig,
     SlDetrForObjectDetection,
+    SlDetrImageProcessor,
     SlDetrModel,
     SlDetrObjectDetectionOutput,
 )
@@ -59,11 +61,13 @@ def tiny_ddetr(seed: int = 0, **overrides) -> DeformableDetrForObjectDetection:
 
 def randomize_angle_heads(model: SlDetrForObjectDetection) -> None:
     """Give the (zero-initialized) angle heads non-zero outputs, so that saving / loading them is tested."""
-    heads = list(model.angle_embed) + ([model.model.enc_angle_embed] if model.model.enc_angle_embed is not None else [])
+    layers = list(model.angle_embed)
+    if model.model.enc_angle_embed is not None:
+        layers.append(model.model.enc_angle_embed.layers[-1])
     with torch.no_grad():
-        for head in heads:
-            head.layers[-1].weight.normal_(std=0.3)
-            head.layers[-1].bias.normal_(std=0.3)
+        for layer in layers:
+            layer.weight.normal_(std=0.3)
+            layer.bias.normal_(std=0.3)
 
 
 def images(batch: int = 2, size: int = 64, seed: int = 1) -> torch.Tensor:
@@ -168,9 +172,9 @@ def test_conversion_script(ddetr, tmp_path, monkeypatch, capsys):
 
 def test_fresh_model_predicts_zero_angle_and_shapes():
     model = SlDetrForObjectDetection(tiny_config()).eval()
-    for head in [*model.angle_embed, model.model.enc_angle_embed]:
-        assert torch.count_nonzero(head.layers[-1].weight) == 0 and torch.count_nonzero(head.layers[-1].bias) == 0
-        assert torch.count_nonzero(head.layers[0].weight) > 0
+    for layer in [*model.angle_embed, model.model.enc_angle_embed.layers[-1]]:
+        assert torch.count_nonzero(layer.weight) == 0 and torch.count_nonzero(layer.bias) == 0
+    assert torch.count_nonzero(model.model.enc_angle_embed.layers[0].weight) > 0
     with torch.no_grad():
         outputs = model(images())
     assert outputs.logits.shape == (2, 12, 5) and outputs.pred_boxes.shape == (2, 12, 5)
@@ -189,8 +193,8 @@ def test_angle_is_refined_across_layers():
     enc_delta, deltas = 0.7, (-0.4, 1.1)
     with torch.no_grad():
         model.model.enc_angle_embed.layers[-1].bias.fill_(enc_delta)
-        for head, delta in zip(model.angle_embed, deltas):
-            head.layers[-1].bias.fill_(delta)
+        for layer, delta in zip(model.angle_embed, deltas):
+            layer.bias.fill_(delta)
         outputs = model(images(), labels=None)
     # every proposal gets angle logit 0 + enc_delta
     torch.testing.assert_close(outputs.enc_outputs_coord_logits[..., 4],
@@ -214,9 +218,9 @@ def test_single_stage_models(box_type, refine):
     if box_type == "rotated":
         assert torch.equal(outputs.init_reference_angles, torch.full((2, 12, 1), 0.5))
         if not refine:  # without refinement the per-layer heads are shared, like Deformable DETR's
-            assert model.angle_embed[1].layers[0].weight is model.angle_embed[0].layers[0].weight
+            assert model.angle_embed[1].weight is model.angle_embed[0].weight
         else:
-            assert model.angle_embed[1].layers[0].weight is not model.angle_embed[0].layers[0].weight
+            assert model.angle_embed[1].weight is not model.angle_embed[0].weight
     model.train()
     labels = rotated_labels() if box_type == "rotated" else [
         {"class_labels": t["class_labels"], "boxes": t["boxes"][:, :4]} for t in rotated_labels()]
@@ -257,6 +261,8 @@ def test_save_load_round_trip_and_auto_classes(tmp_path):
                         "AutoModelForObjectDetection": "modeling_sl_detr.SlDetrForObjectDetection"}
 
     assert isinstance(AutoConfig.from_pretrained(tmp_path), SlDetrConfig)
+    SlDetrImageProcessor().save_pretrained(tmp_path)
+    assert type(AutoImageProcessor.from_pretrained(tmp_path)) is SlDetrImageProcessor
     loaded = AutoModelForObjectDetection.from_pretrained(tmp_path).eval()
     assert type(loaded) is SlDetrForObjectDetection
     with torch.no_grad():
@@ -282,6 +288,7 @@ def test_trust_remote_code_without_the_package(tmp_path):
     with torch.no_grad():
         expected = model(pixel_values)
     model.save_pretrained(tmp_path / "checkpoint")
+    SlDetrImageProcessor(max_detections=77).save_pretrained(tmp_path / "checkpoint")
     torch.save({"pixel_values": pixel_values, "logits": expected.logits, "pred_boxes": expected.pred_boxes},
                tmp_path / "expected.pt")
     script = textwrap.dedent(
@@ -303,7 +310,7 @@ def test_trust_remote_code_without_the_package(tmp_path):
             raise SystemExit("sl_detr_hf is importable")
 
         import torch
-        from transformers import AutoConfig, AutoModel, AutoModelForObjectDetection
+        from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForObjectDetection
 
         folder, expected = sys.argv[1], torch.load(sys.argv[2])
         config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
@@ -316,6 +323,9 @@ def test_trust_remote_code_without_the_package(tmp_path):
         assert torch.equal(outputs.pred_boxes, expected["pred_boxes"])
         bare = AutoModel.from_pretrained(folder, trust_remote_code=True)
         assert type(bare).__name__ == "SlDetrModel"
+        processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+        assert type(processor).__name__ == "SlDetrImageProcessor" and processor.max_detections == 77
+        assert type(processor).__module__.startswith("transformers_modules."), type(processor).__module__
         assert not any(name.startswith("sl_detr_hf") for name in sys.modules)
         print("REMOTE-OK")
         """
@@ -350,7 +360,7 @@ def test_optimizer_steps_lower_the_loss_and_gradients_reach_everything():
             assert len(outputs.auxiliary_outputs) == 1
             assert outputs.auxiliary_outputs[0]["pred_boxes"].shape == (2, 12, 5)
             grads = {name: model.get_parameter(name).grad for name, _ in model.named_parameters(remove_duplicate=False)}
-            for name in ["angle_embed.0.layers.2.weight", "angle_embed.1.layers.2.weight",
+            for name in ["angle_embed.0.weight", "angle_embed.1.weight",
                          "model.enc_angle_embed.layers.2.weight", "model.encoder.layers.0.mlp.fc1.weight",
                          "model.backbone.model.layer4.0.downsample.0.weight", "model.input_proj.0.0.weight",
                          "model.decoder.layers.1.mlp.fc2.weight", "class_embed.0.weight",
