@@ -30,8 +30,9 @@ def tiny_model(box_type: str = "rotated", seed: int = 0) -> SlDetrForObjectDetec
     if model.angle_embed is not None:  # zero-initialized: give the random model non-trivial angles
         with torch.no_grad():
             for head in model.angle_embed:
-                torch.nn.init.normal_(head.layers[-1].weight, std=2.0)
-                torch.nn.init.normal_(head.layers[-1].bias, std=2.0)
+                last = [m for m in head.modules() if isinstance(m, torch.nn.Linear)][-1]
+                torch.nn.init.normal_(last.weight, std=2.0)
+                torch.nn.init.normal_(last.bias, std=2.0)
     return model
 
 

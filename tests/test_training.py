@@ -139,7 +139,7 @@ def test_two_processes_give_the_same_metrics_as_one(tmp_path, synthetic_root):
     common = ["--model_name_or_path", str(tmp_path / "start"), "--data_format", "dota",
               "--train_dir", str(synthetic_root), "--val_dir", str(synthetic_root), "--image_size", str(IMAGE_SIZE),
               "--per_device_eval_batch_size", "3", "--per_device_train_batch_size", "2", "--use_cpu",
-              "--report_to", "none", "--augment", "False"]
+              "--report_to", "none", "--augment", "False", "--eval_iou_threshold", "0.1"]
     script = str(REPO / "scripts" / "train.py")
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
@@ -153,7 +153,12 @@ def test_two_processes_give_the_same_metrics_as_one(tmp_path, synthetic_root):
     assert ap_keys and sorted(k for k in m2 if k in ap_keys) == ap_keys
     for key in ap_keys:
         assert m2[key] == pytest.approx(m1[key], abs=1e-6), key
-    assert m1["eval_mRecall"] > 0  # the random model does produce matches: the comparison is not vacuous
+    # every image evaluated exactly once (10 images, batches of 3 per process: the last batches are short)
+    num_objects = sum(len(row["objects"]["category"]) for row in load_dota(synthetic_root).remove_columns("image"))
+    assert m1["eval_num_images"] == m2["eval_num_images"] == 10
+    assert m1["eval_num_objects"] == m2["eval_num_objects"] == num_objects
+    # at IoU 0.1 the random model does match objects: equal metrics are not a vacuous 0 == 0
+    assert m1["eval_mRecall"] > 0 and m1["eval_mAP"] > 0
     # training in 2 processes (DDP, gloo) then evaluating
     train = run_cli(script, *common, "--do_train", "--do_eval", "--max_steps", "2",
                     "--output_dir", str(tmp_path / "train2"), launcher=launcher)
@@ -177,3 +182,27 @@ def test_demo_smoke(tmp_path):
         assert (out / name).is_file(), name
     assert json.loads((out / "summary.json").read_text())["train_steps"] == 4
     shutil.rmtree(out / "data")
+
+
+@pytest.mark.slow
+def test_full_size_evaluation_splits_predicts_merges_and_scores(tmp_path):
+    """`sl-detr evaluate`: big images are split into patches, predicted, merged back, scored; Task1 files written."""
+    data = make_synthetic_dota(tmp_path / "full", num_images=2, image_size=(520, 400), seed=5, max_objects=12)
+    names = load_dota(data).features["objects"]["category"].feature.names
+    model = tiny_model(len(names))
+    model.config.id2label = dict(enumerate(names))
+    model.config.label2id = {n: i for i, n in enumerate(names)}
+    model.save_pretrained(tmp_path / "model")
+    SlDetrImageProcessor(size={"shortest_edge": 256, "longest_edge": 256}).save_pretrained(tmp_path / "model")
+    result = run_cli("-m", "sl_detr_hf.cli", "evaluate", "--model", str(tmp_path / "model"), "--data_dir", str(data),
+                     "--output_dir", str(tmp_path / "eval"), "--patch_size", "256", "--gap", "56", "--device", "cpu")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert 0.0 <= metrics["mAP"] <= 1.0
+    # 520 x 400 with 256 px windows and a 200 px step: x starts 0, 200, 264 and y starts 0, 144 -> 6 patches each
+    patches = sorted(p.stem for p in (tmp_path / "eval" / "patches" / "images").iterdir())
+    assert len(patches) == 12
+    task1 = sorted(p.name for p in (tmp_path / "eval" / "task1").iterdir())
+    assert task1 == sorted(f"Task1_{n}.txt" for n in names)
+    lines = [line.split() for p in (tmp_path / "eval" / "task1").iterdir() for line in p.read_text().splitlines()]
+    assert lines and all(len(parts) == 10 and parts[0] in ("syn00000", "syn00001") for parts in lines)

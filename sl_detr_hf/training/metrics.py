@@ -241,6 +241,8 @@ class DetectionMetrics:
         if self._rotated is None:
             raise ValueError("no predictions were given")
         names = self.id2label or {}
+        counts = {"num_images": len(self._ground_truths),
+                  "num_objects": sum(len(gt["labels"]) for gt in self._ground_truths)}
         if self._rotated:
             res = evaluate_dota(self._detections, self._ground_truths, iou_threshold=self.iou_threshold,
                                 use_07_metric=self.use_07_metric, ignore_difficult=self.ignore_difficult)
@@ -251,6 +253,7 @@ class DetectionMetrics:
             per_class = res.pop("AP_per_class")
             metrics = dict(res)
         metrics.update({f"AP_{names.get(c, c)}": float(ap) for c, ap in per_class.items()})
+        metrics.update(counts)
         self.reset()
         return metrics
 
