@@ -83,7 +83,9 @@ def test_difficult_and_names():
                                                                                label_ids=labels))
     assert res["mAP"] == pytest.approx(1.0) and res["mRecall"] == pytest.approx(1.0)
     assert all(not math.isnan(v) for v in res.values())
-    assert set(res) - {"mAP", "mRecall"} <= {"AP_a", "AP_b", "AP_c"}
+    assert set(res) - {"mAP", "mRecall", "num_images", "num_objects"} <= {"AP_a", "AP_b", "AP_c"}
+    assert res["num_images"] == 4
+    assert res["num_objects"] == sum(len(t["class_labels"]) for t in labels)
 
 
 def test_concatenated_labels_are_rejected():
