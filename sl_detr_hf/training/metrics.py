@@ -38,7 +38,7 @@ from torch import Tensor
 
 from ..evaluation import evaluate_coco, evaluate_dota
 from ..image_processing_sl_detr import SlDetrImageProcessor
-from ..rotated_boxes import denormalize_rboxes
+from ..rotated_boxes import denormalize_rboxes, rbox_to_hbox
 
 __all__ = ["DetectionMetrics", "select_detection_outputs"]
 
@@ -231,10 +231,9 @@ class DetectionMetrics:
             difficult = (torch.zeros(len(labels), dtype=torch.bool) if difficult is None
                          else torch.as_tensor(_np(difficult)).reshape(-1).bool())
             return {"image_id": image_id, "boxes": pixel, "labels": labels, "difficult": difficult}
-        scale = boxes.new_tensor([width, height, width, height])
-        cxcywh = boxes * scale
-        xyxy = torch.cat((cxcywh[:, :2] - cxcywh[:, 2:] / 2, cxcywh[:, :2] + cxcywh[:, 2:] / 2), dim=-1)
-        return {"image_id": image_id, "boxes": xyxy, "labels": labels}
+        # an axis-aligned (cx, cy, w, h) box is the rotated box with theta = 0: one conversion path
+        pixel = denormalize_rboxes(torch.cat((boxes, boxes.new_zeros(len(boxes), 1)), dim=-1), (height, width))
+        return {"image_id": image_id, "boxes": rbox_to_hbox(pixel), "labels": labels}
 
     def compute(self) -> dict[str, float]:
         """Metrics of everything accumulated since the last reset (then resets)."""
