@@ -206,3 +206,21 @@ def test_full_size_evaluation_splits_predicts_merges_and_scores(tmp_path):
     assert task1 == sorted(f"Task1_{n}.txt" for n in names)
     lines = [line.split() for p in (tmp_path / "eval" / "task1").iterdir() for line in p.read_text().splitlines()]
     assert lines and all(len(parts) == 10 and parts[0] in ("syn00000", "syn00001") for parts in lines)
+
+
+@pytest.mark.slow
+def test_train_cli_resumes_from_the_last_checkpoint(tmp_path, synthetic_root):
+    """`sl-detr train --resume_from_checkpoint last` continues where an interrupted run stopped."""
+    common = ["train", "--data_format", "dota", "--train_dir", str(synthetic_root), "--image_size", str(IMAGE_SIZE),
+              "--per_device_train_batch_size", "4", "--use_cpu", "--report_to", "none", "--do_train",
+              "--save_strategy", "steps", "--save_steps", "2", "--output_dir", str(tmp_path / "run"),
+              "--logging_steps", "1", "--seed", "1"]
+    first = run_cli("-m", "sl_detr_hf.cli", *common, "--max_steps", "2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert (tmp_path / "run" / "checkpoint-2" / "trainer_state.json").is_file()
+    second = run_cli("-m", "sl_detr_hf.cli", *common, "--max_steps", "4", "--resume_from_checkpoint", "last")
+    assert second.returncode == 0, second.stderr[-3000:]
+    state = json.loads((tmp_path / "run" / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    steps = [h["step"] for h in state["log_history"] if "loss" in h]
+    assert steps == [1, 2, 3, 4]  # the resumed run continued at step 3, it did not start over
