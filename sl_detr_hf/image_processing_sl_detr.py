@@ -49,7 +49,7 @@ from .rotated_boxes import (
     regularize_rboxes,
 )
 
-__all__ = ["SlDetrImageProcessor"]
+__all__ = ["SlDetrImageProcessor", "pad_images"]
 
 logger = logging.getLogger(__name__)
 
@@ -223,6 +223,29 @@ def _check_aspect(orig: tuple[int, int], new: tuple[int, int], index: int) -> No
 # ------------------------------------------------------------------------------------------------------
 
 
+def pad_images(images: Sequence[Tensor], size: tuple[int, int] | None = None, value: float = 0.0,
+               size_name: str = "the padded size") -> tuple[Tensor, Tensor]:
+    """Pad ``(C, h, w)`` images at the bottom / right to ``size`` (default: the largest ``h`` and ``w``).
+
+    The one padding rule of the package (image processor, training collator, pipeline batches).
+
+    Returns:
+        ``pixel_values (B, C, H, W)`` (the first image's dtype) and ``pixel_mask (B, H, W)`` int64, 1 = image.
+    """
+    if not images:
+        raise ValueError("cannot pad an empty list of images")
+    height, width = size or (max(im.shape[-2] for im in images), max(im.shape[-1] for im in images))
+    out = images[0].new_full((len(images), images[0].shape[0], height, width), value)
+    mask = torch.zeros(len(images), height, width, dtype=torch.int64)
+    for i, im in enumerate(images):
+        h, w = im.shape[-2:]
+        if h > height or w > width:
+            raise ValueError(f"image {i} ({h}x{w}) is larger than {size_name} {height}x{width}")
+        out[i, :, :h, :w] = im
+        mask[i, :h, :w] = 1
+    return out, mask
+
+
 class SlDetrImageProcessor(TorchvisionBackend):
     r"""Image processor of SL-DETR (oriented or axis-aligned boxes).
 
@@ -319,20 +342,13 @@ class SlDetrImageProcessor(TorchvisionBackend):
     @staticmethod
     def _pad_batch(images: list[Tensor], pad_size: SizeDict | None) -> tuple[list[Tensor], Tensor]:
         """Zero-pad ``(C, h, w)`` images at the bottom / right; returns them and ``pixel_mask (B, H, W)`` int64."""
+        size = None
         if pad_size is not None:
             if not (pad_size.height and pad_size.width):
                 raise ValueError(f"`pad_size` must have 'height' and 'width', got {dict(pad_size)}")
-            target = (int(pad_size.height), int(pad_size.width))
-        else:
-            target = (max(im.shape[-2] for im in images), max(im.shape[-1] for im in images))
-        out, mask = [], torch.zeros(len(images), *target, dtype=torch.int64)
-        for i, im in enumerate(images):
-            h, w = im.shape[-2:]
-            if h > target[0] or w > target[1]:
-                raise ValueError(f"image {i} ({h}x{w}) is larger than `pad_size` {target[0]}x{target[1]}")
-            out.append(torch.nn.functional.pad(im, (0, target[1] - w, 0, target[0] - h)))
-            mask[i, :h, :w] = 1
-        return out, mask
+            size = (int(pad_size.height), int(pad_size.width))
+        padded, mask = pad_images(images, size, size_name="`pad_size`")
+        return list(padded), mask
 
     def post_process_object_detection(self, outputs: Any, threshold: float = 0.5,
                                       target_sizes: Tensor | Sequence[Sequence[int]] | None = None,

@@ -32,6 +32,7 @@ from transformers.pipelines.base import no_collate_fn
 from transformers.pipelines.object_detection import ObjectDetectionPipeline
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 
+from .image_processing_sl_detr import pad_images
 from .rotated_boxes import rbox_to_hbox, rbox_to_poly, regularize_rboxes
 
 __all__ = ["TASK", "OrientedObjectDetectionPipeline", "pad_collate", "register_pipeline"]
@@ -47,20 +48,14 @@ def pad_collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     """
     if len(items) == 1:
         return no_collate_fn(items)
-    height = max(int(item["pixel_values"].shape[-2]) for item in items)
-    width = max(int(item["pixel_values"].shape[-1]) for item in items)
-    pixel_values, pixel_masks = [], []
-    for item in items:
-        values = item["pixel_values"]
-        h, w = values.shape[-2:]
-        pixel_values.append(torch.nn.functional.pad(values, (0, width - w, 0, height - h)))
-        mask = item.get("pixel_mask")
-        if mask is None:
-            mask = torch.ones(values.shape[0], h, w, dtype=torch.long)
-        pixel_masks.append(torch.nn.functional.pad(mask, (0, width - w, 0, height - h)))
+    pixel_values, _ = pad_images([item["pixel_values"][0] for item in items])
+    masks = [item.get("pixel_mask") for item in items]
+    masks = [m[0] if m is not None else torch.ones(item["pixel_values"].shape[-2:], dtype=torch.long)
+             for m, item in zip(masks, items)]
+    pixel_mask, _ = pad_images([m.unsqueeze(0) for m in masks])
     return {
-        "pixel_values": torch.cat(pixel_values),
-        "pixel_mask": torch.cat(pixel_masks),
+        "pixel_values": pixel_values,
+        "pixel_mask": pixel_mask[:, 0],
         "target_size": torch.cat([item["target_size"] for item in items]),
     }
 

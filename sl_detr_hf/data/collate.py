@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..image_processing_sl_detr import pad_images
+
 __all__ = ["SlDetrCollator", "collate_fn"]
 
 
@@ -49,13 +51,9 @@ class SlDetrCollator:
         m = self.pad_to_multiple_of
         height = -(-max(image.shape[1] for image in images) // m) * m
         width = -(-max(image.shape[2] for image in images) // m) * m
-        dtype = images[0].dtype if images[0].is_floating_point() else torch.float32
-        pixel_values = torch.full((len(images), channels.pop(), height, width), self.pad_value, dtype=dtype)
-        pixel_mask = torch.zeros((len(images), height, width), dtype=torch.long)
-        for i, image in enumerate(images):
-            h, w = image.shape[1:]
-            pixel_values[i, :, :h, :w] = image
-            pixel_mask[i, :h, :w] = 1
+        if not images[0].is_floating_point():
+            images = [image.float() for image in images]
+        pixel_values, pixel_mask = pad_images(images, (height, width), self.pad_value)
         batch: dict[str, Any] = {"pixel_values": pixel_values, "pixel_mask": pixel_mask}
         if any("labels" in e for e in examples):
             if not all("labels" in e for e in examples):
