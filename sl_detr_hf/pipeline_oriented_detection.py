@@ -33,7 +33,7 @@ from transformers.pipelines.object_detection import ObjectDetectionPipeline
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 
 from .image_processing_sl_detr import pad_images
-from .rotated_boxes import rbox_to_hbox, rbox_to_poly, regularize_rboxes
+from .rotated_boxes import hbox_to_rbox, rbox_to_hbox, rbox_to_poly
 
 __all__ = ["TASK", "OrientedObjectDetectionPipeline", "pad_collate", "register_pipeline"]
 
@@ -122,9 +122,7 @@ class OrientedObjectDetectionPipeline(ObjectDetectionPipeline):
         )[0]
         rboxes = result.get("rboxes")
         if rboxes is None:  # axis-aligned model: (x1, y1, x2, y2) -> rotated box with angle 0, le90
-            x1, y1, x2, y2 = result["boxes"].float().unbind(-1)
-            rboxes = regularize_rboxes(torch.stack(((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1,
-                                                    torch.zeros_like(x1)), dim=-1))
+            rboxes = hbox_to_rbox(result["boxes"].float())
         rboxes = rboxes.float()
         polygons = rbox_to_poly(rboxes)
         boxes = rbox_to_hbox(rboxes)

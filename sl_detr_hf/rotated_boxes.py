@@ -26,6 +26,7 @@ __all__ = [
     "box_iou_rotated",
     "denormalize_rboxes",
     "gwd",
+    "hbox_to_rbox",
     "kld",
     "nms_rotated",
     "normalize_rboxes",
@@ -164,6 +165,16 @@ def rbox_to_hbox(boxes: Tensor) -> Tensor:
     hw = (cos * w + sin * h) / 2
     hh = (sin * w + cos * h) / 2
     return torch.stack((cx - hw, cy - hh, cx + hw, cy + hh), dim=-1)
+
+
+def hbox_to_rbox(boxes: Tensor) -> Tensor:
+    """Axis-aligned boxes ``(x1, y1, x2, y2)`` ``(..., 4)`` -> le90 rotated boxes ``(..., 5)`` (angle 0, or
+    ``-pi/2`` for tall boxes)."""
+    _check_boxes(boxes, "boxes", width=4)
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    if bool((x2 < x1).any() or (y2 < y1).any()):
+        raise ValueError("`boxes` must have x2 >= x1 and y2 >= y1")
+    return regularize_rboxes(torch.stack(((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1, torch.zeros_like(x1)), -1))
 
 
 def rbox_area(boxes: Tensor) -> Tensor:

@@ -6,7 +6,10 @@ import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
 from PIL import Image, ImageDraw, ImageFont
+
+from .rotated_boxes import hbox_to_rbox, rbox_to_poly
 
 __all__ = ["PALETTE", "class_color", "draw_detections", "normalize_detections"]
 
@@ -50,7 +53,7 @@ def normalize_detections(detections: Any, id2label: Mapping[int, str] | None = N
         if detections.get("polygons") is not None:
             polygons = [_points(p) for p in detections["polygons"].tolist()]
         else:
-            polygons = [_points([x1, y1, x2, y1, x2, y2, x1, y2]) for x1, y1, x2, y2 in detections["boxes"].tolist()]
+            polygons = [_points(p) for p in rbox_to_poly(hbox_to_rbox(detections["boxes"].float())).tolist()]
         for score, label, polygon in zip(scores, labels, polygons):
             name = (id2label or {}).get(label, str(label))
             out.append((float(score), label, str(name), polygon))
@@ -60,7 +63,8 @@ def normalize_detections(detections: Any, id2label: Mapping[int, str] | None = N
             polygon = _points(det["polygon"])
         else:
             b = det["box"]
-            polygon = _points([b["xmin"], b["ymin"], b["xmax"], b["ymin"], b["xmax"], b["ymax"], b["xmin"], b["ymax"]])
+            hbox = torch.tensor([[b["xmin"], b["ymin"], b["xmax"], b["ymax"]]], dtype=torch.float64)
+            polygon = _points(rbox_to_poly(hbox_to_rbox(hbox))[0].tolist())
         name = str(det["label"])
         out.append((float(det["score"]), label2id.get(name, name), name, polygon))
     return out

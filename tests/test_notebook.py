@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import nbformat
@@ -26,4 +25,3 @@ def test_quickstart_notebook_executes(tmp_path, monkeypatch):
     outputs = "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "classes: ['red-block'" in outputs
     assert "eval_mAP" in outputs
-    assert os.environ["SL_DETR_QUICKSTART_STEPS"] == "3"

@@ -19,6 +19,7 @@ from sl_detr_hf.rotated_boxes import (
     box_iou_rotated,
     denormalize_rboxes,
     gwd,
+    hbox_to_rbox,
     kld,
     nms_rotated,
     normalize_rboxes,
@@ -381,3 +382,13 @@ def test_nms_equals_torchvision_on_axis_aligned_boxes():
 def test_bad_input_raises_clear_value_error(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_hbox_to_rbox_round_trips_through_rbox_to_hbox():
+    hbox = torch.tensor([[10.0, 20.0, 50.0, 30.0], [0.0, 0.0, 4.0, 9.0]])
+    rbox = hbox_to_rbox(hbox)
+    assert torch.allclose(rbox[0], torch.tensor([30.0, 25.0, 40.0, 10.0, 0.0]))
+    assert torch.allclose(rbox[1], torch.tensor([2.0, 4.5, 9.0, 4.0, -math.pi / 2]))  # tall: le90 swaps w, h
+    assert torch.allclose(rbox_to_hbox(rbox), hbox, atol=1e-5)
+    with pytest.raises(ValueError, match="x2 >= x1"):
+        hbox_to_rbox(torch.tensor([[5.0, 0.0, 1.0, 1.0]]))
