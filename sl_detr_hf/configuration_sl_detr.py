@@ -20,6 +20,8 @@ DOTA_CLASSES: dict[str, tuple[str, ...]] = {
 }
 
 _BOX_TYPES = ("rotated", "horizontal")
+_ROTATED_SAMPLING = ("rhino", "geometric", "none")
+_MATCHER_BOX_COSTS = ("l1", "hausdorff")
 
 
 @strict
@@ -61,6 +63,42 @@ class SlDetrConfig(DeformableDetrConfig):
         (defaults to all ones). `k = 1` is one-to-one Hungarian matching.
     max_detections (`int`, defaults to 500):
         Detections kept per image by post-processing.
+
+    DINO / RHINO parts (DESIGN.md 3.1; each a switch so that its effect can be measured alone):
+
+    num_denoising (`int`, defaults to 100):
+        Contrastive denoising: about this many noised ground-truth queries per image at training time, in
+        `min(num_denoising // max_objects, max_denoising_groups)` groups (positive and negative halves).
+        0 turns denoising off. Named after RT-DETR's field.
+    max_denoising_groups (`int`, defaults to 30):
+        Upper bound on the number of denoising groups (RHINO's cap).
+    label_noise_ratio (`float`, defaults to 0.5), box_noise_scale (`float`, defaults to 1.0):
+        Probability that a denoising query's label is flipped; scale of the `cx, cy, w, h` noise.
+    angle_noise_scale (`float`, defaults to 0.0):
+        Angle noise of the denoising queries, in units of `pi / 2` (RHINO: 0, the angle is the ground truth's).
+    dynamic_denoising (`bool`, *optional*):
+        RHINO's dynamic denoising: per group, positive denoising queries and matching queries are matched
+        together; a positive query that loses its object is trained as background (its box target kept).
+        `None` (default) means on for `"rotated"`, off for `"horizontal"`.
+    mixed_query_selection (`bool`, defaults to `True`):
+        Two-stage: the decoder's initial reference boxes (5-d, proposal angle 0) come from the top-k encoder
+        proposals, its content queries are learned embeddings (DINO). `False`: Deformable DETR's two-stage
+        queries (content and position from the proposals).
+    look_forward_twice (`bool`, defaults to `True`):
+        Layer `l`'s box loss uses the undetached refined reference of layer `l - 1` (DINO / RHINO).
+    rotated_sampling (`str`, defaults to `"rhino"`):
+        Decoder deformable sampling around 5-d references: `"rhino"` (offsets times the rotated half-size
+        vector), `"geometric"` (offsets rotated by the angle), `"none"` (Deformable DETR's axis-aligned
+        sampling). Ignored for `"horizontal"`.
+    matcher_box_cost (`str`, defaults to `"l1"`):
+        The box term weighted by `bbox_cost` in the matcher: `"l1"` (today's) or `"hausdorff"` (the Hausdorff
+        distance of the two boxes' corners, RHINO's best config with `bbox_cost=5, geometric_cost=5`).
+    encoder_loss_on_topk (`bool`, defaults to `True`):
+        The two-stage encoder loss on the top-k selected proposals (DINO / RHINO); `False` matches all encoder
+        tokens (the original Deformable DETR).
+    match_once_per_step (`bool`, defaults to `False`):
+        Match the selected encoder proposals once and reuse the assignment for every decoder layer (the seed's
+        reported head) instead of matching every layer.
     """
 
     model_type = "sl_detr"
@@ -99,6 +137,19 @@ class SlDetrConfig(DeformableDetrConfig):
     one_to_many_k: int = 1
     rank_weights: list[float] | None = None
     max_detections: int = 500
+    # DINO / RHINO parts (DESIGN.md 3.1)
+    num_denoising: int = 100
+    max_denoising_groups: int = 30
+    label_noise_ratio: float | int = 0.5
+    box_noise_scale: float | int = 1.0
+    angle_noise_scale: float | int = 0.0
+    dynamic_denoising: bool | None = None
+    mixed_query_selection: bool = True
+    look_forward_twice: bool = True
+    rotated_sampling: str = "rhino"
+    matcher_box_cost: str = "l1"
+    encoder_loss_on_topk: bool = True
+    match_once_per_step: bool = False
 
     def __post_init__(self, **kwargs):
         if self.id2label is None and "num_labels" not in kwargs:
@@ -108,6 +159,13 @@ class SlDetrConfig(DeformableDetrConfig):
         super().__post_init__(**kwargs)
         if self.id2label is not None and self.label2id is not None and len(self.label2id) != len(self.id2label):
             self.label2id = {name: int(i) for i, name in self.id2label.items()}
+
+    @property
+    def use_dynamic_denoising(self) -> bool:
+        """Whether dynamic denoising is on: `dynamic_denoising`, or by default on for `"rotated"` only."""
+        if self.dynamic_denoising is None:
+            return self.box_type == "rotated"
+        return self.dynamic_denoising
 
     @property
     def box_dim(self) -> int:
@@ -141,6 +199,19 @@ class SlDetrConfig(DeformableDetrConfig):
         if self.rank_weights is not None and len(self.rank_weights) != self.one_to_many_k:
             raise ValueError(f"`rank_weights` must have `one_to_many_k` = {self.one_to_many_k} entries, "
                              f"got {len(self.rank_weights)}")
+        for name in ("num_denoising", "max_denoising_groups"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"`{name}` must be a non-negative integer, got {value!r}")
+        if not 0 <= self.label_noise_ratio <= 1:
+            raise ValueError(f"`label_noise_ratio` must be in [0, 1], got {self.label_noise_ratio!r}")
+        for name in ("box_noise_scale", "angle_noise_scale"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)!r}")
+        if self.rotated_sampling not in _ROTATED_SAMPLING:
+            raise ValueError(f"`rotated_sampling` must be one of {_ROTATED_SAMPLING}, got {self.rotated_sampling!r}")
+        if self.matcher_box_cost not in _MATCHER_BOX_COSTS:
+            raise ValueError(f"`matcher_box_cost` must be one of {_MATCHER_BOX_COSTS}, got {self.matcher_box_cost!r}")
         if self.two_stage and self.two_stage_num_proposals != self.num_queries:
             raise ValueError(f"with `two_stage`, `two_stage_num_proposals` ({self.two_stage_num_proposals}) must "
                              f"equal `num_queries` ({self.num_queries})")
