@@ -236,9 +236,9 @@ def test_stock_object_detection_pipeline():
             self.scale = torch.nn.Parameter(torch.ones(1))
 
         def forward(self, pixel_values, pixel_mask=None, **kwargs):
-            batch = pixel_values.shape[0]
-            logits = torch.tensor([[[5.0, -5.0], [-5.0, -5.0]]]).expand(batch, -1, -1) * self.scale
-            boxes = torch.tensor([[[0.5, 0.25, 0.5, 0.25, math.pi / 2], [0.1, 0.1, 0.1, 0.1, 0.0]]])
+            batch, device = pixel_values.shape[0], pixel_values.device  # pipeline() may have moved us to a GPU
+            logits = torch.tensor([[[5.0, -5.0], [-5.0, -5.0]]], device=device).expand(batch, -1, -1) * self.scale
+            boxes = torch.tensor([[[0.5, 0.25, 0.5, 0.25, math.pi / 2], [0.1, 0.1, 0.1, 0.1, 0.0]]], device=device)
             return ModelOutput(logits=logits, pred_boxes=boxes.expand(batch, -1, -1))
 
     model = TinyDetector(PretrainedConfig(id2label={0: "ship", 1: "plane"}))

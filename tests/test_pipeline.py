@@ -24,11 +24,12 @@ BOX_TYPES = ("rotated", "horizontal")
 
 def _reference(model, processor, images, top_k=None, threshold=0.0):
     """Processor -> model -> post-processing by hand, for a batch of PIL images."""
-    inputs = processor(images, return_tensors="pt")
+    inputs = processor(images, return_tensors="pt").to(model.device)  # pipeline() may have moved it to a GPU
     with torch.no_grad():
         outputs = model(**inputs)
     sizes = [(im.height, im.width) for im in images]
-    return processor.post_process_object_detection(outputs, threshold=threshold, target_sizes=sizes, top_k=top_k)
+    results = processor.post_process_object_detection(outputs, threshold=threshold, target_sizes=sizes, top_k=top_k)
+    return [{k: v.cpu() for k, v in r.items()} for r in results]
 
 
 def _rbox_tensor(detections):
