@@ -171,3 +171,21 @@ def test_trainer_evaluate(tmp_path):
     # Without packing, accelerate slices the label tensors of the last (shorter) batch: detected.
     with pytest.raises(ValueError, match="truncated"):
         run(concat=False, select=False)
+
+
+@pytest.mark.parametrize("box_type", ["rotated", "horizontal"])
+def test_images_without_objects_are_evaluated(box_type):
+    """A patch with no objects (common in split DOTA) packs to padding rows; the mAP counts only the others."""
+    labels = _labels(box_type, 3, seed=7)
+    empty = SlDetrImageProcessor(box_type=box_type, size={"shortest_edge": 256, "longest_edge": 320})(
+        images=[np.zeros((240, 300, 3), dtype=np.uint8)], annotations=[{"image_id": 9, "annotations": []}],
+        return_tensors="pt")["labels"]
+    labels = [labels[0], empty[0], labels[1], labels[2]]
+    logits, boxes = _outputs(labels)
+    packed = select_detection_outputs((logits, boxes), labels)
+    assert packed["gt"].shape == (4, max(len(t["class_labels"]) for t in labels), 7)
+    assert (packed["gt"][1, :, 5] == -1).all()  # only padding rows for the empty image
+    res = DetectionMetrics()(EvalPrediction(predictions=packed, label_ids=None))
+    assert res["num_images"] == 4
+    assert res["num_objects"] == sum(len(t["class_labels"]) for t in labels)
+    assert res["mAP" if box_type == "rotated" else "AP"] == pytest.approx(1.0)

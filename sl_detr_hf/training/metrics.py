@@ -78,11 +78,12 @@ def select_detection_outputs(logits: Any, labels: Any = None) -> dict[str, Tenso
         raise ValueError("could not find logits (B, Q, C) followed by pred_boxes (B, Q, 4|5) in the model outputs")
     out = {"logits": found[0], "pred_boxes": found[1]}
     if labels is not None:
-        out["gt"], out["gt_sizes"] = _pack_labels(labels, found[0].shape[0], found[1].device)
+        out["gt"], out["gt_sizes"] = _pack_labels(labels, found[0].shape[0], found[1].device, found[1].shape[-1])
     return out
 
 
-def _pack_labels(labels: Any, batch: int, device: torch.device) -> tuple[Tensor, Tensor]:
+def _pack_labels(labels: Any, batch: int, device: torch.device, box_dim: int = 5) -> tuple[Tensor, Tensor]:
+    """Per-image label dicts -> ``gt (B, G, 7)`` and ``gt_sizes (B, 2)`` (images without objects included)."""
     labels = [labels] if isinstance(labels, Mapping) else list(labels)
     _check_labels(labels, batch)
     count = max([len(_np(t["class_labels"]).reshape(-1)) for t in labels] + [1])
@@ -93,7 +94,7 @@ def _pack_labels(labels: Any, batch: int, device: torch.device) -> tuple[Tensor,
     gt = torch.full((batch, count, 7), -1.0, dtype=torch.float32)
     for b, t in enumerate(labels):
         cls = torch.as_tensor(_np(t["class_labels"])).reshape(-1)
-        boxes = torch.as_tensor(_np(t["boxes"]), dtype=torch.float32).reshape(len(cls), -1)
+        boxes = torch.as_tensor(_np(t["boxes"]), dtype=torch.float32).reshape(len(cls), box_dim)
         gt[b, : len(cls), : boxes.shape[1]] = boxes
         gt[b, : len(cls), boxes.shape[1]:5] = 0.0
         gt[b, : len(cls), 5] = cls.float()
