@@ -49,7 +49,7 @@ from .rotated_boxes import (
     regularize_rboxes,
 )
 
-__all__ = ["SlDetrImageProcessor", "pad_images"]
+__all__ = ["SlDetrImageProcessor", "pad_images", "to_rgb_image"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,19 @@ def _numbers(value: Any, length: int, where: str) -> list[float]:
     if not all(math.isfinite(v) for v in out):
         raise ValueError(f"{where} contains NaN or inf: {out}")
     return out
+
+
+def _category_id(cat: Any, where: str) -> int:
+    """A class id: an integer, or an integral float such as ``1.0`` (albumentations 2.x returns float ids)."""
+    if isinstance(cat, Tensor):
+        cat = cat.item() if cat.numel() == 1 else cat
+    if not isinstance(cat, bool) and hasattr(cat, "is_integer") and not hasattr(cat, "__index__"):  # float types
+        if not (math.isfinite(float(cat)) and float(cat).is_integer()):
+            raise ValueError(f"{where}['category_id'] must be an integer, got {cat!r} (not a whole number)")
+        cat = int(cat)
+    if isinstance(cat, bool) or not hasattr(cat, "__index__"):  # int, numpy integer
+        raise ValueError(f"{where}['category_id'] must be an integer, got {cat!r}")
+    return cat
 
 
 def _object_geometry(obj: Mapping, box_type: str, where: str) -> tuple[str, list[float]]:
@@ -146,11 +159,7 @@ def parse_annotation(target: Any, index: int, box_type: str) -> dict[str, Any]:
         if not isinstance(obj, Mapping):
             raise ValueError(f"{obj_where} must be a dict, got {type(obj).__name__}")
         key, vals = _object_geometry(obj, box_type, obj_where)
-        cat = obj.get("category_id")
-        if isinstance(cat, Tensor):
-            cat = cat.item()
-        if isinstance(cat, bool) or not hasattr(cat, "__index__"):  # int, numpy integer
-            raise ValueError(f"{obj_where}['category_id'] must be an integer, got {cat!r}")
+        cat = _category_id(obj.get("category_id"), obj_where)
         if cat.__index__() < 0:
             raise ValueError(f"{obj_where}['category_id'] must be >= 0, got {cat}")
         kind.append(key)
@@ -216,6 +225,26 @@ def _check_aspect(orig: tuple[int, int], new: tuple[int, int], index: int) -> No
         raise ValueError(f"image {index}: resizing {ho}x{wo} to {hn}x{wn} changes the aspect ratio, which turns "
                          "rotated boxes into parallelograms; use `size` with 'shortest_edge'/'longest_edge' or "
                          "'max_height'/'max_width', or `box_type='horizontal'`")
+
+
+_HIGH_DEPTH_MODES = ("I", "F", "I;16", "I;16L", "I;16B", "I;16N")
+
+
+def to_rgb_image(image: Any) -> Any:
+    """A PIL image of any mode as 8-bit RGB (other inputs are returned unchanged).
+
+    Grayscale, palette, RGBA, CMYK, ... are converted; 16-bit, 32-bit integer and float images are first scaled
+    linearly from their own ``[min, max]`` to ``[0, 255]`` (a plain ``convert("RGB")`` clips them to white).
+    """
+    mode = getattr(image, "mode", None)
+    if not isinstance(mode, str) or not hasattr(image, "convert") or mode == "RGB":
+        return image
+    if mode in _HIGH_DEPTH_MODES:
+        wide = image if mode in ("I", "F") else image.convert("I")
+        low, high = wide.getextrema()
+        scale = 255.0 / (high - low) if high > low else 0.0
+        image = wide.point(lambda v: (v - low) * scale).convert("L")
+    return image.convert("RGB")
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -293,6 +322,10 @@ class SlDetrImageProcessor(TorchvisionBackend):
             ``BatchFeature`` with ``pixel_values (B, 3, H, W)``, ``pixel_mask (B, H, W)`` (with ``do_pad``) and,
             with annotations, ``labels`` (a list of per-image dicts).
         """
+        if isinstance(images, (list, tuple)):
+            images = [to_rgb_image(image) for image in images]
+        else:
+            images = to_rgb_image(images)
         return super().preprocess(images, annotations, **kwargs)
 
     def _preprocess(self, images: list[Tensor], annotations: Any, do_resize: bool, size: SizeDict,

@@ -247,3 +247,96 @@ def test_stock_object_detection_pipeline():
     # Box (200, 50, 200, 50, pi/2) in pixels: its hull is 50 wide and 200 high around (200, 50).
     assert out == [{"score": pytest.approx(float(torch.sigmoid(torch.tensor(5.0))), abs=1e-4), "label": "ship",
                     "box": {"xmin": 175, "ymin": -50, "xmax": 225, "ymax": 150}}]
+
+
+def test_integral_float_category_ids_are_accepted_and_fractions_rejected():
+    """albumentations 2.x returns float class ids (1.0); transformers' DETR processors cast them (issue 10 item 6)."""
+    image = np.zeros((40, 60, 3), dtype=np.uint8)
+    objects = [{"bbox": [4, 4, 10, 8], "category_id": 1.0}, {"bbox": [20, 10, 8, 8], "category_id": np.float32(3.0)},
+               {"bbox": [30, 20, 6, 6], "category_id": torch.tensor(2.0)}, {"bbox": [1, 1, 4, 4], "category_id": 0}]
+    labels = SlDetrImageProcessor(box_type="horizontal")(image, annotations={"image_id": 0, "annotations": objects},
+                                                          return_tensors="pt")["labels"][0]
+    assert labels["class_labels"].tolist() == [1, 3, 2, 0] and labels["class_labels"].dtype == torch.int64
+    for bad in (1.5, float("nan"), float("inf"), "1", True):
+        with pytest.raises(ValueError, match=r"\['category_id'\] must be an integer"):
+            SlDetrImageProcessor()(image, annotations={"image_id": 0, "annotations": [
+                {"bbox": [4, 4, 10, 8], "category_id": bad}]})
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "CMYK", "1"])
+def test_pil_images_of_any_mode_are_converted_to_rgb(mode):
+    """Grayscale / RGBA / palette PIL images give the pixels of their RGB conversion (no broadcast error)."""
+    from PIL import Image
+
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8))
+    image = rgb.convert(mode)
+    processor = SlDetrImageProcessor(size={"shortest_edge": 30, "longest_edge": 40})
+    out = processor(image, return_tensors="pt")["pixel_values"]
+    assert out.shape == (1, 3, 30, 40)
+    torch.testing.assert_close(out, processor(image.convert("RGB"), return_tensors="pt")["pixel_values"])
+
+
+@pytest.mark.parametrize(("dtype", "mode"), [(np.uint16, "I;16"), (np.int32, "I"), (np.float32, "F")])
+def test_high_depth_images_are_scaled_by_their_range(dtype, mode):
+    """A 12-bit image in a 16-bit PNG (values 1000..4000) keeps its contrast; convert("RGB") made it white."""
+    from PIL import Image
+
+    from sl_detr_hf.image_processing_sl_detr import to_rgb_image
+
+    values = np.linspace(1000, 4000, 30 * 40).reshape(30, 40).astype(dtype)
+    image = Image.fromarray(values)
+    assert image.mode == mode
+    rgb = np.asarray(to_rgb_image(image))
+    expected = np.round((values.astype(np.float64) - 1000) * 255 / 3000)
+    assert rgb.shape == (30, 40, 3) and (rgb[..., 0] == rgb[..., 2]).all()
+    assert np.abs(rgb[..., 0].astype(np.float64) - expected).max() <= 1.0
+    assert rgb.min() == 0 and rgb.max() == 255
+    pixels = SlDetrImageProcessor(do_resize=False, do_normalize=False)(image, return_tensors="pt")["pixel_values"]
+    assert pixels.min() == 0.0 and pixels.max() == 1.0  # not all white
+
+
+def test_transformers_object_detection_example_collate_path():
+    """The collate path of transformers' examples/pytorch/object-detection/run_object_detection.py, unchanged in
+    spirit: COCO annotations with float class ids (as albumentations 2.x returns them) -> this processor
+    (fixed-size pad, pixel_mask dropped) -> a dataset's with_transform -> its collate_fn -> the model's loss."""
+    import datasets
+    from _tiny_sl_detr import random_image, tiny_model
+
+    def format_image_annotations_as_coco(image_id, categories, areas, bboxes):
+        annotations = [{"image_id": image_id, "category_id": category, "iscrowd": 0, "area": area,
+                        "bbox": list(bbox)} for category, area, bbox in zip(categories, areas, bboxes)]
+        return {"image_id": image_id, "annotations": annotations}
+
+    def augment_and_transform_batch(examples, image_processor, return_pixel_mask=False):
+        images, annotations = [], []
+        for image_id, image, objects in zip(examples["image_id"], examples["image"], examples["objects"]):
+            images.append(np.array(image.convert("RGB")))
+            categories = [float(c) for c in objects["category"]]  # what albumentations 2.x hands back
+            annotations.append(format_image_annotations_as_coco(image_id, categories, objects["area"],
+                                                                objects["bbox"]))
+        result = image_processor(images=images, annotations=annotations, return_tensors="pt")
+        if not return_pixel_mask:
+            result.pop("pixel_mask", None)
+        return result
+
+    def collate_fn(batch):
+        data = {"pixel_values": torch.stack([x["pixel_values"] for x in batch]),
+                "labels": [x["labels"] for x in batch]}
+        if "pixel_mask" in batch[0]:
+            data["pixel_mask"] = torch.stack([x["pixel_mask"] for x in batch])
+        return data
+
+    rows = {"image_id": [0, 1], "image": [random_image(60, 90, seed=1), random_image(80, 50, seed=2)],
+            "objects": [{"bbox": [[10.0, 10.0, 20.0, 15.0], [40.0, 20.0, 30.0, 25.0]], "category": [0, 2],
+                         "area": [300.0, 750.0]},
+                        {"bbox": [[5.0, 30.0, 12.0, 20.0]], "category": [1], "area": [240.0]}]}
+    dataset = datasets.Dataset.from_dict(rows).cast_column("image", datasets.Image())
+    processor = SlDetrImageProcessor(box_type="horizontal", size={"max_height": 96, "max_width": 96},
+                                     pad_size={"height": 96, "width": 96})
+    dataset = dataset.with_transform(lambda batch: augment_and_transform_batch(batch, processor))
+    batch = collate_fn([dataset[0], dataset[1]])
+    assert batch["pixel_values"].shape == (2, 3, 96, 96)
+    assert [t["class_labels"].tolist() for t in batch["labels"]] == [[0, 2], [1]]
+    model = tiny_model("horizontal").train()
+    outputs = model(**batch)
+    assert torch.isfinite(outputs.loss) and outputs.loss > 0
