@@ -1,5 +1,5 @@
 """SL-DETR criterion: the synchronized localization losses, the quality-aware classification loss and the
-rotated Hungarian matcher (DESIGN.md section 4).
+batched matching of every prediction layer (DESIGN.md sections 3.1 and 4).
 
 Boxes are normalized: ``(cx, cy, w, h, theta)`` (``box_type="rotated"``, theta in radians) or
 ``(cx, cy, w, h)`` (``box_type="horizontal"``). Geometry (KLD) is computed on pixel boxes (each image's
@@ -13,15 +13,26 @@ files.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
 from .configuration_sl_detr import SlDetrConfig
+from .matcher_sl_detr import (
+    SlDetrHungarianMatcher,
+    assign,
+    float_,
+    generalized_iou,
+    image_sizes,
+    kld_to_loss,
+    l1_coords,
+    pad_targets,
+    pairwise_kld,
+)
 from .rotated_boxes import EPS, denormalize_rboxes, kld
 
 __all__ = [
@@ -35,49 +46,6 @@ __all__ = [
     "sync_giou_loss",
     "sync_kld_loss",
 ]
-
-_INVALID_COST = 1e8
-"""Replaces NaN / inf in a matching cost (far above any real cost, still exact in float32 sums)."""
-
-
-# --------------------------------------------------------------------------------------------------
-# Geometry helpers
-# --------------------------------------------------------------------------------------------------
-
-
-def _to_corners(boxes: Tensor) -> Tensor:
-    """``(..., 4)`` ``(cx, cy, w, h)`` -> ``(..., 4)`` ``(x1, y1, x2, y2)``."""
-    center, half = boxes[..., :2], boxes[..., 2:4] / 2
-    return torch.cat((center - half, center + half), dim=-1)
-
-
-def generalized_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """Generalized IoU of axis-aligned ``(cx, cy, w, h)`` boxes, broadcasting.
-
-    Args:
-        boxes1, boxes2: ``(..., 4)`` broadcastable (``(N, 1, 4)`` and ``(1, M, 4)`` give the pairwise matrix).
-    Returns:
-        ``(...)`` GIoU in ``[-1, 1]``; union and enclosing area are clamped to ``>= EPS``.
-    """
-    a, b = _to_corners(boxes1), _to_corners(boxes2)
-    area_a = (a[..., 2:] - a[..., :2]).clamp_min(0).prod(-1)
-    area_b = (b[..., 2:] - b[..., :2]).clamp_min(0).prod(-1)
-    inter = (torch.minimum(a[..., 2:], b[..., 2:]) - torch.maximum(a[..., :2], b[..., :2])).clamp_min(0).prod(-1)
-    union = area_a + area_b - inter
-    enclose = (torch.maximum(a[..., 2:], b[..., 2:]) - torch.minimum(a[..., :2], b[..., :2])).clamp_min(0).prod(-1)
-    return inter / union.clamp_min(EPS) - (enclose - union) / enclose.clamp_min(EPS)
-
-
-def _l1_coords(boxes: Tensor) -> Tensor:
-    """Coordinates the L1 loss compares: ``(cx, cy, w, h[, theta / pi])``."""
-    if boxes.shape[-1] == 5:
-        return torch.cat((boxes[..., :4], boxes[..., 4:] / math.pi), dim=-1)
-    return boxes
-
-
-def _kld_to_loss(d: Tensor, tau: float) -> Tensor:
-    """``1 - 1 / (tau + ln(1 + d))``."""
-    return 1 - 1 / (tau + torch.log1p(d)).clamp_min(EPS)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -114,38 +82,6 @@ def _pixel_kld(pred: Tensor, target: Tensor, image_size: Tensor) -> Tensor:
     return kld(denormalize_rboxes(pred, image_size), denormalize_rboxes(target, image_size))
 
 
-def pairwise_kld(pred: Tensor, target: Tensor) -> Tensor:
-    """``KL(N_target_j || N_pred_i)`` for every pair of pixel boxes, as one batched matrix product.
-
-    The same divergence as :func:`rotated_boxes.kld` (sides clamped to ``>= EPS``), expanded as
-    ``2 d + 2 = x^T A x - 2 x^T A mu_p + mu_p^T A mu_p + tr(A Sigma_t) + ln det(Sigma_p) - ln det(Sigma_t)`` with
-    ``A = Sigma_p^-1`` and ``x = mu_t``: 7 features per box, so the ``(Q, T)`` block costs one small matmul.
-    Computed in float64 (the expansion cancels large terms).
-
-    Args:
-        pred: ``(B, Q, 5)``, target: ``(B, T, 5)`` pixel rotated boxes.
-    Returns:
-        ``(B, Q, T)`` float64 divergences, ``>= 0``.
-    """
-    pred, target = pred.double(), target.double()
-    px, py, pw, ph, pt = pred.unbind(-1)
-    tx, ty, tw, th, tt = target.unbind(-1)
-    pw, ph, tw, th = (v.clamp_min(EPS) for v in (pw, ph, tw, th))
-    c, s = torch.cos(pt), torch.sin(pt)
-    iw, ih = 4 / pw.square(), 4 / ph.square()  # eigenvalues of A = Sigma_p^-1
-    a11, a22, a12 = iw * c * c + ih * s * s, iw * s * s + ih * c * c, (iw - ih) * c * s
-    ax, ay = a11 * px + a12 * py, a12 * px + a22 * py  # A mu_p
-    quad_p = ax * px + ay * py + 2 * (torch.log(pw) + torch.log(ph))
-    ones = torch.ones_like(px)
-    feat_p = torch.stack((a11, 2 * a12, a22, -2 * ax, -2 * ay, quad_p, ones), dim=-1)  # (B, Q, 7)
-    ct, st = torch.cos(tt), torch.sin(tt)
-    ta, tb = tw.square() / 4, th.square() / 4
-    s11, s22, s12 = ta * ct * ct + tb * st * st, ta * st * st + tb * ct * ct, (ta - tb) * ct * st
-    feat_t = torch.stack((tx.square() + s11, tx * ty + s12, ty.square() + s22, tx, ty, torch.ones_like(tx),
-                          -2 * (torch.log(tw) + torch.log(th))), dim=-2)  # (B, 7, T)
-    return (0.5 * torch.bmm(feat_p, feat_t) - 1).clamp_min(0)
-
-
 def kld_loss(pred: Tensor, target: Tensor, image_size: Tensor, tau: float = 1.0) -> Tensor:
     """Plain KLD loss ``1 - 1 / (tau + ln(1 + d))``, ``d = KL(N_target || N_pred)`` on pixel boxes.
 
@@ -155,7 +91,7 @@ def kld_loss(pred: Tensor, target: Tensor, image_size: Tensor, tau: float = 1.0)
     Returns:
         ``(N,)`` per-pair losses in ``[0, 1)`` (for ``tau = 1``).
     """
-    return _kld_to_loss(_pixel_kld(pred, target, image_size), tau)
+    return kld_to_loss(_pixel_kld(pred, target, image_size), tau)
 
 
 def sync_kld_loss(pred: Tensor, target: Tensor, image_size: Tensor, tau: float = 1.0, gain: float = 1.5,
@@ -179,12 +115,24 @@ def sync_kld_loss(pred: Tensor, target: Tensor, image_size: Tensor, tau: float =
     dn = (d - d_min) / (d_max - d_min).clamp_min(EPS)
     l1 = (pred[..., :4] - target[..., :4]).abs().sum(-1) / 4
     t = (2 * l1 / (dn + l1).clamp_min(EPS)).clamp(t_min, t_max)
-    return _kld_to_loss(d * torch.exp(gain * (t - 1)), tau)
+    return kld_to_loss(d * torch.exp(gain * (t - 1)), tau)
 
 
 # --------------------------------------------------------------------------------------------------
 # Classification losses (summed, divided by num_boxes)
 # --------------------------------------------------------------------------------------------------
+
+
+def _focal_elements(logits: Tensor, index: tuple[Tensor, ...], alpha: float, gamma: float) -> Tensor:
+    """Per-entry sigmoid focal loss, positives at ``logits[index]``; same shape as ``logits``."""
+    onehot = torch.zeros_like(logits).index_put(index, torch.ones((), dtype=logits.dtype, device=logits.device))
+    prob = logits.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(logits, onehot, reduction="none")
+    p_t = prob * onehot + (1 - prob) * (1 - onehot)
+    loss = ce * (1 - p_t) ** gamma
+    if alpha >= 0:
+        loss = (alpha * onehot + (1 - alpha) * (1 - onehot)) * loss
+    return loss
 
 
 def sigmoid_focal_loss(logits: Tensor, batch_idx: Tensor, query_idx: Tensor, labels: Tensor,
@@ -198,15 +146,7 @@ def sigmoid_focal_loss(logits: Tensor, batch_idx: Tensor, query_idx: Tensor, lab
     Returns:
         scalar ``sum(focal) / num_boxes`` (the same value as transformers' Deformable DETR ``loss_ce``).
     """
-    onehot = torch.zeros_like(logits)
-    onehot[batch_idx, query_idx, labels] = 1
-    prob = logits.sigmoid()
-    ce = F.binary_cross_entropy_with_logits(logits, onehot, reduction="none")
-    p_t = prob * onehot + (1 - prob) * (1 - onehot)
-    loss = ce * (1 - p_t) ** gamma
-    if alpha >= 0:
-        loss = (alpha * onehot + (1 - alpha) * (1 - onehot)) * loss
-    return loss.sum() / num_boxes
+    return _focal_elements(logits, (batch_idx, query_idx, labels), alpha, gamma).sum() / num_boxes
 
 
 def _rank_in_group(score: Tensor, groups: Tensor) -> Tensor:
@@ -218,6 +158,28 @@ def _rank_in_group(score: Tensor, groups: Tensor) -> Tensor:
     rank = torch.empty_like(perm)
     rank[perm] = torch.arange(perm.numel(), device=perm.device) - starts
     return rank
+
+
+def _quality_bce_elements(logits: Tensor, index: tuple[Tensor, ...], quality: Tensor, alpha: float, gamma: float,
+                          quality_min: float, rank_weights: Sequence[float] | Tensor | None = None,
+                          groups: Tensor | None = None) -> Tensor:
+    """Per-entry quality-aware BCE (DESIGN.md 4.3), positives at ``logits[index]``; same shape as ``logits``."""
+    prob = logits.sigmoid()
+    neg_w = prob.pow(gamma)
+    with torch.no_grad():
+        p = prob[index]
+        q = quality.detach().to(p.dtype)
+        t = torch.where(q > 0, p.pow(alpha) * q.clamp_min(0).pow(1 - alpha), p).clamp_min(quality_min)
+        weight = t
+        if rank_weights is not None and t.numel():
+            if groups is None:
+                raise ValueError("`groups` is required with `rank_weights`")
+            table = torch.as_tensor(rank_weights, dtype=t.dtype, device=t.device)
+            rank = _rank_in_group(t, groups).clamp_max(table.numel() - 1)
+            weight = t * table[rank]
+    pos_w = torch.zeros_like(logits).index_put(index, weight)
+    neg_w = neg_w.index_put(index, 1 - t)
+    return -pos_w * F.logsigmoid(logits) - neg_w * F.logsigmoid(-logits)
 
 
 def quality_aware_bce(logits: Tensor, batch_idx: Tensor, query_idx: Tensor, labels: Tensor, quality: Tensor,
@@ -241,139 +203,23 @@ def quality_aware_bce(logits: Tensor, batch_idx: Tensor, query_idx: Tensor, labe
     Returns:
         scalar ``sum(-pos_w log p - neg_w log(1 - p)) / num_boxes``.
     """
-    prob = logits.sigmoid()
-    neg_w = prob.pow(gamma)
-    pos_w = torch.zeros_like(logits)
-    with torch.no_grad():
-        p = prob[batch_idx, query_idx, labels]
-        q = quality.detach().to(p.dtype)
-        t = torch.where(q > 0, p.pow(alpha) * q.clamp_min(0).pow(1 - alpha), p).clamp_min(quality_min)
-        weight = t
-        if rank_weights is not None and t.numel():
-            if groups is None:
-                raise ValueError("`groups` is required with `rank_weights`")
-            table = torch.as_tensor(rank_weights, dtype=t.dtype, device=t.device)
-            rank = _rank_in_group(t, groups).clamp_max(table.numel() - 1)
-            weight = t * table[rank]
-    pos_w = pos_w.index_put((batch_idx, query_idx, labels), weight)
-    neg_w = neg_w.index_put((batch_idx, query_idx, labels), 1 - t)
-    loss = -pos_w * F.logsigmoid(logits) - neg_w * F.logsigmoid(-logits)
-    return loss.sum() / num_boxes
-
-
-# --------------------------------------------------------------------------------------------------
-# Matcher
-# --------------------------------------------------------------------------------------------------
-
-
-def _pad_targets(targets: list[dict], box_dim: int, device: torch.device, dtype: torch.dtype
-                 ) -> tuple[Tensor, Tensor, list[int]]:
-    """Stack per-image targets, padded to the largest count: labels ``(B, T)``, boxes ``(B, T, D)``, counts."""
-    counts = [len(t["class_labels"]) for t in targets]
-    size = max(counts, default=0)
-    labels = torch.zeros(len(targets), size, dtype=torch.long, device=device)
-    boxes = torch.full((len(targets), size, box_dim), 0.5, dtype=dtype, device=device)
-    for i, (t, n) in enumerate(zip(targets, counts)):
-        if n:
-            labels[i, :n] = t["class_labels"].to(device)
-            boxes[i, :n] = t["boxes"].to(device=device, dtype=dtype)
-    return labels, boxes, counts
-
-
-def _image_sizes(targets: list[dict], device: torch.device, dtype: torch.dtype) -> Tensor:
-    """``(B, 2)`` ``(H, W)`` of every image."""
-    if any("size" not in t for t in targets):
-        raise KeyError('rotated boxes need `targets[i]["size"]` = (H, W) of the resized image')
-    return torch.stack([torch.as_tensor(t["size"], device=device).to(dtype).reshape(2) for t in targets])
-
-
-def _float(x: Tensor) -> Tensor:
-    """Compute losses in at least float32."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
-class SlDetrHungarianMatcher(nn.Module):
-    """One-to-one (or one-to-``k``) assignment of queries to targets (DESIGN.md 4.4).
-
-    Cost ``class_cost * focal + bbox_cost * L1 + geometric_cost * geometric``, where ``geometric`` is the KLD
-    loss ``1 - 1 / (tau + ln(1 + d))`` for rotated boxes and ``-GIoU`` for horizontal ones. The cost is
-    computed for the whole batch in one pass, on targets padded to the largest count per image (only the
-    ``(Q, n_i)`` block of each image is computed); NaN / inf become a large finite cost; scipy solves each
-    image. With ``one_to_many_k = k > 1`` each target is repeated ``k`` times, so it takes up to ``k`` queries.
-    """
-
-    def __init__(self, config: SlDetrConfig):
-        super().__init__()
-        self.box_type = config.box_type
-        self.class_cost = config.class_cost
-        self.bbox_cost = config.bbox_cost
-        self.geometric_cost = config.geometric_cost
-        self.focal_alpha = config.focal_alpha
-        self.focal_gamma = config.focal_gamma
-        self.kld_tau = config.kld_tau
-        self.k = config.one_to_many_k
-
-    @torch.no_grad()
-    def cost_matrix(self, outputs: dict, targets: list[dict]) -> tuple[Tensor, list[int]]:
-        """Matching costs ``(B, Q, T)`` (``T`` = largest target count; columns past ``n_i`` are padding)."""
-        logits, pred = _float(outputs["logits"].detach()), _float(outputs["pred_boxes"].detach())
-        batch, queries, box_dim = pred.shape
-        labels, tgt, counts = _pad_targets(targets, box_dim, pred.device, pred.dtype)
-        # Invalid predictions (NaN / inf / negative sizes) must not reach the geometry: use a dummy box and
-        # give those queries an invalid cost afterwards.
-        bad = ~torch.isfinite(pred).all(-1) | (pred[..., 2:4] < 0).any(-1)
-        pred = torch.where(bad.unsqueeze(-1), torch.full_like(pred, 0.5), pred)
-        prob = logits.sigmoid()
-        alpha, gamma = self.focal_alpha, self.focal_gamma
-        neg = (1 - alpha) * prob.pow(gamma) * -(1 - prob + 1e-8).log()
-        pos = alpha * (1 - prob).pow(gamma) * -(prob + 1e-8).log()
-        index = labels.unsqueeze(1).expand(batch, queries, labels.shape[1])
-        class_cost = (pos - neg).gather(2, index.clamp(0, logits.shape[-1] - 1))
-        bbox_cost = torch.cdist(_l1_coords(pred), _l1_coords(tgt), p=1)
-        if self.box_type == "rotated":
-            sizes = _image_sizes(targets, pred.device, pred.dtype).unsqueeze(1)  # (B, 1, 2)
-            d = pairwise_kld(denormalize_rboxes(pred, sizes), denormalize_rboxes(tgt, sizes))
-            geometric = _kld_to_loss(d, self.kld_tau).to(pred.dtype)
-        else:
-            geometric = -generalized_iou(pred.unsqueeze(2), tgt.unsqueeze(1))
-        cost = self.bbox_cost * bbox_cost + self.class_cost * class_cost + self.geometric_cost * geometric
-        cost = cost.masked_fill(bad.unsqueeze(-1), _INVALID_COST)
-        cost = torch.nan_to_num(cost, nan=_INVALID_COST, posinf=_INVALID_COST, neginf=_INVALID_COST)
-        return cost.clamp(-_INVALID_COST, _INVALID_COST), counts
-
-    @torch.no_grad()
-    def forward(self, outputs: dict, targets: list[dict]) -> list[tuple[Tensor, Tensor]]:
-        """Match.
-
-        Args:
-            outputs: ``{"logits": (B, Q, C), "pred_boxes": (B, Q, D)}``.
-            targets: per image ``{"class_labels": (n,), "boxes": (n, D)}`` (+ ``"size"`` for rotated boxes).
-        Returns:
-            per image ``(query_idx, target_idx)`` int64 CPU tensors, sorted by query.
-        """
-        empty = torch.zeros(0, dtype=torch.int64)
-        if sum(len(t["class_labels"]) for t in targets) == 0:
-            return [(empty, empty) for _ in targets]
-        cost, counts = self.cost_matrix(outputs, targets)
-        cost = cost.cpu().numpy()
-        indices = []
-        for i, n in enumerate(counts):
-            if n == 0:
-                indices.append((empty, empty))
-                continue
-            block = cost[i, :, :n]
-            if self.k > 1:
-                block = block.repeat(self.k, axis=1)  # column j * k + r is target j
-            rows, cols = linear_sum_assignment(block)
-            if self.k > 1:
-                cols = cols // self.k
-            indices.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
-        return indices
+    return _quality_bce_elements(logits, (batch_idx, query_idx, labels), quality, alpha, gamma, quality_min,
+                                 rank_weights, groups).sum() / num_boxes
 
 
 # --------------------------------------------------------------------------------------------------
 # Criterion
 # --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Segment:
+    """One block of predictions that carries its own loss terms (a decoder layer, the encoder, a DN layer)."""
+
+    prefix: str  # loss_dict prefix
+    offset: int  # first row in the flat predictions
+    queries: int  # rows per image
+    class_specific: bool  # False: every target relabeled to class 0 (class-agnostic encoder proposals)
 
 
 class SlDetrLoss(nn.Module):
@@ -383,8 +229,24 @@ class SlDetrLoss(nn.Module):
     (``theta / pi`` as fifth coordinate); ``loss_sync`` the synchronized KLD / GIoU loss (``use_sync_loc``) or
     the plain KLD / GIoU loss. Each is summed over matched pairs and divided by ``num_boxes`` (the batch's
     target count, averaged over processes, ``>= 1``). Layers: the last decoder layer (no prefix), every
-    auxiliary layer ``i`` (prefix ``d{i}.``) and the two-stage encoder output (prefix ``enc.``), which is
-    class-agnostic as in Deformable DETR (every target relabeled to class 0, ``enc_class_agnostic``).
+    auxiliary layer ``i`` (prefix ``d{i}.``), the two-stage encoder output (prefix ``enc.``, class-agnostic as in
+    Deformable DETR, ``enc_class_agnostic``) and the denoising queries of every decoder layer (prefixes ``dn.`` and
+    ``d{i}.dn.``).
+
+    One step: the matching costs of all layers (decoder layers, encoder proposals, the positive DN queries of
+    dynamic denoising) are computed in one batched pass and copied to the host once; scipy solves each
+    ``(layer, image)`` (and ``(layer, image, DN group)``); the matched pairs of every layer are concatenated and
+    all loss terms computed in one pass, per-layer reductions (sums, the synchronized KLD's min / max) by segment
+    ops. ``config.match_once_per_step`` reuses the encoder proposals' assignment for every decoder layer (decoder
+    query ``i`` starts from selected proposal ``i``).
+
+    Denoising (``outputs["dn_outputs"]``, ``dn_meta = {"num_groups": G, "max_objects": M}``): query ``2 M g + j``
+    is the positive copy of target ``j`` (all terms), ``2 M g + M + j`` the negative one and ``j >= n_b`` padding
+    (background in classification only). DN terms are normalized by ``num_boxes * G`` (DINO). With
+    ``config.use_dynamic_denoising`` (RHINO), per layer, image and group the positive DN queries and the matching
+    queries are matched together to the targets; a positive DN query that does not win its own target is trained
+    as background in classification (its box terms kept), and the DN classification term is normalized by the
+    number of winners (averaged over processes, ``>= 1``), as RHINO's ``RHINOPositiveHungarianClassificationHead``.
 
     ``loss_dict`` holds the **unweighted** terms; the returned total is their weighted sum.
     """
@@ -401,87 +263,284 @@ class SlDetrLoss(nn.Module):
             "loss_sync": config.sync_loss_coefficient,
         }
 
+    @staticmethod
+    def _mean_over_processes(values: Tensor) -> Tensor:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(values)
+            values = values / torch.distributed.get_world_size()
+        return values
+
     def _num_boxes(self, targets: list[dict], device: torch.device) -> Tensor:
         num = torch.tensor(float(sum(len(t["class_labels"]) for t in targets)), device=device)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(num)
-            num = num / torch.distributed.get_world_size()
-        return num.clamp_min(1)
+        return self._mean_over_processes(num).clamp_min(1)
 
-    def layer_losses(self, outputs: dict, targets: list[dict], indices: list[tuple[Tensor, Tensor]],
-                     num_boxes: Tensor) -> dict[str, Tensor]:
-        """Unweighted ``loss_cls``, ``loss_bbox``, ``loss_sync`` of one layer for a given matching."""
+    # ---------------------------------------------------------------------------------------------- matching
+
+    def match(self, outputs: dict, targets: list[dict]) -> dict[str, list[tuple[Tensor, Tensor]]]:
+        """Per layer prefix (``""``, ``d{i}.``, ``enc.``), per image ``(query_idx, target_idx)`` CPU tensors."""
+        plan = self._plan(outputs, targets)
+        matches = self._solve(plan)
+        return {seg.prefix: [(torch.from_numpy(q), torch.from_numpy(t)) for _, q, t in matches[s]]
+                for s, seg in enumerate(plan["segments"]) if s < len(matches)}
+
+    def _plan(self, outputs: dict, targets: list[dict]) -> dict:
+        """Stack the layers, build the segments and compute (and copy to the host, once) all matching costs."""
         cfg = self.config
-        logits, boxes = _float(outputs["logits"]), _float(outputs["pred_boxes"])
+        logits = outputs["logits"]
+        batch, queries = logits.shape[:2]
+        if len(targets) != batch:
+            raise ValueError(f"got {len(targets)} targets for a batch of {batch}")
         device = logits.device
-        batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)]).to(device)
-        query_idx = torch.cat([src for src, _ in indices]).to(device)
-        tgt_idx = torch.cat([tgt for _, tgt in indices]).to(device)
-        labels = torch.cat([t["class_labels"].to(device)[j.to(device)] for t, (_, j) in zip(targets, indices)])
-        target_boxes = torch.cat([t["boxes"].to(device)[j.to(device)] for t, (_, j) in zip(targets, indices)])
-        src = boxes[batch_idx, query_idx]
-        target_boxes = target_boxes.to(src.dtype)
+        pred = float_(outputs["pred_boxes"])
+        labels, boxes, counts = pad_targets(targets, pred.shape[-1], device, pred.dtype)
+        sizes = image_sizes(targets, device, pred.dtype) if cfg.box_type == "rotated" else None
+        num_t = labels.shape[1]
 
-        loss_bbox = (_l1_coords(src) - _l1_coords(target_boxes)).abs().sum() / num_boxes
-        if cfg.box_type == "rotated":
-            sizes = _image_sizes(targets, device, src.dtype)[batch_idx]
-            if cfg.use_sync_loc:
-                loc = sync_kld_loss(src, target_boxes, sizes, cfg.kld_tau, cfg.sync_gain, cfg.sync_kld_t_min,
-                                    cfg.sync_kld_t_max)
-            else:
-                loc = kld_loss(src, target_boxes, sizes, cfg.kld_tau)
-            quality = 1 - loc.detach()
-        else:
-            giou = generalized_iou(src, target_boxes)
-            loc = 1 - giou
-            if cfg.use_sync_loc:
-                loc = loc * _giou_sync_factor(src, target_boxes, giou, cfg.sync_gain, cfg.sync_giou_floor,
-                                              cfg.sync_giou_t_min, cfg.sync_giou_t_max)
-            quality = giou.detach()
-        loss_sync = loc.sum() / num_boxes
+        decoder = [*(outputs.get("auxiliary_outputs") or []), outputs]
+        num_layers = len(decoder)
+        dec_logits = torch.stack([float_(layer["logits"]) for layer in decoder])  # (L, B, Q, C)
+        dec_boxes = torch.stack([float_(layer["pred_boxes"]) for layer in decoder])  # (L, B, Q, D)
+        segments = [_Segment(f"d{i}." if i < num_layers - 1 else "", i * batch * queries, queries, True)
+                    for i in range(num_layers)]
+        flat_logits, flat_boxes = [dec_logits.flatten(0, 2)], [dec_boxes.flatten(0, 2)]
+        rows = num_layers * batch * queries
 
-        if cfg.use_quality_cls:
-            rank_weights = groups = None
-            if cfg.one_to_many_k > 1:
-                rank_weights = cfg.rank_weights or [1.0] * cfg.one_to_many_k
-                groups = batch_idx * (1 + max((len(t["class_labels"]) for t in targets), default=0)) + tgt_idx
-            loss_cls = quality_aware_bce(logits, batch_idx, query_idx, labels, quality, num_boxes,
-                                         cfg.quality_alpha, cfg.quality_gamma, cfg.quality_min, rank_weights, groups)
+        enc = outputs.get("enc_outputs")
+        enc_queries = 0
+        if enc is not None:
+            enc_logits, enc_boxes = float_(enc["logits"]), float_(enc["pred_boxes"])
+            enc_queries = enc_logits.shape[1]
+            segments.append(_Segment("enc.", rows, enc_queries, not self.enc_class_agnostic))
+            flat_logits.append(enc_logits.flatten(0, 1))
+            flat_boxes.append(enc_boxes.flatten(0, 1))
+            rows += batch * enc_queries
+        if cfg.match_once_per_step and enc_queries != queries:
+            raise ValueError("`match_once_per_step` needs `enc_outputs` with one proposal per decoder query "
+                             f"(got {enc_queries} proposals for {queries} queries; `encoder_loss_on_topk=True`)")
+
+        groups = max_objects = 0
+        dn = outputs.get("dn_outputs")
+        meta = outputs.get("dn_meta")
+        if dn and meta and meta["num_groups"] * meta["max_objects"] > 0:
+            groups, max_objects = int(meta["num_groups"]), int(meta["max_objects"])
+            if len(dn) != num_layers:
+                raise ValueError(f"`dn_outputs` has {len(dn)} layers, the decoder {num_layers}")
+            if dn[0]["logits"].shape[1] != 2 * groups * max_objects:
+                raise ValueError(f"`dn_outputs` holds {dn[0]['logits'].shape[1]} queries per image, `dn_meta` says "
+                                 f"2 * {groups} groups * {max_objects} objects")
+            if max(counts, default=0) > max_objects:
+                raise ValueError(f"`dn_meta['max_objects']` = {max_objects} < an image's {max(counts)} targets")
+            dn_queries = 2 * groups * max_objects
+            dn_logits = torch.stack([float_(layer["logits"]) for layer in dn])
+            dn_boxes = torch.stack([float_(layer["pred_boxes"]) for layer in dn])
+            for i in range(num_layers):
+                prefix = f"d{i}.dn." if i < num_layers - 1 else "dn."
+                segments.append(_Segment(prefix, rows + i * batch * dn_queries, dn_queries, True))
+            flat_logits.append(dn_logits.flatten(0, 2))
+            flat_boxes.append(dn_boxes.flatten(0, 2))
+            rows += num_layers * batch * dn_queries
+        dynamic = groups > 0 and cfg.use_dynamic_denoising and num_t > 0
+
+        # Matching costs: decoder layers (+ the positive DN queries appended as extra rows for dynamic
+        # denoising, + the encoder as an extra layer when it has as many queries) in one pass.
+        costs: list[Tensor] = []
+        layout: dict[str, int] = {}
+        if num_t > 0:
+            need_decoder = not cfg.match_once_per_step or dynamic
+            stack_logits, stack_boxes, stack_labels = [], [], []
+            extra = groups * max_objects if dynamic else 0
+            if need_decoder:
+                lg, bx = dec_logits, dec_boxes
+                if dynamic:
+                    positive = (np.arange(groups)[:, None] * 2 * max_objects + np.arange(max_objects)).ravel()
+                    positive = torch.from_numpy(positive).to(device)
+                    lg = torch.cat((lg, dn_logits.index_select(2, positive)), dim=2)
+                    bx = torch.cat((bx, dn_boxes.index_select(2, positive)), dim=2)
+                stack_logits.append(lg)
+                stack_boxes.append(bx)
+                stack_labels.append(labels.expand(num_layers, -1, -1))
+            enc_labels = labels if not self.enc_class_agnostic else torch.zeros_like(labels)
+            enc_alone = enc is not None and (not need_decoder or enc_queries != queries)
+            if enc is not None and not enc_alone:  # one more layer of the same stack
+                lg, bx = enc_logits[None], enc_boxes[None]
+                if extra:
+                    lg = torch.cat((lg, lg.new_zeros(1, batch, extra, lg.shape[-1])), dim=2)
+                    bx = torch.cat((bx, bx.new_full((1, batch, extra, bx.shape[-1]), 0.5)), dim=2)
+                stack_logits.append(lg)
+                stack_boxes.append(bx)
+                stack_labels.append(enc_labels[None])
+            if stack_logits:
+                costs.append(self.matcher.cost(torch.cat(stack_logits), torch.cat(stack_boxes),
+                                               torch.cat(stack_labels), boxes, sizes))
+                layout["stack"] = len(costs) - 1
+            if enc_alone:
+                costs.append(self.matcher.cost(enc_logits[None], enc_boxes[None], enc_labels, boxes, sizes))
+                layout["enc"] = len(costs) - 1
+        # The one device -> host copy of the step.
+        host: list[np.ndarray] = []
+        if costs:
+            flat = torch.cat([c.reshape(-1) for c in costs]).cpu().numpy()
+            split = np.cumsum([c.numel() for c in costs])[:-1]
+            host = [part.reshape(c.shape) for part, c in zip(np.split(flat, split), costs)]
+        return {"segments": segments, "counts": counts, "num_layers": num_layers, "batch": batch,
+                "queries": queries, "groups": groups, "max_objects": max_objects, "dynamic": dynamic,
+                "has_enc": enc is not None, "host": host, "layout": layout, "labels": labels, "boxes": boxes,
+                "sizes": sizes, "flat_logits": flat_logits, "flat_boxes": flat_boxes, "rows": rows}
+
+    def _solve(self, plan: dict) -> list[list[tuple[int, np.ndarray, np.ndarray]]]:
+        """Host: per matching segment (decoder layers, then the encoder), per image ``(b, query_idx, target_idx)``."""
+        counts, num_layers, queries = plan["counts"], plan["num_layers"], plan["queries"]
+        host, layout, k = plan["host"], plan["layout"], self.matcher.k
+        empty = np.zeros(0, dtype=np.int64)
+        enc_cost = None
+        if "enc" in layout:
+            enc_cost = host[layout["enc"]][0]
+        elif plan["has_enc"] and "stack" in layout:
+            enc_cost = host[layout["stack"]][-1]
+
+        def solve(cost):
+            return [(b, *assign(cost[b, :, :n], k)) if n else (b, empty, empty) for b, n in enumerate(counts)]
+
+        nothing = [(b, empty, empty) for b in range(len(counts))]
+        enc = solve(enc_cost[:, :plan["segments"][num_layers].queries]) if enc_cost is not None else nothing
+        if sum(counts) == 0:
+            decoder = [nothing] * num_layers
+        elif self.config.match_once_per_step:
+            decoder = [enc] * num_layers
         else:
-            loss_cls = sigmoid_focal_loss(logits, batch_idx, query_idx, labels, num_boxes, cfg.focal_alpha,
-                                          cfg.focal_gamma)
-        return {"loss_cls": loss_cls, "loss_bbox": loss_bbox, "loss_sync": loss_sync}
+            stack = host[layout["stack"]]
+            decoder = [solve(stack[i, :, :queries]) for i in range(num_layers)]
+        return decoder + ([enc] if plan["has_enc"] else [])
+
+    def _dn_winners(self, plan: dict) -> np.ndarray:
+        """Dynamic denoising, host: ``(L, B, G, M)`` bool, whether positive DN query ``j`` of group ``g`` wins
+        target ``j`` when matched together with the matching queries (one scipy call per layer, image, group)."""
+        counts, groups, m, queries = plan["counts"], plan["groups"], plan["max_objects"], plan["queries"]
+        stack = plan["host"][plan["layout"]["stack"]]
+        won = np.zeros((plan["num_layers"], len(counts), groups, m), dtype=bool)
+        for layer in range(plan["num_layers"]):
+            for b, n in enumerate(counts):
+                if n == 0:
+                    continue
+                main = stack[layer, b, :queries, :n]
+                dn = stack[layer, b, queries:queries + groups * m, :n].reshape(groups, m, n)
+                for g in range(groups):
+                    rows, cols = assign(np.concatenate((dn[g, :n], main)), 1)
+                    mine = rows < n
+                    won[layer, b, g, rows[mine]] = cols[mine] == rows[mine]
+        return won
+
+    # ---------------------------------------------------------------------------------------------- losses
 
     def forward(self, outputs: dict, targets: list[dict]) -> tuple[Tensor, dict[str, Tensor]]:
         """Compute the loss.
 
         Args:
             outputs: ``{"logits": (B, Q, C), "pred_boxes": (B, Q, D)}`` normalized boxes, optionally
-                ``"auxiliary_outputs"`` (list of such dicts, decoder layers ``0 .. L-2``) and ``"enc_outputs"``
-                (such a dict, two-stage proposals).
+                ``"auxiliary_outputs"`` (list of such dicts, decoder layers ``0 .. L-2``), ``"enc_outputs"``
+                (such a dict, two-stage proposals), ``"dn_outputs"`` (list of such dicts, the DN queries of decoder
+                layers ``0 .. L-1``) with ``"dn_meta"`` (``{"num_groups", "max_objects"}``).
             targets: per image ``{"class_labels": (n,) int64, "boxes": (n, D), "size": (2,) (H, W)}``.
         Returns:
             ``(total, loss_dict)``: the weighted sum (scalar) and the unweighted terms ``loss_cls``, ``loss_bbox``,
-            ``loss_sync``, ``d{i}.loss_*`` per auxiliary layer and ``enc.loss_*``.
+            ``loss_sync`` with prefixes ``""``, ``d{i}.``, ``enc.``, ``dn.``, ``d{i}.dn.``.
         """
-        if len(targets) != outputs["logits"].shape[0]:
-            raise ValueError(f"got {len(targets)} targets for a batch of {outputs['logits'].shape[0]}")
-        num_boxes = self._num_boxes(targets, outputs["logits"].device)
-        layers: list[tuple[str, dict, list[dict]]] = [("", outputs, targets)]
-        for i, aux in enumerate(outputs.get("auxiliary_outputs") or []):
-            layers.append((f"d{i}.", aux, targets))
-        enc = outputs.get("enc_outputs")
-        if enc is not None:
-            enc_targets = targets
-            if self.enc_class_agnostic:
-                enc_targets = [{**t, "class_labels": torch.zeros_like(t["class_labels"])} for t in targets]
-            layers.append(("enc.", enc, enc_targets))
+        cfg = self.config
+        plan = self._plan(outputs, targets)
+        device = outputs["logits"].device
+        segments, counts, batch = plan["segments"], plan["counts"], plan["batch"]
+        num_t, groups, m = plan["labels"].shape[1], plan["groups"], plan["max_objects"]
+        num_seg, num_layers = len(segments), plan["num_layers"]
+        num_boxes = self._num_boxes(targets, device)
 
-        loss_dict: dict[str, Tensor] = {}
-        total = _float(outputs["logits"]).new_zeros(())
-        for prefix, layer_out, layer_targets in layers:
-            indices = self.matcher(layer_out, layer_targets)
-            for name, value in self.layer_losses(layer_out, layer_targets, indices, num_boxes).items():
-                loss_dict[prefix + name] = value
-                total = total + self.weight_dict[name] * value
+        # Matched pairs of every segment, on the host: (segment, flat row, flat target, image, positive in cls).
+        parts = []
+        for s, per_image in enumerate(self._solve(plan)):
+            seg = segments[s]
+            for b, q, t in per_image:
+                if len(q):
+                    parts.append((np.full(len(q), s), seg.offset + b * seg.queries + q, b * num_t + t,
+                                  np.full(len(q), b), np.ones(len(q), dtype=np.int64)))
+        cls_norm_scale = np.ones(num_seg)
+        if groups:
+            won = self._dn_winners(plan) if plan["dynamic"] else None
+            first_dn = num_seg - num_layers
+            for layer in range(num_layers):
+                seg = segments[first_dn + layer]
+                for b, n in enumerate(counts):
+                    if n == 0:
+                        continue
+                    g, j = np.divmod(np.arange(groups * n), n)
+                    positive = won[layer, b, g, j] if won is not None else np.ones(len(j), dtype=bool)
+                    parts.append((np.full(len(j), first_dn + layer), seg.offset + b * seg.queries + g * 2 * m + j,
+                                  b * num_t + j, np.full(len(j), b), positive.astype(np.int64)))
+            cls_norm_scale[first_dn:] = groups
+        if parts:
+            pairs = np.concatenate([np.stack(p) for p in parts], axis=1).astype(np.int64)  # (5, P)
+        else:
+            pairs = np.zeros((5, 0), dtype=np.int64)
+        positive = np.flatnonzero(pairs[4])
+        specific = np.array([seg.class_specific for seg in segments], dtype=np.int64)
+        sizes_rows = np.array([segments[s].queries * batch for s in range(num_seg)], dtype=np.int64)
+        pack = np.concatenate((pairs.ravel(), positive, specific, sizes_rows))
+        pack = torch.from_numpy(pack).to(device, non_blocking=True)  # the one host -> device copy
+        num_pairs = pairs.shape[1]
+        seg_idx, row, tgt, img, _ = pack[:5 * num_pairs].view(5, num_pairs)
+        pos = pack[5 * num_pairs:5 * num_pairs + len(positive)]
+        specific_t = pack[5 * num_pairs + len(positive):5 * num_pairs + len(positive) + num_seg]
+        seg_of_row = torch.repeat_interleave(torch.arange(num_seg, device=device), pack[-num_seg:],
+                                             output_size=plan["rows"])
+
+        flat_logits = torch.cat(plan["flat_logits"])  # (R, C)
+        flat_boxes = torch.cat(plan["flat_boxes"])  # (R, D)
+        src = flat_boxes[row]
+        target = plan["boxes"].flatten(0, 1)[tgt].to(src.dtype)
+        labels = plan["labels"].flatten()[tgt] * specific_t[seg_idx]
+
+        def per_segment(values: Tensor, index: Tensor) -> Tensor:
+            return values.new_zeros(num_seg).index_add(0, index, values)
+
+        l1 = (l1_coords(src) - l1_coords(target)).abs().sum(-1)
+        if cfg.box_type == "rotated":
+            d = kld(denormalize_rboxes(src, plan["sizes"][img]), denormalize_rboxes(target, plan["sizes"][img]))
+            if cfg.use_sync_loc:  # d min-max normalized over each segment's pairs
+                d_min = d.new_zeros(num_seg).scatter_reduce(0, seg_idx, d, "amin", include_self=False)
+                d_max = d.new_zeros(num_seg).scatter_reduce(0, seg_idx, d, "amax", include_self=False)
+                dn = (d - d_min[seg_idx]) / (d_max - d_min)[seg_idx].clamp_min(EPS)
+                l1_4 = (src[..., :4] - target[..., :4]).abs().sum(-1) / 4
+                t = (2 * l1_4 / (dn + l1_4).clamp_min(EPS)).clamp(cfg.sync_kld_t_min, cfg.sync_kld_t_max)
+                d = d * torch.exp(cfg.sync_gain * (t - 1))
+            loc = kld_to_loss(d, cfg.kld_tau)
+            quality = 1 - loc.detach()
+        else:
+            giou = generalized_iou(src, target)
+            loc = 1 - giou
+            if cfg.use_sync_loc:
+                loc = loc * _giou_sync_factor(src, target, giou, cfg.sync_gain, cfg.sync_giou_floor,
+                                              cfg.sync_giou_t_min, cfg.sync_giou_t_max)
+            quality = giou.detach()
+
+        index = (row[pos], labels[pos])
+        if cfg.use_quality_cls:
+            rank_weights = rank_groups = None
+            if cfg.one_to_many_k > 1:
+                rank_weights = cfg.rank_weights or [1.0] * cfg.one_to_many_k
+                rank_groups = tgt[pos] + seg_idx[pos] * (batch * num_t + 1)
+            elements = _quality_bce_elements(flat_logits, index, quality[pos], cfg.quality_alpha, cfg.quality_gamma,
+                                             cfg.quality_min, rank_weights, rank_groups)
+        else:
+            elements = _focal_elements(flat_logits, index, cfg.focal_alpha, cfg.focal_gamma)
+
+        box_norm = num_boxes * torch.from_numpy(cls_norm_scale).to(device, num_boxes.dtype)
+        cls_norm = box_norm
+        if plan["dynamic"]:  # RHINO: DN classification over the positive DN queries that won their target
+            winners = per_segment(pack.new_ones(()).expand(len(positive)).to(num_boxes.dtype), seg_idx[pos])
+            winners = self._mean_over_processes(winners[-num_layers:]).clamp_min(1)
+            cls_norm = torch.cat((box_norm[:-num_layers], winners))
+        loss_cls = per_segment(elements.sum(-1), seg_of_row) / cls_norm
+        loss_bbox = per_segment(l1, seg_idx) / box_norm
+        loss_sync = per_segment(loc, seg_idx) / box_norm
+        terms = {"loss_cls": loss_cls, "loss_bbox": loss_bbox, "loss_sync": loss_sync}
+        total = sum(self.weight_dict[name] * value.sum() for name, value in terms.items())
+        loss_dict = {seg.prefix + name: value[s] for s, seg in enumerate(segments) for name, value in terms.items()}
         return total, loss_dict
