@@ -7,6 +7,7 @@ loads with `trust_remote_code=True` where this package is not installed.
 """
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForObjectDetection
+from transformers.models.auto.modeling_auto import MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES
 
 from .configuration_sl_detr import DOTA_CLASSES, SlDetrConfig
 from .image_processing_sl_detr import SlDetrImageProcessor
@@ -48,6 +49,8 @@ def _register() -> None:
     SlDetrModel.register_for_auto_class("AutoModel")
     SlDetrForObjectDetection.register_for_auto_class("AutoModelForObjectDetection")
     SlDetrImageProcessor.register_for_auto_class("AutoImageProcessor")
+    # transformers' object-detection pipeline checks the model against this table and logs an ERROR otherwise
+    MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES.setdefault(SlDetrConfig.model_type, SlDetrForObjectDetection.__name__)
 
 
 _register()
