@@ -1,0 +1,291 @@
+"""Tests of the rotated deformable attention (sl_detr_hf/attention_sl_detr.py)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from transformers import DeformableDetrConfig
+from transformers.models.deformable_detr.modeling_deformable_detr import DeformableDetrMultiscaleDeformableAttention
+
+from sl_detr_hf.attention_sl_detr import SAMPLING_MODES, SlDetrRotatedDeformableAttention
+
+SHAPES = [(6, 10), (3, 5)]  # (H_l, W_l): non-square levels
+
+
+def _config(d_model: int = 16, levels: int = 2) -> DeformableDetrConfig:
+    return DeformableDetrConfig(d_model=d_model, num_feature_levels=levels, use_pretrained_backbone=False)
+
+
+def _parent(seed: int = 0, n_points: int = 3) -> DeformableDetrMultiscaleDeformableAttention:
+    """A parent attention with random (non-zero) weights everywhere."""
+    torch.manual_seed(seed)
+    module = DeformableDetrMultiscaleDeformableAttention(_config(), num_heads=2, n_points=n_points)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.normal_(0.0, 0.5)
+    return module
+
+
+def _inputs(batch: int = 2, queries: int = 5, shapes=SHAPES, d_model: int = 16, seed: int = 1) -> dict:
+    """Forward keyword arguments (without reference points) for random encoder states over `shapes`."""
+    generator = torch.Generator().manual_seed(seed)
+    spatial_shapes = torch.tensor(shapes, dtype=torch.long)
+    sizes = [h * w for h, w in shapes]
+    mask = torch.ones(batch, sum(sizes), dtype=torch.bool)
+    mask[-1, :3] = False  # some padding in the last image
+    return {
+        "hidden_states": torch.randn(batch, queries, d_model, generator=generator),
+        "attention_mask": mask,
+        "encoder_hidden_states": torch.randn(batch, sum(sizes), d_model, generator=generator),
+        "position_embeddings": torch.randn(batch, queries, d_model, generator=generator),
+        "spatial_shapes": spatial_shapes,
+        "spatial_shapes_list": list(shapes),
+        "level_start_index": torch.tensor([0, *torch.tensor(sizes).cumsum(0)[:-1].tolist()]),
+    }
+
+
+def _boxes(batch: int = 2, queries: int = 5, levels: int = 2, seed: int = 2) -> torch.Tensor:
+    """Random normalized `(cx, cy, w, h)` references `(B, Q, L, 4)`."""
+    generator = torch.Generator().manual_seed(seed)
+    centre = torch.rand(batch, queries, levels, 2, generator=generator) * 0.6 + 0.2
+    size = torch.rand(batch, queries, levels, 2, generator=generator) * 0.3 + 0.05
+    return torch.cat([centre, size], -1)
+
+
+class _Recorder(nn.Module):
+    """Stands in for the core sampling kernel: records the sampling locations, returns zeros."""
+
+    def forward(self, value, spatial_shapes, spatial_shapes_list, level_start_index, locations, weights, step):
+        self.locations = locations
+        return value.new_zeros(value.shape[0], locations.shape[1], value.shape[2] * value.shape[3])
+
+
+def _locations(sampling: str, reference: torch.Tensor, offsets: tuple[float, float], shapes, n_points: int = 2,
+               rotate_in_pixels: bool = True) -> torch.Tensor:
+    """Sampling locations `(B, Q, heads, L, P, 2)` of a 1-head module whose offsets are all `offsets`."""
+    config = _config(d_model=4, levels=len(shapes))
+    module = SlDetrRotatedDeformableAttention(config, num_heads=1, n_points=n_points, sampling=sampling,
+                                              rotate_in_pixels=rotate_in_pixels)
+    with torch.no_grad():
+        module.sampling_offsets.weight.zero_()
+        module.sampling_offsets.bias.copy_(torch.tensor(offsets).repeat(len(shapes) * n_points))
+    module.attn = _Recorder()
+    inputs = _inputs(batch=reference.shape[0], queries=reference.shape[1], shapes=shapes, d_model=4)
+    module(**inputs, reference_points=reference)
+    return module.attn.locations
+
+
+@pytest.mark.parametrize("sampling", SAMPLING_MODES)
+def test_theta_zero_equals_parent_exactly(sampling):
+    parent = _parent()
+    rotated = SlDetrRotatedDeformableAttention(_config(), num_heads=2, n_points=3, sampling=sampling)
+    rotated.load_state_dict(parent.state_dict())  # same parameter names: Deformable DETR weights load strictly
+    inputs, boxes = _inputs(), _boxes()
+    expected, expected_weights = parent(**inputs, reference_points=boxes)
+    reference = torch.cat([boxes, torch.zeros_like(boxes[..., :1])], -1)
+    output, weights = rotated(**inputs, reference_points=reference)
+    assert torch.equal(output, expected)
+    assert torch.equal(weights, expected_weights)
+    shared, _ = SlDetrRotatedDeformableAttention.from_deformable(parent, sampling)(**inputs, reference_points=reference)
+    assert torch.equal(shared, expected)
+
+
+@pytest.mark.parametrize("dims", [2, 4])
+def test_2d_and_4d_references_unchanged(dims):
+    parent = _parent()
+    inputs, boxes = _inputs(), _boxes()[..., :dims]
+    expected, _ = parent(**inputs, reference_points=boxes)
+    for sampling in SAMPLING_MODES:
+        output, _ = SlDetrRotatedDeformableAttention.from_deformable(parent, sampling)(**inputs, reference_points=boxes)
+        assert torch.equal(output, expected)
+
+
+def test_from_deformable_shares_parameters_and_settings():
+    parent = _parent()
+    rotated = SlDetrRotatedDeformableAttention.from_deformable(parent, "geometric")
+    assert rotated.sampling_offsets.weight is parent.sampling_offsets.weight
+    assert list(rotated.state_dict()) == list(parent.state_dict())
+    assert (rotated.n_heads, rotated.n_levels, rotated.n_points, rotated.d_model) == (2, 2, 3, 16)
+    with pytest.raises(ValueError, match="sampling"):
+        SlDetrRotatedDeformableAttention.from_deformable(parent, "rotated")
+
+
+def test_rotated_locations_hand_computed_quarter_turn():
+    # One level of H=8, W=16 cells. Box centre (0.5, 0.5), w = 0.25 (4 cells), h = 0.25 (2 cells), theta = pi/2.
+    # Offsets (2, 2) with 2 points: o = (1, 1). Half size in cells s = (2, 1).
+    reference = torch.tensor([0.5, 0.5, 0.25, 0.25, math.pi / 2]).view(1, 1, 1, 5)
+    shapes = [(8, 16)]
+    # rhino: v = R(90) (2, 1) = (-1, 2) cells = (-1/16, 2/8); location = c + o * v.
+    rhino = _locations("rhino", reference, (2.0, 2.0), shapes)
+    torch.testing.assert_close(rhino[0, 0, 0, 0, 0], torch.tensor([0.5 - 1 / 16, 0.5 + 0.25]), rtol=0, atol=1e-7)
+    # geometric: o * s = (2, 1) cells, turned: (-1, 2) cells. Same point for o = (1, 1) ...
+    geometric = _locations("geometric", reference, (2.0, 2.0), shapes)
+    torch.testing.assert_close(geometric, rhino, rtol=0, atol=1e-7)
+    # ... but not for o = (1, 0): rhino (1, 0) * (-1, 2) = (-1, 0) cells; geometric R(90) (2, 0) = (0, 2) cells.
+    rhino = _locations("rhino", reference, (2.0, 0.0), shapes)
+    geometric = _locations("geometric", reference, (2.0, 0.0), shapes)
+    torch.testing.assert_close(rhino[0, 0, 0, 0, 0], torch.tensor([0.5 - 1 / 16, 0.5]), rtol=0, atol=1e-7)
+    torch.testing.assert_close(geometric[0, 0, 0, 0, 0], torch.tensor([0.5, 0.5 + 2 / 8]), rtol=0, atol=1e-7)
+    # RHINO's literal code rotates the normalized vector: v = R(90) (0.125, 0.125) = (-0.125, 0.125).
+    literal = _locations("rhino", reference, (2.0, 2.0), shapes, rotate_in_pixels=False)
+    torch.testing.assert_close(literal[0, 0, 0, 0, 0], torch.tensor([0.375, 0.625]), rtol=0, atol=1e-7)
+    # "none" ignores theta: c + o * (w/2, h/2) = (0.5 + 0.125, 0.5 + 0.125).
+    none = _locations("none", reference, (2.0, 2.0), shapes)
+    torch.testing.assert_close(none[0, 0, 0, 0, 0], torch.tensor([0.625, 0.625]), rtol=0, atol=1e-7)
+
+
+def test_rotated_locations_hand_computed_pi_over_6():
+    # Level H=10, W=20 cells; box 6 x 2 cells (w = 0.3, h = 0.2) at (0.4, 0.6), theta = pi/6; o = (0.5, -1).
+    c, s = math.sqrt(3) / 2, 0.5
+    reference = torch.tensor([0.4, 0.6, 0.3, 0.2, math.pi / 6]).view(1, 1, 1, 5)
+    shapes = [(10, 20)]
+    offsets = (1.0, -2.0)  # 2 points: o = offsets / 2
+    # rhino: v = R (3, 1) cells = (3c - 1s, 3s + 1c); o * v in cells.
+    v = (3 * c - s, 3 * s + c)
+    rhino_cells = (0.5 * v[0], -1.0 * v[1])
+    expected = torch.tensor([0.4 + rhino_cells[0] / 20, 0.6 + rhino_cells[1] / 10])
+    torch.testing.assert_close(_locations("rhino", reference, offsets, shapes)[0, 0, 0, 0, 1], expected,
+                               rtol=0, atol=1e-6)
+    # geometric: o * s = (1.5, -1) cells, turned: (1.5c + 1s, 1.5s - 1c).
+    geometric_cells = (1.5 * c + s, 1.5 * s - c)
+    expected = torch.tensor([0.4 + geometric_cells[0] / 20, 0.6 + geometric_cells[1] / 10])
+    torch.testing.assert_close(_locations("geometric", reference, offsets, shapes)[0, 0, 0, 0, 1], expected,
+                               rtol=0, atol=1e-6)
+
+
+def test_rotation_is_per_level_and_square_levels_match_rhino_literal():
+    # Two levels with different aspect ratios: each rotates in its own cells.
+    reference = torch.tensor([0.5, 0.5, 0.2, 0.1, 0.7]).view(1, 1, 1, 5).expand(1, 1, 2, 5)
+    shapes = [(4, 4), (4, 8)]
+    pixel = _locations("rhino", reference, (1.0, 1.5), shapes)
+    literal = _locations("rhino", reference, (1.0, 1.5), shapes, rotate_in_pixels=False)
+    torch.testing.assert_close(pixel[..., 0, :, :], literal[..., 0, :, :], rtol=0, atol=1e-7)  # square level
+    assert (pixel[..., 1, :, :] - literal[..., 1, :, :]).abs().max() > 1e-2  # non-square level
+
+
+def test_geometric_rotation_is_rigid_in_pixels():
+    # Turning the pattern keeps every point's pixel distance to the centre (and rhino keeps |v|): check on a level
+    # of aspect 2 for random angles, against the same module at theta = 0.
+    torch.manual_seed(0)
+    shapes = [(5, 10)]
+    config = _config(d_model=4, levels=1)
+    module = SlDetrRotatedDeformableAttention(config, num_heads=1, n_points=4, sampling="geometric")
+    module.attn = _Recorder()
+    inputs = _inputs(batch=1, queries=6, shapes=shapes, d_model=4)
+    boxes = _boxes(batch=1, queries=6, levels=1)
+    theta = torch.rand(1, 6, 1, 1) * 2 * math.pi - math.pi
+    module(**inputs, reference_points=torch.cat([boxes, theta], -1))
+    turned = module.attn.locations
+    module(**inputs, reference_points=torch.cat([boxes, torch.zeros_like(theta)], -1))
+    straight = module.attn.locations
+    centre = boxes[:, :, None, :, None, :2]
+    cells = torch.tensor([10.0, 5.0])
+    torch.testing.assert_close(((turned - centre) * cells).norm(dim=-1), ((straight - centre) * cells).norm(dim=-1))
+    # and the angle between the straight and turned vectors is theta
+    a, b = (straight - centre) * cells, (turned - centre) * cells
+    angle = torch.atan2(a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0], (a * b).sum(-1))
+    torch.testing.assert_close(torch.remainder(angle - theta[:, :, None, :, None, 0] + math.pi, 2 * math.pi),
+                               torch.full_like(angle, math.pi), atol=1e-4, rtol=0)
+
+
+def test_sampled_values_reveal_rotated_location():
+    # End to end through the real kernel: value channels are x / y ramps over the cell centres, so bilinear
+    # sampling returns the location itself; identity projections and equal point weights pass it through.
+    height, width, n_points = 8, 16, 2
+    config = _config(d_model=4, levels=1)
+    for sampling, expected in [("geometric", (0.5, 0.75)), ("rhino", (0.5 - 1 / 16, 0.5))]:
+        module = SlDetrRotatedDeformableAttention(config, num_heads=1, n_points=n_points, sampling=sampling)
+        with torch.no_grad():
+            for linear in (module.value_proj, module.output_proj):
+                linear.weight.copy_(torch.eye(4))
+                linear.bias.zero_()
+            module.attention_weights.weight.zero_()
+            module.attention_weights.bias.zero_()
+            module.sampling_offsets.weight.zero_()
+            module.sampling_offsets.bias.copy_(torch.tensor([2.0, 0.0, 2.0, 0.0]))  # o = (1, 0) for both points
+        ys, xs = torch.meshgrid((torch.arange(height) + 0.5) / height, (torch.arange(width) + 0.5) / width,
+                                indexing="ij")
+        memory = torch.stack([xs, ys, torch.zeros_like(xs), torch.zeros_like(xs)], -1).view(1, height * width, 4)
+        reference = torch.tensor([0.5, 0.5, 0.25, 0.25, math.pi / 2]).view(1, 1, 1, 5)
+        output, _ = module(hidden_states=torch.zeros(1, 1, 4), encoder_hidden_states=memory,
+                           reference_points=reference, spatial_shapes=torch.tensor([[height, width]]),
+                           spatial_shapes_list=[(height, width)], level_start_index=torch.tensor([0]))
+        torch.testing.assert_close(output[0, 0, :2], torch.tensor(expected), rtol=0, atol=1e-6)
+
+
+def test_rhino_and_geometric_differ_for_rotated_non_square_box():
+    parent = _parent()
+    inputs, boxes = _inputs(), _boxes()
+    reference = torch.cat([boxes, torch.full_like(boxes[..., :1], 0.6)], -1)
+    rhino, _ = SlDetrRotatedDeformableAttention.from_deformable(parent, "rhino")(**inputs, reference_points=reference)
+    geometric, _ = SlDetrRotatedDeformableAttention.from_deformable(parent, "geometric")(
+        **inputs, reference_points=reference)
+    none, _ = SlDetrRotatedDeformableAttention.from_deformable(parent, "none")(**inputs, reference_points=reference)
+    expected_none, _ = parent(**inputs, reference_points=boxes)
+    assert torch.equal(none, expected_none)
+    assert (rhino - geometric).abs().max() > 1e-3
+    assert (rhino - none).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("sampling", ["rhino", "geometric"])
+def test_gradient_flows_to_theta(sampling):
+    module = SlDetrRotatedDeformableAttention.from_deformable(_parent(), sampling)
+    inputs, boxes = _inputs(), _boxes()
+    theta = torch.full_like(boxes[..., :1], 0.4, requires_grad=True)
+    output, _ = module(**inputs, reference_points=torch.cat([boxes, theta], -1))
+    output.square().sum().backward()
+    assert torch.isfinite(theta.grad).all()
+    assert theta.grad.abs().min() > 0
+
+
+class _Exportable(nn.Module):
+    """A rotated attention with every tensor input positional (the spatial shapes list is static)."""
+
+    def __init__(self):
+        super().__init__()
+        self.attention = SlDetrRotatedDeformableAttention.from_deformable(_parent(), "rhino")
+
+    def forward(self, hidden_states, attention_mask, encoder_hidden_states, position_embeddings, reference_points,
+                spatial_shapes, level_start_index):
+        return self.attention(hidden_states, attention_mask, encoder_hidden_states, None, position_embeddings,
+                              reference_points, spatial_shapes, SHAPES, level_start_index)[0]
+
+
+def _export_args(theta: float) -> tuple:
+    inputs, boxes = _inputs(), _boxes()
+    reference = torch.cat([boxes, torch.full_like(boxes[..., :1], theta)], -1)
+    return (inputs["hidden_states"], inputs["attention_mask"], inputs["encoder_hidden_states"],
+            inputs["position_embeddings"], reference, inputs["spatial_shapes"], inputs["level_start_index"])
+
+
+def test_export_keeps_theta_dynamic():
+    # No Python control flow on tensor values: a graph exported at one angle gives the eager result at another.
+    eager = _Exportable().eval()
+    exported = torch.export.export(eager, _export_args(0.3)).module()
+    torch.testing.assert_close(exported(*_export_args(1.1)), eager(*_export_args(1.1)))
+    assert not torch.allclose(exported(*_export_args(1.1)), exported(*_export_args(0.3)))
+
+
+def test_onnx_export_matches_eager(tmp_path):
+    pytest.importorskip("onnxscript")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    eager = _Exportable().eval()
+    path = tmp_path / "rotated_attention.onnx"
+    torch.onnx.export(eager, _export_args(0.3), str(path), dynamo=True)
+    session = onnxruntime.InferenceSession(str(path))
+    names = [node.name for node in session.get_inputs()]
+    assert names == ["hidden_states", "attention_mask", "encoder_hidden_states", "position_embeddings",
+                     "reference_points", "spatial_shapes", "level_start_index"]
+    args = _export_args(1.1)
+    (output,) = session.run(None, {name: value.numpy() for name, value in zip(names, args)})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(output), eager(*args), rtol=1e-4, atol=1e-4)
+
+
+def test_bad_reference_width_raises():
+    module = SlDetrRotatedDeformableAttention.from_deformable(_parent(), "rhino")
+    with pytest.raises(ValueError, match="2, 4 or 5"):
+        module(**_inputs(), reference_points=torch.rand(2, 5, 2, 3))
