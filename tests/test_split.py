@@ -168,3 +168,57 @@ def test_split_multiprocess_matches_inline(tmp_path):
     assert (tmp_path / "a" / "classes.txt").read_text() == (tmp_path / "src" / "classes.txt").read_text()
     polys = rbox_to_poly(torch.tensor(load_dota(tmp_path / "a")[0]["objects"]["rbox"]).reshape(-1, 5))
     assert bool((polys > -1).all() & (polys < 257).all())  # clipped or whole: inside the patch
+
+
+def test_split_without_workers_argument_runs_inline(tmp_path):
+    """`sl-detr split SRC DST` passes num_workers=None (no --workers): it runs in this process (issue 10 item 4)."""
+    src = make_synthetic_dota(tmp_path / "src", num_images=2, image_size=(300, 260), seed=1, max_objects=4)
+    summary = split_dota(src, tmp_path / "dst", sizes=(200,), gaps=(50,), num_workers=None, progress=False)
+    assert summary.images == 2 and summary.patches == len(list((tmp_path / "dst" / "images").iterdir())) == 8
+
+
+def test_split_refuses_the_source_as_destination_and_bad_rates(tmp_path):
+    src = make_synthetic_dota(tmp_path / "src", num_images=1, image_size=(120, 100), seed=1, max_objects=2)
+    before = sorted(p.name for p in (src / "images").iterdir())
+    for dst in (src, tmp_path / "src" / ".", src / "images" / ".."):
+        with pytest.raises(ValueError, match="is the source dataset"):
+            split_dota(src, dst, sizes=(64,), gaps=(16,), progress=False)
+    assert sorted(p.name for p in (src / "images").iterdir()) == before  # nothing written into the source
+    for rates in ((0.0,), (1.0, -0.5)):
+        with pytest.raises(ValueError, match="rates"):
+            split_dota(src, tmp_path / "dst", rates=rates, progress=False)
+    assert not (tmp_path / "dst").exists()
+
+
+def test_cached_split_is_reused_only_for_the_same_files_and_settings(tmp_path):
+    """A patches folder of another dataset or other sizes is never reused (stale patches gave wrong mAP)."""
+    from sl_detr_hf.data.split import split_dota_cached
+
+    first = make_synthetic_dota(tmp_path / "a", num_images=1, image_size=(300, 260), seed=1, max_objects=3)
+    second = make_synthetic_dota(tmp_path / "b", num_images=2, image_size=(200, 200), seed=2, max_objects=3)
+    cache = tmp_path / "out" / "patches"
+    kw = dict(sizes=(200,), gaps=(50,), progress=False)
+    assert split_dota_cached(first, cache, **kw).patches == 4
+    assert split_dota_cached(first, cache, **kw) is None  # same inputs: reused
+    names = lambda: sorted(p.stem for p in (cache / "images").iterdir())  # noqa: E731
+    assert all(n.startswith("syn00000__200__") for n in names()) and len(names()) == 4
+    assert split_dota_cached(first, cache, sizes=(128,), gaps=(28,), progress=False).patches == 9  # other sizes
+    assert len(names()) == 9 and all("__128__" in n for n in names())
+    assert split_dota_cached(second, cache, **kw).patches == 2  # other data: old patches removed
+    assert names() == ["syn00000__200__0___0", "syn00001__200__0___0"]
+    label = second / "labelTxt" / "syn00001.txt"
+    label.write_text(label.read_text() + "1 1 30 1 30 30 1 30 " + label.read_text().split()[8] + " 0\n")
+    import os
+
+    os.utime(label, ns=(label.stat().st_atime_ns, label.stat().st_mtime_ns + 10**9))
+    assert split_dota_cached(second, cache, **kw) is not None  # an edited label file: split again
+
+
+def test_merge_refuses_nan_scores_and_bad_thresholds():
+    good = {"patch_id": "a__64__0___0", "boxes": [[10.0, 10.0, 8.0, 4.0, 0.0]], "scores": [0.9], "labels": [0]}
+    bad = {"patch_id": "a__64__32___0", "boxes": [[12.0, 10.0, 8.0, 4.0, 0.0]], "scores": [float("nan")],
+           "labels": [0]}
+    with pytest.raises(ValueError, match=r"detections\[1\] \(a__64__32___0\) has NaN"):
+        merge_patch_detections([good, bad])
+    with pytest.raises(ValueError, match="iou_threshold"):
+        merge_patch_detections([good], iou_threshold=1.5)

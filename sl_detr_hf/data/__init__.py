@@ -11,7 +11,15 @@ from .dota import (
     parse_dota_label_file,
     write_dota_labels,
 )
-from .split import PatchName, SplitSummary, get_windows, merge_patch_detections, parse_patch_name, split_dota
+from .split import (
+    PatchName,
+    SplitSummary,
+    get_windows,
+    merge_patch_detections,
+    parse_patch_name,
+    split_dota,
+    split_dota_cached,
+)
 from .synthetic import SYNTHETIC_CLASSES, SyntheticDotaConfig, make_synthetic_dota
 from .transforms import RotatedDetectionAugment, visible_fraction
 
@@ -36,6 +44,7 @@ __all__ = [
     "parse_dota_label_file",
     "parse_patch_name",
     "split_dota",
+    "split_dota_cached",
     "visible_fraction",
     "write_dota_labels",
 ]

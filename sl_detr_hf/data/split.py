@@ -12,6 +12,7 @@ rectangle when the clipped shape is not a quadrilateral). Patches are named
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import re
@@ -43,6 +44,7 @@ __all__ = [
     "parse_patch_name",
     "patch_name",
     "split_dota",
+    "split_dota_cached",
     "split_image",
 ]
 
@@ -87,6 +89,8 @@ def get_windows(width: int, height: int, sizes: Sequence[int] = (1024,), gaps: S
     """
     if len(sizes) != len(gaps):
         raise ValueError(f"`sizes` and `gaps` must have the same length, got {sizes} and {gaps}")
+    if not all(r > 0 for r in rates):
+        raise ValueError(f"`rates` must be > 0, got {tuple(rates)}")
     windows = []
     for rate in rates:
         for size, gap in zip(sizes, gaps):
@@ -241,7 +245,7 @@ def split_dota(
     labels_dir: str | None = "labelTxt",
     class_names: Sequence[str] | None = None,
     ext: str = ".png",
-    num_workers: int = 0,
+    num_workers: int | None = 0,
     progress: bool = True,
 ) -> SplitSummary:
     """Split a DOTA folder into a DOTA folder of patches (``dst_root/images``, ``dst_root/labelTxt``).
@@ -256,6 +260,9 @@ def split_dota(
         class_names: accepted classes (default: any name is copied through).
     """
     src_root, dst_root = Path(src_root), Path(dst_root)
+    _check_destination(src_root, dst_root, images_dir, labels_dir)
+    get_windows(1, 1, sizes, gaps, rates)  # bad sizes / gaps / rates fail before any file is written
+    num_workers = num_workers or 0
     (dst_root / "images").mkdir(parents=True, exist_ok=True)
     if labels_dir is not None:
         (dst_root / "labelTxt").mkdir(parents=True, exist_ok=True)
@@ -294,6 +301,68 @@ def split_dota(
     return total
 
 
+SPLIT_MANIFEST = "split_manifest.json"
+"""Written by :func:`split_dota_cached` into a patches folder: the source files and settings it was made from."""
+
+
+def _split_key(src_root: Path, settings: Mapping) -> dict:
+    """What a patches folder depends on: the source path, every input file's size and mtime, the settings."""
+    files = {}
+    for sub in (settings.get("images_dir", "images"), settings.get("labels_dir", "labelTxt")):
+        if sub is not None and (src_root / sub).is_dir():
+            for path in sorted((src_root / sub).iterdir()):
+                if path.is_file():
+                    stat = path.stat()
+                    files[f"{sub}/{path.name}"] = [stat.st_size, stat.st_mtime_ns]
+    if (src_root / CLASSES_FILE).is_file():
+        stat = (src_root / CLASSES_FILE).stat()
+        files[CLASSES_FILE] = [stat.st_size, stat.st_mtime_ns]
+    kept = {k: v for k, v in settings.items() if k not in ("num_workers", "progress")}
+    return json.loads(json.dumps({"source": str(src_root.resolve()), "settings": kept, "files": files}))
+
+
+def split_dota_cached(src_root: str | Path, dst_root: str | Path, **settings) -> SplitSummary | None:
+    """:func:`split_dota` into a cache folder, reused only when it was made from the same files and settings.
+
+    The folder's :data:`SPLIT_MANIFEST` records the source path, each source file's size and modification time,
+    and the split settings; on any difference (another dataset, changed labels, other sizes or gaps) the old
+    ``images/``, ``labelTxt/`` and ``classes.txt`` of ``dst_root`` are deleted and the split is redone.
+
+    Returns:
+        The :class:`SplitSummary` of a new split, or ``None`` when the cache was reused.
+    """
+    src_root, dst_root = Path(src_root), Path(dst_root)
+    key = _split_key(src_root, settings)
+    manifest = dst_root / SPLIT_MANIFEST
+    if manifest.is_file():
+        try:
+            if json.loads(manifest.read_text(encoding="utf-8")) == key:
+                logger.info("reusing the patches of %s in %s (same files and settings)", src_root, dst_root)
+                return None
+        except json.JSONDecodeError:
+            pass
+    if (dst_root / "images").exists() or (dst_root / "labelTxt").exists():
+        logger.warning("%s holds patches of other data or settings: splitting %s again", dst_root, src_root)
+    manifest.unlink(missing_ok=True)
+    _check_destination(src_root, dst_root, settings.get("images_dir", "images"), settings.get("labels_dir", "labelTxt"))
+    for sub in ("images", "labelTxt"):
+        shutil.rmtree(dst_root / sub, ignore_errors=True)
+    (dst_root / CLASSES_FILE).unlink(missing_ok=True)
+    summary = split_dota(src_root, dst_root, **settings)
+    manifest.write_text(json.dumps(key), encoding="utf-8")
+    return summary
+
+
+def _check_destination(src_root: Path, dst_root: Path, images_dir: str, labels_dir: str | None) -> None:
+    """Refuse to write patches into the source dataset (its images/ or labelTxt/ would get mixed with patches)."""
+    src, dst = src_root.resolve(), dst_root.resolve()
+    inputs = [src / images_dir] + ([src / labels_dir] if labels_dir is not None else [])
+    if dst == src or any(dst / sub == folder for folder in inputs for sub in ("images", "labelTxt")) \
+            or any(folder == dst or folder.is_relative_to(dst / "images") for folder in inputs):
+        raise ValueError(f"the destination {dst_root} is the source dataset {src_root}: the patches would be written "
+                         "into it; choose another folder")
+
+
 def _add(total: SplitSummary, part: SplitSummary) -> None:
     for name in ("images", "patches", "objects", "patch_objects", "truncated"):
         setattr(total, name, getattr(total, name) + getattr(part, name))
@@ -315,18 +384,24 @@ def merge_patch_detections(
         One dict per original image, sorted by ``image_id``: ``{"image_id", "boxes" (M, 5), "scores" (M,),
         "labels" (M,)}`` with detections in decreasing score order.
     """
+    if not 0.0 <= float(iou_threshold) <= 1.0:
+        raise ValueError(f"`iou_threshold` must be in [0, 1], got {iou_threshold}")
     image_ids, offsets, boxes, scores, labels = [], [], [], [], []
-    for det in detections:
+    for index, det in enumerate(detections):
         if "patch_id" in det:
             parsed = parse_patch_name(det["patch_id"])
             image_id, x, y = parsed.image_id, parsed.x, parsed.y
         else:
             image_id, x, y = det["image_id"], det["x"], det["y"]
         b = torch.as_tensor(det["boxes"], dtype=torch.float64).reshape(-1, 5)
+        s = torch.as_tensor(det["scores"], dtype=torch.float64).reshape(-1)
+        where = f"detections[{index}] ({det.get('patch_id', image_id)})"
+        if not bool(torch.isfinite(b).all()) or not bool(torch.isfinite(s).all()):
+            raise ValueError(f"{where} has NaN or inf boxes or scores: a NaN score would suppress valid boxes in NMS")
         image_ids.append(image_id)
         offsets.append((float(x), float(y), float(det.get("rate", 1.0)), b.shape[0]))
         boxes.append(b)
-        scores.append(torch.as_tensor(det["scores"], dtype=torch.float64).reshape(-1))
+        scores.append(s)
         labels.append(torch.as_tensor(det["labels"], dtype=torch.long).reshape(-1))
     names = sorted(set(image_ids))
     if not boxes:
