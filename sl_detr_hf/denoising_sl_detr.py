@@ -97,6 +97,7 @@ def num_denoising_groups(max_objects: int, num_denoising: int, max_groups: int) 
 
 
 def _check_targets(targets: list[dict[str, Tensor]], num_labels: int, box_dim: int) -> None:
+    """Shapes per image; label range checked once for the whole batch (one host sync)."""
     for i, target in enumerate(targets):
         for key in ("class_labels", "boxes"):
             if key not in target:
@@ -106,9 +107,13 @@ def _check_targets(targets: list[dict[str, Tensor]], num_labels: int, box_dim: i
             raise ValueError(
                 f"denoising_sl_detr: targets[{i}]: 'class_labels' must be (n,) and 'boxes' (n, {box_dim}), got "
                 f"{tuple(labels.shape)} and {tuple(boxes.shape)}")
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_labels):
-            raise ValueError(f"denoising_sl_detr: targets[{i}]['class_labels'] must be in [0, {num_labels}), got "
-                             f"{labels.min().item()}..{labels.max().item()}")
+    all_labels = torch.cat([t["class_labels"].reshape(-1) for t in targets])
+    if all_labels.numel() and bool(((all_labels < 0) | (all_labels >= num_labels)).any()):
+        for i, target in enumerate(targets):
+            labels = target["class_labels"]
+            if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_labels):
+                raise ValueError(f"denoising_sl_detr: targets[{i}]['class_labels'] must be in [0, {num_labels}), "
+                                 f"got {labels.min().item()}..{labels.max().item()}")
 
 
 def make_denoising_group(
@@ -172,7 +177,7 @@ def make_denoising_group(
         angle = torch.where(valid, theta / math.pi + 0.5, torch.full_like(theta, 0.5))
         reference = torch.cat([reference, angle[..., None].to(reference.dtype)], dim=-1)
 
-    labels = labels.long().masked_fill(~valid, num_labels)
+    labels = labels.long()  # RT-DETR keeps padding at num_labels and never flips it
     attn_mask = torch.isinf(additive_mask)  # RT-DETR's additive mask: -inf = blocked
     return DenoisingGroup(labels, reference, valid, attn_mask, {"num_groups": num_groups, "max_objects": max_objects})
 
