@@ -149,3 +149,58 @@ def test_missing_folders(tmp_path):
         load_dota(tmp_path)
     ds = load_dota(tmp_path, labels_dir=None)
     assert ds[0]["objects"]["polygon"] == []
+
+
+def test_out_of_range_values_and_encodings_are_counted_line_problems(tmp_path, caplog):
+    """difficult=300 (ArrowInvalid in int8), 1e39 (inf in float32), Latin-1 / UTF-16 files: named, counted."""
+    path = tmp_path / "odd.txt"
+    path.write_text("\n".join([GOOD, "10 10 50 10 50 30 10 30 plane 300", "1e39 10 50 10 50 30 10 30 plane 0",
+                               "10 10 50 10 50 30 10 30 plane 2"]) + "\n")
+    objects, problems, _ = parse_dota_label_file(path, DOTA_CLASSES["1.0"])
+    assert [o.difficult for o in objects] == [0, 2]
+    assert [(p.line, p.reason) for p in problems] == [(2, "bad difficult flag"), (3, "not finite")]
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(("imagesource:Caf\u00e9\n" + GOOD + "\n").encode("latin-1"))
+    with caplog.at_level(logging.WARNING, logger="sl_detr_hf.data.dota"):
+        objects, problems, header = parse_dota_label_file(latin, DOTA_CLASSES["1.0"])
+    assert len(objects) == 1 and header["imagesource"] == "Caf\u00e9"
+    assert [(p.line, p.reason) for p in problems] == [(1, "not UTF-8 text")]
+    assert f"{latin}:1: not UTF-8 text" in caplog.text
+    utf16 = tmp_path / "utf16.txt"
+    utf16.write_text(GOOD + "\n" + GOOD + "\n", encoding="utf-16")
+    objects, problems, _ = parse_dota_label_file(utf16, DOTA_CLASSES["1.0"])
+    assert len(objects) == 2 and problems == []
+
+
+def test_objects_outside_the_image_are_dropped_and_counted(tmp_path):
+    far = "5000 5000 5040 5000 5040 5020 5000 5020 ship 0"  # an image size away from a 100 x 80 image
+    border = "-10 10 20 10 20 30 -10 30 ship 0"  # cut by the border: kept
+    root = _make_root(tmp_path, {"a": "\n".join([GOOD, far, border])}, {"a": (100, 80)})
+    ds, summary = load_dota(root, return_summary=True)
+    assert summary.num_objects == 2 and len(ds[0]["objects"]["category"]) == 2
+    assert [(p.line, p.reason) for p in summary.problems] == [(2, "outside the image")]
+    assert summary.problems[0].path.endswith("a.txt")
+
+
+def test_classes_file_with_a_byte_order_mark(tmp_path):
+    (tmp_path / "classes.txt").write_bytes("\ufeffred-block\nblue-block\n".encode())
+    assert find_class_names(tmp_path) == ("red-block", "blue-block")
+
+
+def test_corrupt_images_are_skipped_with_their_names(tmp_path, caplog):
+    """A truncated PNG / JPEG passes a header read; load_dota checks cheaply, skips and counts it (item 7)."""
+    root = _make_root(tmp_path, {"good": GOOD, "cut": GOOD, "cutjpg": GOOD}, {"good": (100, 80), "cut": (100, 80)})
+    import numpy as np
+
+    noise = np.random.default_rng(0).integers(0, 256, (80, 100, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(root / "images" / "cut.png")
+    data = (root / "images" / "cut.png").read_bytes()
+    (root / "images" / "cut.png").write_bytes(data[: len(data) // 2])
+    Image.fromarray(noise).save(root / "images" / "cutjpg.jpg", quality=95)
+    data = (root / "images" / "cutjpg.jpg").read_bytes()
+    (root / "images" / "cutjpg.jpg").write_bytes(data[: len(data) // 2])
+    with caplog.at_level(logging.WARNING):
+        ds, summary = load_dota(root, return_summary=True)
+    assert ds["image_id"] == ["good"] and summary.num_images == 1
+    assert sorted(summary.unreadable_images) == [str(root / "images" / "cut.png"), str(root / "images" / "cutjpg.jpg")]
+    assert "cut.png" in caplog.text and "cutjpg.jpg" in caplog.text and "unreadable images skipped: 2" in caplog.text

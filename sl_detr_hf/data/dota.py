@@ -12,7 +12,7 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import datasets
@@ -23,6 +23,7 @@ from PIL import Image
 
 from ..configuration_sl_detr import DOTA_CLASSES
 from ..rotated_boxes import poly_to_rbox
+from .images import UnreadableImageError, check_image, pixel_limit
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class DotaObject:
     polygon: tuple[float, ...]
     class_name: str
     difficult: int = 0
+    line: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,13 @@ class LabelProblem:
 
 
 PROBLEM_REASONS = ("too few fields", "too many fields", "not a number", "not finite", "unknown class",
-                   "bad difficult flag", "degenerate polygon")
+                   "bad difficult flag", "degenerate polygon", "outside the image", "not UTF-8 text")
+
+MAX_COORDINATE = 1e7
+"""Coordinates beyond this (pixels) are refused as "not finite": they overflow float32 storage (1e39 -> inf)."""
+
+MAX_DIFFICULT = 2
+"""Difficult flags are 0, 1 (DOTA) or 2 (objects cut by a patch border, :func:`~sl_detr_hf.data.split.split_dota`)."""
 
 
 @dataclass
@@ -80,6 +88,7 @@ class DotaLoadSummary:
     num_images: int = 0
     num_objects: int = 0
     problems: list[LabelProblem] = field(default_factory=list)
+    unreadable_images: list[str] = field(default_factory=list)
     images_without_labels: list[str] = field(default_factory=list)
     labels_without_images: list[str] = field(default_factory=list)
 
@@ -90,6 +99,7 @@ class DotaLoadSummary:
     def __str__(self) -> str:
         skipped = ", ".join(f"{reason}: {n}" for reason, n in sorted(self.skipped_lines.items())) or "none"
         return (f"{self.num_images} images, {self.num_objects} objects; skipped lines: {skipped}; "
+                f"unreadable images skipped: {len(self.unreadable_images)}; "
                 f"images without labels: {len(self.images_without_labels)}; "
                 f"labels without images: {len(self.labels_without_images)}")
 
@@ -112,8 +122,7 @@ def parse_dota_label_file(
     objects: list[DotaObject] = []
     problems: list[LabelProblem] = []
     header: dict[str, str | float | None] = {"imagesource": None, "gsd": None}
-    with open(path, encoding="utf-8-sig") as f:
-        lines = f.read().splitlines()
+    lines = _read_text(path, problems).splitlines()
     for number, raw in enumerate(lines, start=1):
         text = raw.strip()
         if not text:
@@ -133,12 +142,27 @@ def parse_dota_label_file(
             continue
         reason, obj = _parse_object_line(text.split(), known)
         if reason is None:
-            objects.append(obj)
+            objects.append(replace(obj, line=number))
         else:
             problem = LabelProblem(str(path), number, reason, text)
             logger.warning("%s", problem)
             problems.append(problem)
     return objects, problems, header
+
+
+def _read_text(path: Path, problems: list[LabelProblem]) -> str:
+    """A label file's text: UTF-8 (with or without BOM), UTF-16 with a BOM, else Latin-1 with a counted warning."""
+    data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return data.decode("utf-16")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        problem = LabelProblem(str(path), line, "not UTF-8 text", f"byte 0x{data[err.start]:02x}; read as Latin-1")
+        logger.warning("%s", problem)
+        problems.append(problem)
+        return data.decode("latin-1")
 
 
 def _parse_object_line(tokens: list[str], known: set[str] | None) -> tuple[str | None, DotaObject | None]:
@@ -151,7 +175,7 @@ def _parse_object_line(tokens: list[str], known: set[str] | None) -> tuple[str |
         coords = tuple(float(t) for t in tokens[:8])
     except ValueError:
         return "not a number", None
-    if not all(math.isfinite(c) for c in coords):
+    if not all(math.isfinite(c) and abs(c) <= MAX_COORDINATE for c in coords):
         return "not finite", None
     class_name = tokens[8]
     if known is not None and class_name not in known:
@@ -162,7 +186,7 @@ def _parse_object_line(tokens: list[str], known: set[str] | None) -> tuple[str |
             difficult = int(tokens[9])
         except ValueError:
             return "bad difficult flag", None
-        if difficult < 0:
+        if not 0 <= difficult <= MAX_DIFFICULT:
             return "bad difficult flag", None
     if shapely.convex_hull(shapely.multipoints(np.reshape(coords, (4, 2)))).area < MIN_AREA:
         return "degenerate polygon", None
@@ -212,7 +236,7 @@ def find_class_names(root: str | Path, version: str = "1.0", class_names: Sequen
         return tuple(class_names)
     classes_file = Path(root) / CLASSES_FILE
     if classes_file.is_file():
-        names = tuple(n.strip() for n in classes_file.read_text(encoding="utf-8").splitlines() if n.strip())
+        names = tuple(n.strip() for n in classes_file.read_text(encoding="utf-8-sig").splitlines() if n.strip())
         logger.info("using the %d class names of %s", len(names), classes_file)
         return names
     if version not in DOTA_CLASSES:
@@ -259,6 +283,7 @@ def load_dota(
     skip_difficult: bool = False,
     skip_unlabeled: bool = False,
     return_summary: bool = False,
+    check_images: bool = True,
 ) -> datasets.Dataset | tuple[datasets.Dataset, DotaLoadSummary]:
     """Read a DOTA folder into a ``datasets.Dataset`` (one row per image; images are stored as paths).
 
@@ -275,6 +300,11 @@ def load_dota(
         skip_difficult: drop objects with ``difficult > 0``.
         skip_unlabeled: drop images without a label file (they are reported either way).
         return_summary: also return the :class:`DotaLoadSummary`.
+        check_images: check each image cheaply (:func:`~sl_detr_hf.data.images.check_image`: PNG chunk CRCs,
+            JPEG at 1/8 scale) and skip unreadable ones with a warning naming the file (counted in the summary);
+            ``False`` reads only the headers.
+
+    Objects lying entirely outside their image are skipped as "outside the image" problems.
     """
     root = Path(root)
     names = find_class_names(root, version, class_names)
@@ -307,8 +337,17 @@ def load_dota(
                 continue
         if skip_difficult:
             objects = [o for o in objects if o.difficult == 0]
-        with Image.open(image_path) as im:  # reads the header only
-            width, height = im.size
+        try:
+            if check_images:
+                width, height = check_image(image_path)
+            else:
+                with pixel_limit(), Image.open(image_path) as im:  # reads the header only
+                    width, height = im.size
+        except (UnreadableImageError, OSError) as err:
+            logger.warning("skipping an unreadable image: %s", err)
+            summary.unreadable_images.append(str(image_path))
+            continue
+        objects = _inside(objects, width, height, labels.get(image_id), summary)
         columns["image"].append(str(image_path))
         columns["image_id"].append(image_id)
         columns["width"].append(width)
@@ -318,10 +357,28 @@ def load_dota(
         columns["objects"].append(_objects_columns(objects, index))
         summary.num_images += 1
         summary.num_objects += len(objects)
-    if summary.problems or summary.images_without_labels or summary.labels_without_images:
+    if summary.problems or summary.images_without_labels or summary.labels_without_images or \
+            summary.unreadable_images:
         logger.warning("DOTA %s: %s", root, summary)
     dataset = datasets.Dataset.from_dict(columns, features=dota_features(names))
     return (dataset, summary) if return_summary else dataset
+
+
+def _inside(objects: list[DotaObject], width: int, height: int, path: Path | None,
+            summary: DotaLoadSummary) -> list[DotaObject]:
+    """Drop (as counted problems) objects whose polygon does not overlap the image ``[0, W] x [0, H]``."""
+    kept = []
+    for obj in objects:
+        xs, ys = obj.polygon[0::2], obj.polygon[1::2]
+        if max(xs) <= 0 or max(ys) <= 0 or min(xs) >= width or min(ys) >= height:
+            coords = " ".join(f"{c:g}" for c in obj.polygon)
+            problem = LabelProblem(str(path), obj.line, "outside the image",
+                                   f"{coords} {obj.class_name} ({width}x{height} image)")
+            logger.warning("%s", problem)
+            summary.problems.append(problem)
+        else:
+            kept.append(obj)
+    return kept
 
 
 def _objects_columns(objects: list[DotaObject], index: dict[str, int]) -> dict[str, list]:
