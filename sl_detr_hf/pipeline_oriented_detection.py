@@ -25,6 +25,7 @@ pipeline, also when this package is installed; ``sl_detr_hf.inference.load_detec
 from __future__ import annotations
 
 import collections.abc
+import importlib
 from typing import Any
 
 import torch
@@ -70,9 +71,13 @@ class OrientedObjectDetectionPipeline(ObjectDetectionPipeline):
       before the threshold, so ``threshold=0, top_k=k`` gives exactly ``k`` detections;
     - ``nms_iou_threshold`` (float, optional): class-wise rotated NMS at this IoU;
     - ``batch_size`` (int): images per forward pass (images of different sizes are padded together);
-    - ``timeout`` (float): for image URLs.
+    - ``timeout`` (float): for image URLs;
+    - ``tile`` (int, optional) and ``overlap`` (int, default 200): predict each image as a whole scene, in
+      overlapping ``tile x tile`` patches merged with rotated NMS (``nms_iou_threshold``, default 0.1), with a
+      progress bar per scene (``progress=False`` hides it); see ``sl_detr_hf.tiling`` (needs the package installed).
 
-    Returns one list of detection dicts per image (a single list for a single image), sorted by score.
+    Returns one list of detection dicts per image (a single list for a single image), sorted by score; an empty list
+    of images gives an empty list.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -80,6 +85,26 @@ class OrientedObjectDetectionPipeline(ObjectDetectionPipeline):
         super(ObjectDetectionPipeline, self).__init__(*args, **kwargs)
         if self.image_processor is None or not hasattr(self.image_processor, "post_process_object_detection"):
             raise ValueError(f"{type(self).__name__} needs an image processor with `post_process_object_detection`")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        inputs = args[0] if args else kwargs.get("inputs", kwargs.get("images"))
+        if isinstance(inputs, (list, tuple)) and len(inputs) == 0:
+            return []
+        tile = kwargs.pop("tile", None)
+        overlap, progress = kwargs.pop("overlap", 200), kwargs.pop("progress", True)
+        if tile is None:
+            return super().__call__(*args, **kwargs)
+        self._sanitize_parameters(**kwargs)  # argument errors before any patch is read
+        kwargs.pop("inputs", None)
+        kwargs.pop("images", None)
+        try:  # not a relative import: this file ships alone as remote code, where tiling is not available
+            tiling = importlib.import_module("sl_detr_hf.tiling")
+        except ImportError as err:
+            raise ImportError("`tile` needs the sl_detr_hf package installed (pip install sl_detr_hf)") from err
+        single = not isinstance(inputs, (list, tuple))
+        results = tiling.predict_scenes(self, [inputs] if single else list(inputs), tile=tile, overlap=overlap,
+                                        progress=progress, **kwargs)
+        return results[0] if single else results
 
     def _sanitize_parameters(self, **kwargs: Any) -> tuple[dict, dict, dict]:
         preprocess_params, forward_params, postprocess_params = super()._sanitize_parameters(**kwargs)
@@ -90,8 +115,9 @@ class OrientedObjectDetectionPipeline(ObjectDetectionPipeline):
             top_k = postprocess_params["top_k"]
             if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
                 raise ValueError(f"`top_k` must be a positive integer, got {top_k!r}")
-        if "threshold" in postprocess_params and not isinstance(postprocess_params["threshold"], (int, float)):
-            raise ValueError(f"`threshold` must be a number, got {postprocess_params['threshold']!r}")
+        threshold = postprocess_params.get("threshold", 0.5)
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+            raise ValueError(f"`threshold` must be a number in [0, 1], got {threshold!r}")
         return preprocess_params, forward_params, postprocess_params
 
     def _forward(self, model_inputs: dict[str, Any]) -> dict[str, Any]:
