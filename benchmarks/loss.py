@@ -23,11 +23,12 @@ import torch
 from transformers import DeformableDetrConfig
 from transformers.loss.loss_deformable_detr import DeformableDetrForObjectDetectionLoss
 
-from sl_detr_hf import loss_sl_detr
+from sl_detr_hf import matcher_sl_detr
 from sl_detr_hf.configuration_sl_detr import SlDetrConfig
 from sl_detr_hf.loss_sl_detr import SlDetrLoss
 
 BATCH, QUERIES, CLASSES, LAYERS = 2, 900, 15, 7
+ENC_TOKENS = QUERIES  # proposals scored by the encoder term (--enc-tokens)
 
 
 def random_boxes(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -41,6 +42,11 @@ def make_problem(n: int, device: torch.device, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     logits = torch.randn(LAYERS, BATCH, QUERIES, CLASSES, generator=g).to(device)
     boxes = random_boxes((LAYERS, BATCH, QUERIES), g, device)
+    if ENC_TOKENS != QUERIES:  # the encoder layer (the last one) gets ENC_TOKENS proposals
+        enc_logits = torch.randn(BATCH, ENC_TOKENS, CLASSES, generator=g).to(device)
+        enc_boxes = random_boxes((BATCH, ENC_TOKENS), g, device)
+        logits = [*logits[:-1], enc_logits]
+        boxes = [*boxes[:-1], enc_boxes]
     targets = [{"class_labels": torch.randint(0, CLASSES, (n,), generator=g).to(device),
                 "boxes": random_boxes((n,), g, device),
                 "size": torch.tensor([1024, 1024], device=device)} for _ in range(BATCH)]
@@ -48,8 +54,8 @@ def make_problem(n: int, device: torch.device, seed: int = 0):
 
 
 def sl_detr_step(criterion: SlDetrLoss, logits, boxes, targets, dim: int, backward: bool):
-    logits = logits.clone().requires_grad_()
-    boxes = boxes[..., :dim].clone().requires_grad_()
+    logits = [x.clone().requires_grad_() for x in logits]
+    boxes = [x[..., :dim].clone().requires_grad_() for x in boxes]
     layer = [{"logits": logits[i], "pred_boxes": boxes[i]} for i in range(LAYERS)]
     outputs = {**layer[LAYERS - 2], "auxiliary_outputs": layer[:LAYERS - 2], "enc_outputs": layer[LAYERS - 1]}
     tg = [{**t, "boxes": t["boxes"][:, :dim]} for t in targets]
@@ -59,6 +65,8 @@ def sl_detr_step(criterion: SlDetrLoss, logits, boxes, targets, dim: int, backwa
 
 
 def transformers_step(config: DeformableDetrConfig, logits, boxes, targets, backward: bool):
+    if isinstance(logits, list):  # its encoder has no loss: the last layer stands in (900 queries)
+        logits, boxes = torch.stack([*logits[:-1], logits[-2]]), torch.stack([*boxes[:-1], boxes[-2]])
     logits = logits.clone().requires_grad_()
     boxes = boxes[..., :4].clone().requires_grad_()
     labels = [{"class_labels": t["class_labels"], "boxes": t["boxes"][:, :4]} for t in targets]
@@ -88,7 +96,7 @@ class _LsaTimer:
 
     def __init__(self):
         self.seconds = 0.0
-        self._orig = loss_sl_detr.linear_sum_assignment
+        self._orig = matcher_sl_detr.linear_sum_assignment
 
     def __call__(self, cost):
         start = time.perf_counter()
@@ -97,11 +105,11 @@ class _LsaTimer:
         return out
 
     def __enter__(self):
-        loss_sl_detr.linear_sum_assignment = self
+        matcher_sl_detr.linear_sum_assignment = self
         return self
 
     def __exit__(self, *exc):
-        loss_sl_detr.linear_sum_assignment = self._orig
+        matcher_sl_detr.linear_sum_assignment = self._orig
 
 
 def main() -> None:
@@ -110,7 +118,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--backward", action="store_true", help="also time the backward pass")
+    parser.add_argument("--enc-tokens", type=int, default=QUERIES,
+                        help="proposals in the encoder term: 900 (top-k, default) or e.g. 43520 (two 1024 px "
+                             "images' tokens per image: 21760, the all-token form)")
     args = parser.parse_args()
+    global ENC_TOKENS
+    ENC_TOKENS = args.enc_tokens
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     rotated = SlDetrLoss(SlDetrConfig(num_labels=CLASSES))
@@ -120,7 +133,7 @@ def main() -> None:
                                      giou_loss_coefficient=2, focal_alpha=0.25)
     mode = "forward + backward" if args.backward else "forward (matching + losses)"
     print(f"device={device}, torch threads={torch.get_num_threads()}, batch={BATCH}, queries={QUERIES}, "
-          f"classes={CLASSES}, layers={LAYERS}, timing {mode}, median of {args.repeat}")
+          f"classes={CLASSES}, layers={LAYERS}, encoder proposals={ENC_TOKENS}, timing {mode}, median of {args.repeat}")
     print(f"{'targets/img':>11} | {'transformers':>12} | {'SL rotated':>10} | {'ratio':>5} | "
           f"{'SL horizontal':>13} | {'ratio':>5} | {'LSA share (rot)':>15}")
     for n in args.targets:
