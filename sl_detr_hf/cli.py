@@ -439,6 +439,7 @@ COMMANDS = {
     "split": "split a DOTA folder into overlapping patches",
     "make-synthetic": "write the synthetic oriented-object dataset in DOTA format",
     "push": "push a model folder to the Hugging Face Hub with a generated model card",
+    "export": "export a model to ONNX (onnxruntime, no PyTorch needed to run it)",
 }
 
 
@@ -473,6 +474,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .hub import main as push_main
 
         return push_main(rest) or 0
+    elif command == "export":
+        from .export_onnx import main as export_main
+
+        return export_main(rest) or 0
     elif command == "split":
         return split_main(rest)
     elif command == "make-synthetic":
