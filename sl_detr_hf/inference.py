@@ -22,7 +22,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .onnx_predictor import OnnxDetector
 from .pipeline_oriented_detection import OrientedObjectDetectionPipeline
+from .tiling import open_scene
 from .visualize import draw_detections
 
 __all__ = ["IMAGE_EXTENSIONS", "collect_images", "load_detector", "main", "output_names", "predict_images",
@@ -120,8 +122,11 @@ def load_detector(model: str | os.PathLike, device: str = "cpu",
 
 def predict_images(detector: OrientedObjectDetectionPipeline, images: Sequence[Path], threshold: float = 0.5,
                    top_k: int | None = None, nms_iou_threshold: float | None = None, batch_size: int = 1,
-                   output_dir: str | os.PathLike | None = None, draw: bool = True) -> list[dict[str, Any]]:
+                   output_dir: str | os.PathLike | None = None, draw: bool = True, tile: int | None = None,
+                   overlap: int = 200) -> list[dict[str, Any]]:
     """Run the detector over image files; optionally write a PNG per image with the detections drawn.
+
+    With `tile`, each image is a whole scene, opened lazily and predicted in overlapping patches (`sl_detr_hf.tiling`).
 
     Returns:
         One record per image: `image` (the path), `width`, `height`, `detections` (the pipeline's dicts).
@@ -135,11 +140,11 @@ def predict_images(detector: OrientedObjectDetectionPipeline, images: Sequence[P
         pil = []
         for path in paths:
             try:
-                pil.append(load_image(str(path)))
+                pil.append(open_scene(path) if tile else load_image(str(path)))
             except Exception as err:  # PIL raises several types for broken files
                 raise ValueError(f"cannot read image {path}: {err}") from err
         results = detector(pil, threshold=threshold, top_k=top_k, nms_iou_threshold=nms_iou_threshold,
-                           batch_size=batch_size)
+                           batch_size=batch_size, **({"tile": tile, "overlap": overlap} if tile else {}))
         for offset, (path, image, detections) in enumerate(zip(paths, pil, results)):
             records.append({"image": str(path), "width": image.width, "height": image.height,
                             "detections": detections})
@@ -162,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="predict", description="Detect oriented objects in images: JSON + PNGs with the boxes drawn.")
     parser.add_argument("inputs", nargs="+", help="image files and/or folders of images")
-    parser.add_argument("--model", required=True, help="saved SL-DETR folder or Hugging Face Hub id")
+    parser.add_argument("--model", required=True,
+                        help="saved SL-DETR folder, Hugging Face Hub id, or .onnx file from `sl-detr export`")
     parser.add_argument("--output-dir", default="predictions", help="where predictions.json and PNGs go")
     parser.add_argument("--threshold", type=float, default=0.3, help="minimum score (default 0.3)")
     parser.add_argument("--top-k", type=int, default=None, help="candidates per image before the threshold "
@@ -172,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
     parser.add_argument("--recursive", action="store_true", help="also look for images in sub-folders")
     parser.add_argument("--no-draw", action="store_true", help="write only the JSON file")
+    parser.add_argument("--tile", type=int, default=None, help="whole scenes: predict in TILE x TILE patches")
+    parser.add_argument("--overlap", type=int, default=200, help="overlap of neighbouring tiles, px (default 200)")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow the model folder's own code (not needed for SL-DETR with this package)")
     return parser
@@ -193,7 +201,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.nms_iou is not None and not 0 < args.nms_iou <= 1:
         parser.error(f"--nms-iou must be in (0, 1], got {args.nms_iou}")
     model_path = Path(args.model)
-    if model_path.exists() and not (model_path / "config.json").is_file():
+    if args.tile is not None and not (args.tile >= 32 and 0 <= args.overlap < args.tile):
+        parser.error(f"--tile must be >= 32 and --overlap in [0, tile), got {args.tile} and {args.overlap}")
+    onnx_model = model_path.suffix.lower() == ".onnx"
+    if not onnx_model and model_path.exists() and not (model_path / "config.json").is_file():
         parser.error(f"--model {args.model} is not a saved model folder (no config.json)")
     if not model_path.exists() and (args.model.startswith((".", "/", "~")) or args.model.count("/") > 1):
         parser.error(f"--model {args.model} does not exist")
@@ -206,14 +217,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as err:
         parser.error(str(err))
     try:
-        detector = load_detector(args.model, device=device, trust_remote_code=args.trust_remote_code)
-    except (OSError, ValueError) as err:
+        detector = (OnnxDetector(model_path) if onnx_model else
+                    load_detector(args.model, device=device, trust_remote_code=args.trust_remote_code))
+    except (OSError, ValueError, ImportError) as err:
         parser.error(f"cannot load model {args.model}: {err}")
     output_dir.mkdir(parents=True, exist_ok=True)
     try:
         records = predict_images(detector, images, threshold=args.threshold, top_k=args.top_k,
                                  nms_iou_threshold=args.nms_iou, batch_size=args.batch_size,
-                                 output_dir=output_dir, draw=not args.no_draw)
+                                 output_dir=output_dir, draw=not args.no_draw, tile=args.tile,
+                                 overlap=args.overlap)
     except ValueError as err:
         parser.error(str(err))
     json_path = write_predictions_json(records, output_dir / "predictions.json")
