@@ -213,3 +213,36 @@ def test_write_task1_submission(tmp_path):
     assert [float(v) for v in first[2:]] == pytest.approx(expected, abs=0.006)
     with pytest.raises(ValueError, match="no class name"):
         write_task1_submission([_det([BOX_A], [0.9], [5])], tmp_path / "bad", ["plane"])
+
+
+def test_perfect_single_image_is_exactly_one():
+    """AP never exceeds 1 (eleven additions of 1/11 gave 1.0000000000000002)."""
+    gt = [{"image_id": 0, "boxes": [[50.0, 50.0, 20.0, 10.0, 0.3]], "labels": [0]}]
+    det = [{"image_id": 0, "rboxes": [[50.0, 50.0, 20.0, 10.0, 0.3]], "scores": [0.9], "labels": [0]}]
+    assert evaluate_dota(det, gt)["mAP"] == 1.0
+    assert voc_ap(np.array([1.0]), np.array([1.0])) == 1.0
+
+
+def test_non_finite_scores_bad_thresholds_and_mixed_ids(caplog):
+    gt = [{"image_id": 7, "boxes": [[50.0, 50.0, 20.0, 10.0, 0.3]], "labels": [0]}]
+    det = {"rboxes": [[50.0, 50.0, 20.0, 10.0, 0.3]], "labels": [0]}
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"detections\[0\] \(image_id 7\) has NaN or inf scores"):
+            evaluate_dota([{"image_id": 7, **det, "scores": [bad]}], gt)
+    for threshold in (1.5, -0.1):
+        with pytest.raises(ValueError, match="iou_threshold"):
+            evaluate_dota([{"image_id": 7, **det, "scores": [0.9]}], gt, iou_threshold=threshold)
+    # "7" and 7 name the same image (they silently matched nothing: mAP 0)
+    assert evaluate_dota([{"image_id": "7", **det, "scores": [0.9]}], gt)["mAP"] == 1.0
+    with pytest.raises(ValueError, match="same image twice"):
+        evaluate_dota([{"image_id": "7", **det, "scores": [0.9]}, {"image_id": 7, **det, "scores": [0.9]}], gt)
+    # detections of unknown images: one warning with the count and an example
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="sl_detr_hf.evaluation.dota_map"):
+        res = evaluate_dota([{"image_id": "P7.png", **det, "scores": [0.9]}, {"image_id": "P8.png", **det,
+                                                                               "scores": [0.8]}],
+                            [{**gt[0], "image_id": "P7"}])
+    assert res["mAP"] == 0.0
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "2 of 2 detection entries" in warnings[0] and "'P7.png'" in warnings[0]

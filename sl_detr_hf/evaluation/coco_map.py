@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from ._utils import image_key
+from ._utils import image_key, normalize_keys, warn_unmatched
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["COCO_STAT_NAMES", "evaluate_coco"]
 
@@ -44,6 +47,8 @@ def _records(items: Sequence[Mapping], name: str, detections: bool) -> dict[Any,
         rec = {"boxes": boxes, "labels": _np(item.get("labels", []), np.int64).reshape(-1)}
         if detections:
             rec["scores"] = _np(item.get("scores", []), np.float64).reshape(-1)
+            if not np.isfinite(rec["scores"]).all():
+                raise ValueError(f"{where} (image_id {key!r}) has NaN or inf scores")
         else:
             rec["iscrowd"] = _np(item.get("iscrowd", np.zeros(n)), np.int64).reshape(-1)
             if item.get("area") is not None:
@@ -95,6 +100,8 @@ def evaluate_coco(detections: Sequence[Mapping], ground_truths: Sequence[Mapping
 
     gts = _records(ground_truths, "ground_truths", detections=False)
     dets = _records(detections, "detections", detections=True)
+    normalize_keys(gts, dets)
+    warn_unmatched([k for k, d in dets.items() if d["boxes"].shape[0]], gts, logger)
     image_index = {key: i + 1 for i, key in enumerate(gts)}
     dets = {k: v for k, v in dets.items() if k in image_index}
     categories = sorted({int(c) for r in (*gts.values(), *dets.values()) for c in r["labels"]})

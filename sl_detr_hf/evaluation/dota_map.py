@@ -19,6 +19,7 @@ Classes without non-difficult ground truth have no AP (``nan`` in ``"AP"``) and 
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -28,7 +29,9 @@ import torch
 from torch import Tensor
 
 from ..rotated_boxes import box_iou_rotated, poly_to_rbox, rbox_to_poly, regularize_rboxes
-from ._utils import image_key
+from ._utils import image_key, normalize_keys, warn_unmatched
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["evaluate_dota", "voc_ap", "write_task1_submission"]
 
@@ -67,8 +70,12 @@ def _per_image(items: Sequence[Mapping], name: str, detections: bool) -> dict[An
         boxes = _rboxes(item, where)
         n = boxes.shape[0]
         entry = {"boxes": boxes, "labels": _array(item.get("labels", []), torch.int64).reshape(-1)}
+        if not bool(torch.isfinite(boxes).all()):
+            raise ValueError(f"{where} (image_id {key!r}) has NaN or inf box coordinates")
         if detections:
             entry["scores"] = _array(item.get("scores", []), torch.float64).reshape(-1)
+            if not bool(torch.isfinite(entry["scores"]).all()):
+                raise ValueError(f"{where} (image_id {key!r}) has NaN or inf scores")
         else:
             diff = item.get("difficult")
             entry["difficult"] = (torch.zeros(n, dtype=torch.bool) if diff is None
@@ -92,13 +99,13 @@ def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool = True
         ap = 0.0
         for t in np.arange(0.0, 1.1, 0.1):
             p = float(np.max(precision[recall >= t])) if np.any(recall >= t) else 0.0
-            ap += p / 11.0
-        return ap
+            ap += p
+        return min(ap / 11.0, 1.0)  # one division: eleven additions of 1/11 exceed 1 by an ulp
     mrec = np.concatenate(([0.0], recall, [1.0]))
     mpre = np.concatenate(([0.0], precision, [0.0]))
     mpre = np.maximum.accumulate(mpre[::-1])[::-1]
     i = np.where(mrec[1:] != mrec[:-1])[0]
-    return float(np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1]))
+    return min(float(np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1])), 1.0)
 
 
 def _match_image(det: dict[str, Tensor], gt: dict[str, Tensor] | None) -> tuple[np.ndarray, np.ndarray]:
@@ -135,8 +142,12 @@ def evaluate_dota(detections: Sequence[Mapping], ground_truths: Sequence[Mapping
         "num_gts": {id: int}, "num_dets": {id: int}, "mRecall": float}`` (+ ``"AP_by_name"``); recall and
         precision are those of the whole ranking (all detections kept).
     """
+    if not 0.0 <= float(iou_threshold) < 1.0:
+        raise ValueError(f"`iou_threshold` must be in [0, 1), got {iou_threshold}")
     dets = _per_image(detections, "detections", detections=True)
     gts = _per_image(ground_truths, "ground_truths", detections=False)
+    normalize_keys(dets, gts)
+    warn_unmatched([k for k, d in dets.items() if d["boxes"].shape[0]], gts, logger)
     if not ignore_difficult:
         for gt in gts.values():
             gt["difficult"] = torch.zeros_like(gt["difficult"])
