@@ -58,14 +58,29 @@ def collect_images(paths: Iterable[str | os.PathLike], recursive: bool = False) 
     return unique
 
 
-def output_names(images: Sequence[Path]) -> list[str]:
-    """A distinct PNG file name per image: its stem, with `_1`, `_2`, ... added when stems repeat."""
-    names, seen = [], {}
+def output_names(images: Sequence[Path], output_dir: str | os.PathLike | None = None) -> list[str]:
+    """A distinct PNG file name per image: its stem, with `_1`, `_2`, ... added when stems repeat.
+
+    With `output_dir`, a name that would write over one of the input images (the output folder is an input
+    folder, e.g. `predict predictions/`) becomes `<stem>_pred.png` (`_pred_1`, ... if taken): inputs are never
+    overwritten.
+    """
+    inputs = {Path(p).resolve() for p in images}
+    folder = None if output_dir is None else Path(output_dir).resolve()
+    names: list[str] = []
+
+    def free(name: str) -> bool:
+        return name not in names and (folder is None or folder / name not in inputs)
+
     for image in images:
-        stem = image.stem
-        count = seen.get(stem, 0)
-        seen[stem] = count + 1
-        names.append(f"{stem}.png" if count == 0 else f"{stem}_{count}.png")
+        stem, count = image.stem, 0
+        if folder is not None and folder / f"{stem}.png" in inputs:
+            stem = f"{stem}_pred"
+        name = f"{stem}.png"
+        while not free(name):
+            count += 1
+            name = f"{stem}_{count}.png"
+        names.append(name)
     return names
 
 
@@ -109,8 +124,14 @@ def load_detector(model: str | os.PathLike, device: str = "cpu",
 
     from .image_processing_sl_detr import SlDetrImageProcessor
 
-    net = AutoModelForObjectDetection.from_pretrained(model, trust_remote_code=trust_remote_code)
     local = Path(model)
+    if (local / "config.json").is_file():
+        model_type = json.loads((local / "config.json").read_text(encoding="utf-8")).get("model_type")
+        if model_type != "sl_detr":
+            raise ValueError(f"{model} holds a {model_type!r} model, not SL-DETR (model_type 'sl_detr')")
+    net = AutoModelForObjectDetection.from_pretrained(model, trust_remote_code=trust_remote_code)
+    if getattr(net.config, "model_type", None) != "sl_detr":
+        raise ValueError(f"{model} holds a {net.config.model_type!r} model, not SL-DETR (model_type 'sl_detr')")
     if local.is_dir() and not (local / "preprocessor_config.json").is_file():
         processor = SlDetrImageProcessor(box_type=getattr(net.config, "box_type", "rotated"),
                                          max_detections=getattr(net.config, "max_detections", 500))
@@ -123,34 +144,41 @@ def load_detector(model: str | os.PathLike, device: str = "cpu",
 def predict_images(detector: OrientedObjectDetectionPipeline, images: Sequence[Path], threshold: float = 0.5,
                    top_k: int | None = None, nms_iou_threshold: float | None = None, batch_size: int = 1,
                    output_dir: str | os.PathLike | None = None, draw: bool = True, tile: int | None = None,
-                   overlap: int = 200) -> list[dict[str, Any]]:
+                   overlap: int = 200, unreadable: list[tuple[Path, str]] | None = None) -> list[dict[str, Any]]:
     """Run the detector over image files; optionally write a PNG per image with the detections drawn.
+
+    An input image is never overwritten (see `output_names`). With `unreadable` (a list), images that cannot be
+    decoded are appended to it as `(path, message)` and skipped; without it the first one raises `ValueError`.
 
     With `tile`, each image is a whole scene, opened lazily and predicted in overlapping patches (`sl_detr_hf.tiling`).
 
     Returns:
         One record per image: `image` (the path), `width`, `height`, `detections` (the pipeline's dicts).
     """
-    from transformers.image_utils import load_image
+    from .data.images import open_image
 
-    names = output_names(images)
+    names = dict(zip(images, output_names(images, output_dir)))
     records = []
     for start in range(0, len(images), batch_size):
-        paths = images[start:start + batch_size]
-        pil = []
-        for path in paths:
+        paths, pil = [], []
+        for path in images[start:start + batch_size]:
             try:
-                pil.append(open_scene(path) if tile else load_image(str(path)))
+                pil.append(open_scene(path) if tile else open_image(path))  # 16-bit images scaled, not white
+                paths.append(path)
             except Exception as err:  # PIL raises several types for broken files
-                raise ValueError(f"cannot read image {path}: {err}") from err
+                if unreadable is None:
+                    raise ValueError(f"cannot read image {path}: {err}") from err
+                unreadable.append((path, str(err)))
+        if not pil:
+            continue
         results = detector(pil, threshold=threshold, top_k=top_k, nms_iou_threshold=nms_iou_threshold,
                            batch_size=batch_size, **({"tile": tile, "overlap": overlap} if tile else {}))
-        for offset, (path, image, detections) in enumerate(zip(paths, pil, results)):
+        for path, image, detections in zip(paths, pil, results):
             records.append({"image": str(path), "width": image.width, "height": image.height,
                             "detections": detections})
             if draw and output_dir is not None:
                 drawn = draw_detections(image, detections, detector.model.config.id2label)
-                drawn.save(Path(output_dir) / names[start + offset])
+                drawn.save(Path(output_dir) / names[path])
     return records
 
 
@@ -222,19 +250,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError, ImportError) as err:
         parser.error(f"cannot load model {args.model}: {err}")
     output_dir.mkdir(parents=True, exist_ok=True)
+    unreadable: list[tuple[Path, str]] = []
     try:
         records = predict_images(detector, images, threshold=args.threshold, top_k=args.top_k,
                                  nms_iou_threshold=args.nms_iou, batch_size=args.batch_size,
                                  output_dir=output_dir, draw=not args.no_draw, tile=args.tile,
-                                 overlap=args.overlap)
+                                 overlap=args.overlap, unreadable=unreadable)
     except ValueError as err:
         parser.error(str(err))
+    if unreadable and not records:  # nothing could be read: an argument error, as for a missing file
+        parser.error("; ".join(message for _, message in unreadable))
     json_path = write_predictions_json(records, output_dir / "predictions.json")
     total = sum(len(r["detections"]) for r in records)
     print(f"{len(records)} image(s), {total} detection(s) with score > {args.threshold}")
     print(f"JSON: {json_path}")
     if not args.no_draw:
         print(f"PNGs: {output_dir}")
+    if unreadable:
+        print(f"predict: error: {len(unreadable)} image(s) could not be read (skipped):", file=sys.stderr)
+        for _, message in unreadable:
+            print(f"  {message}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -156,3 +156,78 @@ def test_draw_detections_colours_by_class():
     boxes = [{"score": 0.5, "label": "ship", "box": {"xmin": 20, "ymin": 30, "xmax": 60, "ymax": 70}}]
     assert draw_detections(image, boxes, id2label, line_width=1).getpixel((40, 70)) == PALETTE[1]
     assert class_color("unknown-class") in PALETTE
+
+
+@pytest.mark.parametrize("layout", ["output_is_input", "input_named_predictions"])
+def test_predict_never_overwrites_its_inputs(model_dir, tmp_path, monkeypatch, layout):
+    """`predict IMAGES --output-dir IMAGES` (or a folder named like the default output) drew over the inputs."""
+    folder = tmp_path / ("images" if layout == "output_is_input" else "predictions")
+    folder.mkdir()
+    random_image(60, 90, seed=1).save(folder / "a.png")
+    random_image(60, 90, seed=2).save(folder / "a_pred.png")
+    random_image(50, 70, seed=3).save(folder / "b.jpg")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    monkeypatch.chdir(tmp_path)
+    extra = ["--output-dir", str(folder)] if layout == "output_is_input" else []  # else the default "predictions"
+    assert main([str(folder), "--model", str(model_dir), "--threshold", "0", "--top-k", "3", "--device", "cpu",
+                 *extra]) == 0
+    assert all((folder / name).read_bytes() == data for name, data in before.items())  # inputs untouched
+    written = sorted(p.name for p in folder.iterdir() if p.name not in before)
+    assert written == ["a_pred_1.png", "a_pred_pred.png", "b.png", "predictions.json"]
+    records = json.loads((folder / "predictions.json").read_text())
+    assert len(records) == 3 and all(len(r["detections"]) == 3 for r in records)
+
+
+def test_output_names_avoid_input_files(tmp_path):
+    images = [tmp_path / "a.png", tmp_path / "a.jpg", tmp_path / "sub" / "a.png"]
+    assert output_names(images) == ["a.png", "a_1.png", "a_2.png"]
+    assert output_names(images, tmp_path / "elsewhere") == ["a.png", "a_1.png", "a_2.png"]
+    assert output_names(images, tmp_path) == ["a_pred.png", "a_pred_1.png", "a_pred_2.png"]
+
+
+def test_predict_folder_with_unreadable_images(model_dir, tmp_path, capsys):
+    """The readable images are predicted, the unreadable ones listed, the exit status is 1 (issue 10 item 7)."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    random_image(60, 90, seed=1).save(folder / "a.png")
+    random_image(60, 90, seed=2).save(folder / "c.png")
+    data = (folder / "c.png").read_bytes()
+    (folder / "b.png").write_bytes(data[: len(data) // 2])  # truncated
+    (folder / "d.jpg").write_bytes(b"not a jpeg")
+    out = tmp_path / "out"
+    assert main([str(folder), "--model", str(model_dir), "--output-dir", str(out), "--threshold", "0",
+                 "--top-k", "2", "--device", "cpu", "--batch-size", "2"]) == 1
+    captured = capsys.readouterr()
+    records = json.loads((out / "predictions.json").read_text())
+    assert [Path(r["image"]).name for r in records] == ["a.png", "c.png"]
+    assert sorted(p.name for p in out.glob("*.png")) == ["a.png", "c.png"]
+    assert "2 image(s) could not be read" in captured.err
+    assert str(folder / "b.png") in captured.err and str(folder / "d.jpg") in captured.err
+
+
+def test_predict_refuses_another_architecture(tmp_path, capsys):
+    from transformers import DeformableDetrConfig
+
+    folder = tmp_path / "deformable"
+    folder.mkdir()
+    DeformableDetrConfig().save_pretrained(folder)
+    random_image(60, 90).save(tmp_path / "a.png")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "a.png"), "--model", str(folder), "--output-dir", str(tmp_path / "o"), "--device", "cpu"])
+    assert exit_info.value.code == 2
+    assert "holds a 'deformable_detr' model, not SL-DETR" in capsys.readouterr().err
+
+
+def test_predict_reads_16_bit_images_by_their_range(model_dir, tmp_path):
+    import numpy as np
+
+    from sl_detr_hf.inference import predict_images
+
+    values = np.linspace(500, 3500, 60 * 90).reshape(60, 90).astype(np.uint16)
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode == "I;16"
+    detector = load_detector(model_dir, device="cpu")
+    predict_images(detector, [tmp_path / "deep.png"], threshold=0.0, top_k=2, output_dir=tmp_path)
+    drawn = np.asarray(Image.open(tmp_path / "deep_1.png" if (tmp_path / "deep_1.png").exists() else
+                                  tmp_path / "deep_pred.png"))
+    assert drawn.min() < 30 and np.median(drawn) < 250  # not the all-white image of convert("RGB")
