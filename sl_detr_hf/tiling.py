@@ -12,8 +12,10 @@ The detector is anything called like the ``"oriented-object-detection"`` pipelin
 threshold=, top_k=, batch_size=)`` returning a list of detection dicts per image (the pipeline itself, or
 `sl_detr_hf.onnx_predictor.OnnxDetector`). The output has the same dicts, in scene pixels.
 
-PIL refuses images above 178 MP (a decompression-bomb guard); scenes are opened with the limit raised to
-`MAX_SCENE_PIXELS` (2 gigapixels, about 44,700 px a side) and larger ones are refused with their size named.
+PIL refuses images above 178 MP (a decompression-bomb guard); `open_scene` deliberately accepts scenes up to
+`MAX_SCENE_PIXELS` (2 gigapixels, about 44,700 px a side; DOTA's largest scenes are about 20,000 px) and refuses
+larger ones with the file and its size named. The scene is decoded once, at the first patch (PIL cannot decode a
+PNG or JPEG region alone); each patch is then a crop of that one copy.
 """
 
 from __future__ import annotations
@@ -45,8 +47,8 @@ Detector = Callable[..., Any]
 
 
 @contextlib.contextmanager
-def scene_pixel_limit(limit: int = MAX_SCENE_PIXELS) -> Iterator[None]:
-    """Raise PIL's decompression-bomb limit to ``limit`` pixels inside the block (restored afterwards)."""
+def scene_pixel_limit(limit: int | None = MAX_SCENE_PIXELS) -> Iterator[None]:
+    """Set PIL's decompression-bomb limit to ``limit`` pixels (``None``: off) inside the block (restored after)."""
     previous = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = limit
     try:
@@ -65,12 +67,14 @@ def open_scene(scene: str | os.PathLike | Image.Image) -> Image.Image:
         return scene
     path = Path(scene)
     try:
-        with scene_pixel_limit(MAX_SCENE_PIXELS):
+        with scene_pixel_limit(None):  # checked here, against MAX_SCENE_PIXELS, with the file named
             image = Image.open(path)
-    except Image.DecompressionBombError as err:
-        raise ValueError(f"{path}: {err}; scenes up to {MAX_SCENE_PIXELS:,} pixels are accepted") from err
     except (OSError, ValueError) as err:
         raise ValueError(f"cannot read image {path}: {err}") from err
+    if image.width * image.height > MAX_SCENE_PIXELS:
+        image.close()
+        raise ValueError(f"{path}: {image.width} x {image.height} = {image.width * image.height:,} pixels, more than "
+                         f"the {MAX_SCENE_PIXELS:,} accepted (sl_detr_hf.tiling.MAX_SCENE_PIXELS)")
     return image
 
 
