@@ -1,18 +1,24 @@
-"""SL-DETR model: Deformable DETR (two-stage, iterative box refinement) with an oriented box head.
+"""SL-DETR model: Deformable DETR (two-stage, iterative box refinement) with an oriented box head and the DINO /
+RHINO decoder parts (DESIGN.md sections 3 and 3.1).
 
-The encoder, decoder, backbone and box refinement are transformers' Deformable DETR, used unchanged; this file
-only adds what SL-DETR changes (DESIGN.md section 3):
+transformers' Deformable DETR supplies the backbone, the encoder, the decoder layers and the heads' structure; this
+file wires in what SL-DETR changes, each part in its own module next to this one:
 
-- every decoder layer and the two-stage encoder head predict an angle next to the 4-d box. The angle lives in
-  sigmoid space, ``a in (0, 1)``, ``theta = (a - 0.5) * pi`` (radians, le90 range), and is refined across layers
-  like the other coordinates: ``a_l = sigmoid(delta_a_l + inverse_sigmoid(a_{l-1}))``. The encoder proposals start
-  at ``a = 0.5`` (``theta = 0``) and the angle heads' last layer is zero-initialized, so an untrained model (or
-  one converted from Deformable DETR) predicts ``theta = 0`` everywhere;
-- the 4-d reference boxes that drive deformable sampling stay exactly as in Deformable DETR, so in
-  ``box_type="horizontal"`` the model *is* Deformable DETR (same weights, same outputs) and in ``"rotated"`` mode
-  logits and the first four box coordinates equal those of the Deformable DETR it was converted from;
-- the loss is [`SlDetrLoss`] (synchronized GIoU / KLD and quality-aware classification), never transformers'
-  fallback loss.
+- oriented boxes: every decoder layer and the two-stage encoder head predict an angle next to the 4-d box. The
+  angle lives in sigmoid space, ``a in (0, 1)``, ``theta = (a - 0.5) * pi`` (radians, le90 range), and is refined
+  across layers like the other coordinates: ``a_l = sigmoid(delta_a_l + inverse_sigmoid(a_{l-1}))``
+  (``decoder_sl_detr.py``). The encoder proposals start at ``a = 0.5`` (``theta = 0``);
+- in ``"rotated"`` mode the decoder's references are 5-d boxes whose angle turns the deformable sampling
+  (``attention_sl_detr.py``, ``config.rotated_sampling``);
+- mixed query selection (``query_selection_sl_detr.py``, ``config.mixed_query_selection``), contrastive
+  denoising queries at training time (``denoising_sl_detr.py``, ``config.num_denoising``) and look forward twice
+  (``config.look_forward_twice``);
+- Deformable DETR's original head initialization (class bias at the focal prior, last box layer zero);
+- the loss is [`SlDetrLoss`] (synchronized GIoU / KLD and quality-aware classification), built once per model.
+
+With every new switch off (what `from_deformable_detr` sets), ``box_type="horizontal"`` *is* Deformable DETR (same
+weights, same outputs), and in ``"rotated"`` mode logits and the first four box coordinates equal those of the
+Deformable DETR it was converted from.
 
 This file ships with ``trust_remote_code`` checkpoints: it imports only its sibling files (relative imports),
 torch and transformers.
@@ -21,12 +27,11 @@ torch and transformers.
 import copy
 import math
 import os
-import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from transformers import initialization as init
 from transformers.models.deformable_detr.modeling_deformable_detr import (
     DeformableDetrForObjectDetection,
     DeformableDetrMLPPredictionHead,
@@ -34,13 +39,21 @@ from transformers.models.deformable_detr.modeling_deformable_detr import (
     DeformableDetrModelOutput,
     DeformableDetrObjectDetectionOutput,
     DeformableDetrPreTrainedModel,
-    inverse_sigmoid,
 )
 from transformers.utils import logging
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_sl_detr import SlDetrConfig
+from .decoder_sl_detr import SlDetrDecoder, init_marked_module, refine_boxes
+from .denoising_sl_detr import build_denoising_queries
 from .loss_sl_detr import SlDetrLoss
+from .query_selection_sl_detr import (
+    SlDetrBoxPositionEmbedding,
+    SlDetrMixedQuerySelection,
+    gather_queries,
+    select_proposals,
+)
+from .rotated_boxes import regularize_rboxes
 
 logger = logging.get_logger(__name__)
 
@@ -62,6 +75,13 @@ _DDETR_LOSS_FIELDS = (
 )
 # Bookkeeping fields of a serialized config that must not be passed to a new config.
 _CONFIG_META_FIELDS = ("model_type", "transformers_version", "architectures", "auto_map", "_name_or_path")
+# The DINO / RHINO switches, all off: a converted Deformable DETR then computes exactly what it computed before.
+DEFORMABLE_DETR_SWITCHES = dict(
+    num_denoising=0, mixed_query_selection=False, look_forward_twice=False, rotated_sampling="none",
+    encoder_loss_on_topk=False,
+)
+# Focal prior of the class biases (Deformable DETR's original init): sigmoid(bias) = 0.01.
+_CLASS_BIAS_PRIOR = -math.log((1 - 0.01) / 0.01)
 
 
 def angle_from_sigmoid(angle: torch.Tensor) -> torch.Tensor:
@@ -72,17 +92,19 @@ def angle_from_sigmoid(angle: torch.Tensor) -> torch.Tensor:
 @dataclass
 class SlDetrModelOutput(DeformableDetrModelOutput):
     r"""
-    Outputs of [`SlDetrModel`]: those of Deformable DETR's model plus the queries' initial angle.
+    Outputs of [`SlDetrModel`]: those of Deformable DETR's model plus the queries' angles and the denoising layout.
 
-    With `B` the batch size, `Q = config.num_queries`, `L = config.decoder_layers`, `S` the number of flattened
-    multi-scale feature tokens, `d = config.d_model`, `C = config.num_labels`, `D = config.box_dim` (5 for
-    `"rotated"`, 4 for `"horizontal"`):
+    With `B` the batch size, `Q` the number of queries (`config.num_queries`, or the number of encoder tokens `S`
+    when an image has fewer), `L = config.decoder_layers`, `d = config.d_model`, `C = config.num_labels`,
+    `D = config.box_dim` (5 for `"rotated"`, 4 for `"horizontal"`). At training time with denoising queries the
+    query axis holds `N + Q` queries, the `N = 2 * G * M` denoising queries first (`dn_meta`).
 
-    init_reference_points (`(B, Q, 4)`, or `(B, Q, 2)` without two-stage / box refinement):
+    init_reference_points (`(B, Q, 4)`, or `(B, Q, 2)` for single-stage models):
         Initial reference boxes (sigmoid space) sent through the decoder.
     last_hidden_state (`(B, Q, d)`): decoder output of the last layer.
     intermediate_hidden_states (`(B, L, Q, d)`): output of every decoder layer.
-    intermediate_reference_points (`(B, L, Q, 4)`): reference boxes refined by every decoder layer.
+    intermediate_reference_points (`(B, L, Q, 4)`): reference boxes refined by every decoder layer (with their
+        gradient when `config.look_forward_twice`).
     enc_outputs_class (`(B, S, C)`, two-stage only): class logits of every encoder token (proposal).
     enc_outputs_coord_logits (`(B, S, D)`, two-stage only):
         Proposals in inverse-sigmoid space: `(cx, cy, w, h)` logits and, for `"rotated"`, the angle logit `z`
@@ -90,9 +112,16 @@ class SlDetrModelOutput(DeformableDetrModelOutput):
     init_reference_angles (`(B, Q, 1)`, `"rotated"` only):
         Initial angle of the queries in sigmoid space (`0.5` is `theta = 0`): the selected encoder proposals'
         angles (detached) with two-stage, else `0.5`.
+    intermediate_reference_angles (`(B, L, Q, 1)`, `"rotated"` with box refinement): the refined angles.
+    enc_topk_indices (`(B, Q)`, two-stage only): the encoder tokens the matching queries start from (query `i`
+        from token `enc_topk_indices[:, i]`, the `i`-th best proposal).
+    dn_meta (`dict`, training with denoising only): `{"num_groups": G, "max_objects": M}`.
     """
 
     init_reference_angles: torch.Tensor | None = None
+    intermediate_reference_angles: torch.Tensor | None = None
+    enc_topk_indices: torch.Tensor | None = None
+    dn_meta: dict | None = None
 
 
 @dataclass
@@ -101,24 +130,29 @@ class SlDetrObjectDetectionOutput(DeformableDetrObjectDetectionOutput):
     Output of [`SlDetrForObjectDetection`]; the fields of `DeformableDetrObjectDetectionOutput`, so that
     Deformable DETR post-processing works unchanged in `"horizontal"` mode.
 
-    Shapes as in [`SlDetrModelOutput`] (`D = config.box_dim`):
+    Shapes as in [`SlDetrModelOutput`] (`D = config.box_dim`); `logits`, `pred_boxes` and `auxiliary_outputs` hold
+    the matching queries only (denoising queries are in `dn_outputs`):
 
     loss (`()` scalar tensor, when `labels` are given): weighted sum of all [`SlDetrLoss`] terms.
-    loss_dict (`dict[str, Tensor]`, when `labels` are given): the individual (weighted) loss terms, for logging.
+    loss_dict (`dict[str, Tensor]`, when `labels` are given): the individual loss terms, for logging.
     logits (`(B, Q, C)`): classification logits of the last decoder layer (sigmoid / focal style, no no-object).
     pred_boxes (`(B, Q, D)`):
         Normalized boxes of the last decoder layer: `(cx, cy, w, h)` in `[0, 1]` relative to the image's own
         (unpadded) size and, for `"rotated"`, `theta` in radians in `(-pi/2, pi/2)` (DESIGN.md section 2).
     auxiliary_outputs (`list[dict]`, when `labels` are given and `config.auxiliary_loss`):
         `{"logits": (B, Q, C), "pred_boxes": (B, Q, D)}` for decoder layers `0 .. L - 2`.
+    dn_outputs (`list[dict]`, training with denoising only): `{"logits": (B, N, C), "pred_boxes": (B, N, D)}` of
+        the denoising queries for decoder layers `0 .. L - 1`; dn_meta: their layout.
     enc_outputs_class (`(B, S, C)`), enc_outputs_coord_logits (`(B, S, D)`): two-stage proposals, see
         [`SlDetrModelOutput`].
     init_reference_angles (`(B, Q, 1)`, `"rotated"` only): see [`SlDetrModelOutput`].
     last_hidden_state, init_reference_points, intermediate_hidden_states, intermediate_reference_points,
-    decoder/encoder hidden states and attentions: as in Deformable DETR.
+    decoder/encoder hidden states and attentions: as in Deformable DETR (denoising queries included).
     """
 
     init_reference_angles: torch.Tensor | None = None
+    dn_outputs: list[dict] | None = None
+    dn_meta: dict | None = None
 
 
 @dataclass
@@ -139,11 +173,22 @@ class SlDetrConversionReport:
         return "\n".join(lines)
 
 
+def _init_linear(layer: nn.Linear, bias: float | list[float] | None = None, zero: bool = False) -> nn.Linear:
+    """Mark a Linear layer for `SlDetrPreTrainedModel._init_weights`: zero weight and bias (`zero`), or this bias.
+
+    The flag sits on the Linear itself: for custom-code models transformers skips `_init_weights` on modules
+    without parameters of their own (such as the MLP heads), so a head-level rule would never run.
+    """
+    if zero:
+        layer._sl_detr_zero_init = True
+    if bias is not None:
+        layer._sl_detr_bias_init = bias
+    return layer
+
+
 def _zero_init_linear(in_features: int, out_features: int) -> nn.Linear:
     """A Linear layer that `SlDetrPreTrainedModel._init_weights` initializes to zero (weight and bias)."""
-    layer = nn.Linear(in_features, out_features)
-    layer._sl_detr_zero_init = True
-    return layer
+    return _init_linear(nn.Linear(in_features, out_features), zero=True)
 
 
 class SlDetrAngleHead(DeformableDetrMLPPredictionHead):
@@ -162,8 +207,7 @@ class SlDetrProposalBoxHead(DeformableDetrMLPPredictionHead):
 
     Deformable DETR's box delta (the parent MLP, same parameter names) with a zero fifth column: the proposal angle
     is predicted by `SlDetrModel.enc_angle_embed` into the proposals themselves (see
-    `SlDetrModel.gen_encoder_output_proposals`), so that every angle parameter lives outside the (transformers-owned)
-    decoder, and the parent's `delta + proposals` stays one addition.
+    `SlDetrModel.gen_encoder_output_proposals`), so that the parent's `delta + proposals` stays one addition.
     """
 
     def __init__(self, d_model: int, num_layers: int = 3):
@@ -176,21 +220,58 @@ class SlDetrProposalBoxHead(DeformableDetrMLPPredictionHead):
 def _build_heads(config: SlDetrConfig, num_pred: int) -> tuple[nn.ModuleList, nn.ModuleList]:
     """Class and box heads of `num_pred` prediction stages (decoder layers, plus the encoder when two-stage).
 
-    The last head is the two-stage encoder head when `config.two_stage`; in `"rotated"` mode it outputs 5 columns
-    (see `SlDetrProposalBoxHead`). The angle heads are not here: they never enter the transformers decoder.
+    Deformable DETR's original init: class biases at the focal prior, the box heads' last layer zero (its bias
+    `w, h` at -2 for the first layer of a single-stage model, whose references are points). The last head is the
+    two-stage encoder head when `config.two_stage`; in `"rotated"` mode it outputs 5 columns (see
+    `SlDetrProposalBoxHead`). The per-layer angle heads are built by the models.
     """
-    class_embed = nn.ModuleList([nn.Linear(config.d_model, config.num_labels) for _ in range(num_pred)])
+    class_embed = nn.ModuleList([
+        _init_linear(nn.Linear(config.d_model, config.num_labels), bias=_CLASS_BIAS_PRIOR) for _ in range(num_pred)
+    ])
     boxes = [
         DeformableDetrMLPPredictionHead(input_dim=config.d_model, hidden_dim=config.d_model, output_dim=4, num_layers=3)
         for _ in range(num_pred)
     ]
     if config.two_stage and config.box_type == "rotated":
         boxes[-1] = SlDetrProposalBoxHead(config.d_model)
+    for index, head in enumerate(boxes):
+        point_reference = not config.two_stage and (index == 0 or not config.with_box_refine)
+        _init_linear(head.layers[-1], zero=True, bias=[0.0, 0.0, -2.0, -2.0] if point_reference else None)
     return class_embed, nn.ModuleList(boxes)
 
 
+def _angle_heads(config: SlDetrConfig) -> nn.ModuleList | None:
+    """Per decoder layer, the angle delta: a zero-initialized linear read-out of the box head's hidden features."""
+    if config.box_type != "rotated":
+        return None
+    return nn.ModuleList([_zero_init_linear(config.d_model, 1) for _ in range(config.decoder_layers)])
+
+
+def _uses_query_selection(config: SlDetrConfig) -> bool:
+    return bool(config.two_stage and config.mixed_query_selection)
+
+
+def _uses_denoising(config: SlDetrConfig) -> bool:
+    return bool(config.two_stage and config.num_denoising > 0)
+
+
+def _freeze_backbone_stem(model: "SlDetrModel") -> None:
+    """transformers' ResNet backbone: train stages 2-4, freeze the stem and stage 1 (Deformable DETR's rule).
+
+    Deformable DETR means this rule, but for transformers' ResNet its name filter looks for "stage.N" while the
+    parameters are "encoder.stages.N", so it freezes all (timm backbones it leaves trainable, as here). Also applied
+    after loading (`from_pretrained` replaces every parameter by a trainable one), so that a loaded model trains the
+    parameters a fresh one does.
+    """
+    config = model.config
+    if config.backbone_config is None or config.backbone_config.model_type != "resnet":
+        return
+    for name, parameter in model.backbone.model.named_parameters():
+        parameter.requires_grad_(name.startswith(("encoder.stages.1.", "encoder.stages.2.", "encoder.stages.3.")))
+
+
 class SlDetrPreTrainedModel(DeformableDetrPreTrainedModel):
-    """Base class of the SL-DETR models: Deformable DETR's initialization plus zero-initialized angle heads."""
+    """Base class of the SL-DETR models: Deformable DETR's initialization plus its original head init."""
 
     config: SlDetrConfig
     config_class = SlDetrConfig
@@ -198,44 +279,95 @@ class SlDetrPreTrainedModel(DeformableDetrPreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module):
         super()._init_weights(module)
-        # The flag sits on the Linear itself: for custom-code models transformers skips `_init_weights` on modules
-        # without parameters of their own (such as the MLP heads), so a head-level rule would never run.
-        if isinstance(module, nn.Linear) and getattr(module, "_sl_detr_zero_init", False):
-            init.zeros_(module.weight)
-            init.zeros_(module.bias)
+        init_marked_module(module)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, then the backbone's trainable stages as in a fresh model."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        for module in model.modules():
+            if isinstance(module, SlDetrModel):
+                _freeze_backbone_stem(module)
+        return loaded
+
+
+@dataclass
+class _EncoderInputs:
+    """The flattened multi-scale features that enter the encoder (`S` tokens over `n_levels` levels)."""
+
+    source: torch.Tensor  # (B, S, d)
+    mask: torch.Tensor  # (B, S) bool, True = real pixel
+    position: torch.Tensor  # (B, S, d), with the level embedding
+    spatial_shapes: torch.Tensor  # (n_levels, 2)
+    spatial_shapes_list: list[tuple[int, int]]
+    level_start_index: torch.Tensor  # (n_levels,)
+    valid_ratios: torch.Tensor  # (B, n_levels, 2)
+
+
+@dataclass
+class _DecoderQueries:
+    """What the decoder starts from: content, position (or `None`: built from the reference), reference boxes."""
+
+    content: torch.Tensor  # (B, Q, d)
+    position: torch.Tensor | None  # (B, Q, d)
+    reference: torch.Tensor  # (B, Q, 2 | 4 | 5) sigmoid space
+    enc_outputs_class: torch.Tensor | None = None  # (B, S, C)
+    enc_outputs_coord_logits: torch.Tensor | None = None  # (B, S, D)
+    topk_indices: torch.Tensor | None = None  # (B, Q)
 
 
 class SlDetrModel(SlDetrPreTrainedModel, DeformableDetrModel):
     """The bare SL-DETR encoder-decoder (backbone + deformable transformer), outputting hidden states.
 
-    It is Deformable DETR's model; in `"rotated"` mode the two-stage encoder head also proposes an angle. Unlike the
-    bare Deformable DETR model, its decoder owns the box / class heads that box refinement and two-stage proposals
-    need, so that it runs on its own (in [`SlDetrForObjectDetection`] they are tied to the detection heads).
+    Deformable DETR's model with [`SlDetrDecoder`] and, by config switch, mixed query selection (`query_selection`,
+    `decoder.ref_point_head`) and denoising queries (`denoising_class_embed`). In `"rotated"` mode the two-stage
+    encoder head also proposes an angle (`enc_angle_embed`). Unlike the bare Deformable DETR model, its decoder owns
+    the box / class / angle heads that box refinement and two-stage proposals need, so that it runs on its own (in
+    [`SlDetrForObjectDetection`] they are tied to the detection heads).
+
+    The DINO parts need two-stage proposals: with `two_stage=False`, `mixed_query_selection` and `num_denoising`
+    are ignored (Deformable DETR's single-stage queries).
     """
 
     def __init__(self, config: SlDetrConfig):
         super().__init__(config)
-        if config.backbone_config is not None and config.backbone_config.model_type == "resnet":
-            # Deformable DETR means to train ResNet stages 2-4 (as it does for timm backbones), but for transformers'
-            # ResNet its name filter looks for "stage.N" while the parameters are "encoder.stages.N": it freezes all.
-            for name, parameter in self.backbone.model.named_parameters():
-                if re.match(r"encoder\.stages\.[123]\.", name):
-                    parameter.requires_grad_(True)
-        # The two-stage encoder's angle head (the proposal angle delta); the other heads are per decoder layer.
+        _freeze_backbone_stem(self)
+        self.decoder = SlDetrDecoder(config)
+        if not config.two_stage and (config.mixed_query_selection or config.num_denoising > 0):
+            logger.info("SL-DETR: mixed query selection and denoising need two_stage=True; single-stage model "
+                        "built without them")
+        new_modules = [self.decoder]
+        # The two-stage encoder's angle head (the proposal angle delta).
         self.enc_angle_embed = (
             SlDetrAngleHead(config.d_model) if config.two_stage and config.box_type == "rotated" else None
         )
-        if self.enc_angle_embed is not None:
-            self.enc_angle_embed.apply(self._init_weights)
+        self.query_selection = None
+        if _uses_query_selection(config):
+            self.query_selection = SlDetrMixedQuerySelection(config.num_queries, config.d_model)
+            # Deformable DETR's content / position from the proposals is replaced (no parameters left unused)
+            self.pos_trans = self.pos_trans_norm = None
+        if _uses_query_selection(config) or _uses_denoising(config):
+            # Denoising queries need a position built from their box, as DINO's queries
+            self.decoder.ref_point_head = SlDetrBoxPositionEmbedding(config.d_model)
+        self.denoising_class_embed = None
+        if _uses_denoising(config):
+            self.denoising_class_embed = nn.Embedding(
+                config.num_labels + 1, config.d_model, padding_idx=config.num_labels
+            )
+            self.denoising_class_embed._sl_detr_normal_std = 1.0
         if config.with_box_refine or config.two_stage:
             num_pred = config.decoder_layers + 1 if config.two_stage else config.decoder_layers
             class_embed, bbox_embed = _build_heads(config, num_pred)
             if config.with_box_refine:
                 self.decoder.bbox_embed = bbox_embed
-                bbox_embed.apply(self._init_weights)
+                self.decoder.angle_embed = _angle_heads(config)
             if config.two_stage:
                 self.decoder.class_embed = class_embed
-                class_embed.apply(self._init_weights)
+        new_modules += [self.enc_angle_embed, self.query_selection, self.denoising_class_embed]
+        for module in new_modules:
+            if module is not None:
+                module.apply(self._init_weights)
 
     def gen_encoder_output_proposals(
         self, enc_output: torch.Tensor, padding_mask: torch.Tensor, spatial_shapes: list[tuple[int, int]]
@@ -253,6 +385,70 @@ class SlDetrModel(SlDetrPreTrainedModel, DeformableDetrModel):
             output_proposals = torch.cat([output_proposals, self.enc_angle_embed(object_query)], dim=-1)
         return object_query, output_proposals
 
+    def _encoder_inputs(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> _EncoderInputs:
+        """Backbone, input projections, extra levels and flattening: the first steps of
+        `DeformableDetrModel.forward`, the same operations in the same order (so the same numbers)."""
+        features = self.backbone(pixel_values, pixel_mask)
+        sources, masks, positions = [], [], []
+        for level, (source, mask) in enumerate(features):
+            sources.append(self.input_proj[level](source))
+            masks.append(mask)
+            positions.append(self.position_embedding(
+                shape=source.shape, device=pixel_values.device, dtype=pixel_values.dtype, mask=mask
+            ).to(source.dtype))
+        # lowest resolution levels: 3x3 stride 2 convolutions on the last backbone stage
+        for level in range(len(sources), self.config.num_feature_levels):
+            source = self.input_proj[level](features[-1][0] if level == len(features) else sources[-1])
+            mask = nn.functional.interpolate(
+                pixel_mask[None].to(pixel_values.dtype), size=source.shape[-2:]
+            ).to(torch.bool)[0]
+            positions.append(self.position_embedding(
+                shape=source.shape, device=pixel_values.device, dtype=pixel_values.dtype, mask=mask
+            ).to(source.dtype))
+            sources.append(source)
+            masks.append(mask)
+
+        spatial_shapes_list = [tuple(source.shape[-2:]) for source in sources]
+        source_flatten = torch.cat([source.flatten(2).transpose(1, 2) for source in sources], 1)
+        mask_flatten = torch.cat([mask.flatten(1) for mask in masks], 1)
+        position_flatten = torch.cat([
+            position.flatten(2).transpose(1, 2) + self.level_embed[level].view(1, 1, -1)
+            for level, position in enumerate(positions)
+        ], 1)
+        spatial_shapes = torch.as_tensor(spatial_shapes_list, dtype=torch.long, device=source_flatten.device)
+        level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
+        valid_ratios = torch.stack([self.get_valid_ratio(m, dtype=source_flatten.dtype) for m in masks], 1)
+        return _EncoderInputs(source_flatten, mask_flatten, position_flatten, spatial_shapes, spatial_shapes_list,
+                              level_start_index, valid_ratios)
+
+    def _decoder_queries(self, memory: torch.Tensor, inputs: _EncoderInputs) -> _DecoderQueries:
+        """The decoder's initial queries: two-stage proposals (mixed query selection or Deformable DETR's
+        proposal-derived queries), or Deformable DETR's learned single-stage queries."""
+        batch_size, _, d_model = memory.shape
+        if not self.config.two_stage:
+            query_embed, target = torch.split(self.query_position_embeddings.weight, d_model, dim=1)
+            query_embed = query_embed.unsqueeze(0).expand(batch_size, -1, -1)
+            target = target.unsqueeze(0).expand(batch_size, -1, -1)
+            return _DecoderQueries(target, query_embed, self.reference_points(query_embed).sigmoid())
+
+        object_query, output_proposals = self.gen_encoder_output_proposals(
+            memory, ~inputs.mask, inputs.spatial_shapes_list
+        )
+        # a detection head on every encoder token (Deformable DETR's two-stage, A.4 of its paper)
+        enc_outputs_class = self.decoder.class_embed[-1](object_query)
+        enc_outputs_coord_logits = self.decoder.bbox_embed[-1](object_query) + output_proposals
+        if self.query_selection is not None:
+            target, reference, topk = self.query_selection(enc_outputs_class[..., 0], enc_outputs_coord_logits)
+            position = None
+        else:
+            topk = select_proposals(enc_outputs_class[..., 0], self.config.two_stage_num_proposals)
+            topk_coords_logits = gather_queries(enc_outputs_coord_logits, topk).detach()
+            reference = topk_coords_logits.sigmoid()
+            proposal_position = self.get_proposal_pos_embed(topk_coords_logits[..., :4])
+            pos_trans_out = self.pos_trans_norm(self.pos_trans(proposal_position))
+            position, target = torch.split(pos_trans_out, d_model, dim=2)
+        return _DecoderQueries(target, position, reference, enc_outputs_class, enc_outputs_coord_logits, topk)
+
     @can_return_tuple
     def forward(
         self,
@@ -262,46 +458,105 @@ class SlDetrModel(SlDetrPreTrainedModel, DeformableDetrModel):
         encoder_outputs: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         decoder_inputs_embeds: torch.Tensor | None = None,
+        labels: list[dict] | None = None,
         **kwargs,
     ) -> SlDetrModelOutput:
         r"""
         Args:
             pixel_values (`(B, 3, H, W)`): normalized, padded images.
             pixel_mask (`(B, H, W)`, *optional*): 1 for real pixels, 0 for padding.
-            Other arguments as in `DeformableDetrModel.forward`.
+            labels (`list[dict]`, *optional*): prepared targets (see `SlDetrForObjectDetection.forward`); at
+                training time with `config.num_denoising > 0` they give the denoising queries, else unused.
+            decoder_attention_mask, inputs_embeds, decoder_inputs_embeds: accepted and unused, as in
+                `DeformableDetrModel.forward`.
 
         Returns:
             [`SlDetrModelOutput`].
         """
         _check_pixel_inputs(self.config, pixel_values, pixel_mask)
-        outputs = super().forward(
-            pixel_values,
-            pixel_mask=pixel_mask,
-            decoder_attention_mask=decoder_attention_mask,
-            encoder_outputs=encoder_outputs,
-            inputs_embeds=inputs_embeds,
-            decoder_inputs_embeds=decoder_inputs_embeds,
-            return_dict=True,
+        if pixel_mask is None:
+            batch_size, _, height, width = pixel_values.shape
+            pixel_mask = torch.ones((batch_size, height, width), dtype=torch.long, device=pixel_values.device)
+        inputs = self._encoder_inputs(pixel_values, pixel_mask)
+        if encoder_outputs is None:
+            encoder_outputs = self.encoder(
+                inputs_embeds=inputs.source,
+                attention_mask=inputs.mask,
+                spatial_position_embeddings=inputs.position,
+                spatial_shapes=inputs.spatial_shapes,
+                spatial_shapes_list=inputs.spatial_shapes_list,
+                level_start_index=inputs.level_start_index,
+                valid_ratios=inputs.valid_ratios,
+                **kwargs,
+            )
+        queries = self._decoder_queries(encoder_outputs[0], inputs)
+
+        content, reference, self_attention_mask, dn_meta = queries.content, queries.reference, None, None
+        if self.training and labels is not None and self.denoising_class_embed is not None:
+            denoising = build_denoising_queries(
+                labels, self.denoising_class_embed, num_labels=self.config.num_labels,
+                num_queries=content.shape[1], num_denoising=self.config.num_denoising,
+                max_groups=self.config.max_denoising_groups, label_noise_ratio=self.config.label_noise_ratio,
+                box_noise_scale=self.config.box_noise_scale, angle_noise_scale=self.config.angle_noise_scale,
+                box_dim=self.config.box_dim,
+            )
+            if denoising is not None:
+                dn_content, dn_reference, self_attention_mask, dn_meta = denoising
+                content = torch.cat([dn_content.to(content.dtype), content], dim=1)
+                reference = torch.cat([dn_reference.to(reference.dtype), reference], dim=1)
+
+        decoder_outputs = self.decoder(
+            inputs_embeds=content,
+            object_queries_position_embeddings=queries.position,
+            encoder_hidden_states=encoder_outputs[0],
+            encoder_attention_mask=inputs.mask,
+            reference_points=reference,
+            spatial_shapes=inputs.spatial_shapes,
+            spatial_shapes_list=inputs.spatial_shapes_list,
+            level_start_index=inputs.level_start_index,
+            valid_ratios=inputs.valid_ratios,
+            self_attention_mask=self_attention_mask,
             **kwargs,
         )
-        init_reference_angles = None
+        references = decoder_outputs.intermediate_reference_points
+        init_angles = inter_angles = None
         if self.config.box_type == "rotated":
-            if self.config.two_stage:
-                # The same top-k selection Deformable DETR made for the reference boxes (same input, same op).
-                topk = torch.topk(outputs.enc_outputs_class[..., 0], self.config.two_stage_num_proposals, dim=1)[1]
-                angle_logits = torch.gather(outputs.enc_outputs_coord_logits[..., 4], 1, topk)
-                init_reference_angles = angle_logits.detach().sigmoid().unsqueeze(-1)
-            else:
-                hidden = outputs.last_hidden_state
-                init_reference_angles = hidden.new_full((*hidden.shape[:2], 1), 0.5)
-        return SlDetrModelOutput(**outputs, init_reference_angles=init_reference_angles)
+            init_angles = reference[..., 4:5] if reference.shape[-1] == 5 else torch.full_like(reference[..., :1], 0.5)
+            if references.shape[-1] == 5:
+                inter_angles = references[..., 4:5]
+        return SlDetrModelOutput(
+            init_reference_points=reference[..., :4],
+            last_hidden_state=decoder_outputs.last_hidden_state,
+            intermediate_hidden_states=decoder_outputs.intermediate_hidden_states,
+            intermediate_reference_points=references[..., :4],
+            decoder_hidden_states=decoder_outputs.hidden_states,
+            decoder_attentions=decoder_outputs.attentions,
+            cross_attentions=decoder_outputs.cross_attentions,
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            encoder_hidden_states=encoder_outputs.hidden_states,
+            encoder_attentions=encoder_outputs.attentions,
+            enc_outputs_class=queries.enc_outputs_class,
+            enc_outputs_coord_logits=queries.enc_outputs_coord_logits,
+            init_reference_angles=init_angles,
+            intermediate_reference_angles=inter_angles,
+            enc_topk_indices=queries.topk_indices,
+            dn_meta=dn_meta,
+        )
+
+
+def _full_reference(points: torch.Tensor, angles: torch.Tensor | None) -> torch.Tensor:
+    """`(..., 4)` boxes and `(..., 1)` angles (sigmoid space) -> `(..., 5)`; points / horizontal boxes unchanged."""
+    if angles is None or points.shape[-1] != 4:
+        return points
+    return torch.cat([points, angles], dim=-1)
 
 
 class SlDetrForObjectDetection(SlDetrPreTrainedModel, DeformableDetrForObjectDetection):
     """SL-DETR for (oriented) object detection: [`SlDetrModel`] with class, box and angle heads per decoder layer.
 
     `config.box_type="rotated"`: `pred_boxes` are `(cx, cy, w, h, theta)`; `"horizontal"`: `(cx, cy, w, h)`, a
-    drop-in for `DeformableDetrForObjectDetection`. With `labels`, the loss is [`SlDetrLoss`].
+    drop-in for `DeformableDetrForObjectDetection`. With `labels`, the loss is [`SlDetrLoss`], built once per model
+    (`criterion`, not part of the state dict).
 
     Parameter names follow Deformable DETR (`model.*`, `class_embed.*`, `bbox_embed.*`); the new angle heads are
     `angle_embed.{layer}` (one per decoder layer: a linear read-out of the hidden features of `bbox_embed.{layer}`)
@@ -318,15 +573,14 @@ class SlDetrForObjectDetection(SlDetrPreTrainedModel, DeformableDetrForObjectDet
         self.class_embed, self.bbox_embed = _build_heads(config, num_pred)
         # Per decoder layer, the angle delta is a linear read-out of the layer's box-head features (the hidden
         # activations of `bbox_embed[layer]`, shared as in RHINO's 5-d box head): an angle costs almost nothing.
-        self.angle_embed = (
-            nn.ModuleList([_zero_init_linear(config.d_model, 1) for _ in range(config.decoder_layers)])
-            if config.box_type == "rotated"
-            else None
-        )
+        self.angle_embed = _angle_heads(config)
         self._tied_weights_keys = dict(self._tied_weights_keys)
         if config.with_box_refine:
             self.model.decoder.bbox_embed = copy.deepcopy(self.bbox_embed)
             self._tied_weights_keys["bbox_embed"] = "model.decoder.bbox_embed"
+            if self.angle_embed is not None:
+                self.model.decoder.angle_embed = copy.deepcopy(self.angle_embed)
+                self._tied_weights_keys["angle_embed"] = "model.decoder.angle_embed"
         elif self.angle_embed is not None:
             # without box refinement the per-layer heads are shared, as Deformable DETR's class / box heads are
             self._tied_weights_keys[r"angle_embed.(?![0])\d+"] = "angle_embed.0"
@@ -334,6 +588,16 @@ class SlDetrForObjectDetection(SlDetrPreTrainedModel, DeformableDetrForObjectDet
             self.model.decoder.class_embed = copy.deepcopy(self.class_embed)
             self._tied_weights_keys["class_embed"] = "model.decoder.class_embed"
         self.post_init()
+
+    @property
+    def criterion(self) -> SlDetrLoss:
+        """The model's [`SlDetrLoss`], built on first use from `config` and kept (outside the module tree, so
+        outside the state dict)."""
+        criterion = self.__dict__.get("_criterion")
+        if criterion is None:
+            criterion = SlDetrLoss(self.config)
+            self.__dict__["_criterion"] = criterion
+        return criterion
 
     @can_return_tuple
     def forward(
@@ -344,16 +608,17 @@ class SlDetrForObjectDetection(SlDetrPreTrainedModel, DeformableDetrForObjectDet
         encoder_outputs: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         decoder_inputs_embeds: torch.Tensor | None = None,
-        labels: list[dict] | None = None,
+        labels: list[Mapping] | None = None,
         **kwargs,
     ) -> SlDetrObjectDetectionOutput:
         r"""
         Args:
             pixel_values (`(B, 3, H, W)`): normalized, padded images.
             pixel_mask (`(B, H, W)`, *optional*): 1 for real pixels, 0 for padding.
-            labels (`list[dict]` of length `B`, *optional*): per image
-                `"class_labels"` (`(n,)` int64 in `[0, num_labels)`), `"boxes"` (`(n, config.box_dim)`, normalized as
-                `pred_boxes`) and `"size"` (`(2,)`, the `(H, W)` the boxes are normalized by; defaults to the image's
+            labels (`list` of `B` mappings, *optional*): per image (a dict, or the `BatchFeature` the image
+                processor returns) `"class_labels"` (`(n,)` int64 in `[0, num_labels)`), `"boxes"`
+                (`(n, config.box_dim)`, normalized as `pred_boxes`; a rotated box's `(w, h, theta)` is brought to le90
+                here) and `"size"` (`(2,)`, the `(H, W)` the boxes are normalized by; defaults to the image's
                 unpadded extent in `pixel_mask`, else `(H, W)` of `pixel_values`). `n` may be 0.
             Other arguments as in `DeformableDetrForObjectDetection.forward`.
 
@@ -383,36 +648,35 @@ class SlDetrForObjectDetection(SlDetrPreTrainedModel, DeformableDetrForObjectDet
             encoder_outputs=encoder_outputs,
             inputs_embeds=inputs_embeds,
             decoder_inputs_embeds=decoder_inputs_embeds,
+            labels=targets,
             return_dict=True,
             **kwargs,
         )
         hidden_states = outputs.intermediate_hidden_states
-        init_reference = outputs.init_reference_points
-        inter_references = outputs.intermediate_reference_points
-        reference_angle = outputs.init_reference_angles
+        references = _full_reference(outputs.intermediate_reference_points, outputs.intermediate_reference_angles)
+        reference = _full_reference(outputs.init_reference_points, outputs.init_reference_angles)
 
         outputs_classes, outputs_coords = [], []
         for level in range(hidden_states.shape[1]):
-            # Box: exactly Deformable DETR's head (delta on the layer's input reference, inverse-sigmoid space).
-            reference = init_reference if level == 0 else inter_references[:, level - 1]
-            reference = inverse_sigmoid(reference)
-            outputs_class = self.class_embed[level](hidden_states[:, level])
-            delta_bbox, features = _mlp_with_features(self.bbox_embed[level], hidden_states[:, level])
-            if reference.shape[-1] == 4:
-                outputs_coord_logits = delta_bbox + reference
-            elif reference.shape[-1] == 2:
-                delta_bbox[..., :2] += reference
-                outputs_coord_logits = delta_bbox
-            else:
-                raise ValueError(f"reference.shape[-1] should be 4 or 2, but got {reference.shape[-1]}")
-            outputs_coord = outputs_coord_logits.sigmoid()
-            if self.angle_embed is not None:
-                # Angle: refined like the box, a_l = sigmoid(delta_l + inverse_sigmoid(a_{l-1})), a_{l-1} detached.
-                angle = (self.angle_embed[level](features) + inverse_sigmoid(reference_angle)).sigmoid()
-                reference_angle = angle.detach()
-                outputs_coord = torch.cat([outputs_coord, angle_from_sigmoid(angle)], dim=-1)
-            outputs_classes.append(outputs_class)
+            # layer l predicts on the reference it started from: the initial one, or layer l - 1's refinement
+            # (which keeps its gradient with look forward twice)
+            if level > 0:
+                reference = references[:, level - 1]
+            angle_head = self.angle_embed[level] if self.angle_embed is not None else None
+            outputs_coord = refine_boxes(hidden_states[:, level], reference, self.bbox_embed[level], angle_head)
+            if angle_head is not None:
+                outputs_coord = torch.cat([outputs_coord[..., :4], angle_from_sigmoid(outputs_coord[..., 4:])], -1)
+            outputs_classes.append(self.class_embed[level](hidden_states[:, level]))
             outputs_coords.append(outputs_coord)
+
+        # denoising queries come first (training only): split them off
+        num_dn = 0 if outputs.dn_meta is None else 2 * outputs.dn_meta["num_groups"] * outputs.dn_meta["max_objects"]
+        dn_outputs = None
+        if num_dn:
+            dn_outputs = [{"logits": c[:, :num_dn], "pred_boxes": b[:, :num_dn]}
+                          for c, b in zip(outputs_classes, outputs_coords)]
+            outputs_classes = [c[:, num_dn:] for c in outputs_classes]
+            outputs_coords = [b[:, num_dn:] for b in outputs_coords]
         logits, pred_boxes = outputs_classes[-1], outputs_coords[-1]
 
         loss, loss_dict, auxiliary_outputs = None, None, None
@@ -421,16 +685,10 @@ class SlDetrForObjectDetection(SlDetrPreTrainedModel, DeformableDetrForObjectDet
                 auxiliary_outputs = [
                     {"logits": c, "pred_boxes": b} for c, b in zip(outputs_classes[:-1], outputs_coords[:-1])
                 ]
-            enc_outputs = None
-            if self.config.two_stage:
-                enc_outputs = {
-                    "logits": outputs.enc_outputs_class,
-                    "pred_boxes": self._proposal_boxes(outputs.enc_outputs_coord_logits),
-                }
-            criterion = SlDetrLoss(self.config).to(logits.device)
-            loss, loss_dict = criterion(
+            loss, loss_dict = self.criterion(
                 {"logits": logits, "pred_boxes": pred_boxes, "auxiliary_outputs": auxiliary_outputs,
-                 "enc_outputs": enc_outputs},
+                 "enc_outputs": self._encoder_loss_outputs(outputs), "dn_outputs": dn_outputs,
+                 "dn_meta": outputs.dn_meta},
                 targets,
             )
 
@@ -453,7 +711,20 @@ class SlDetrForObjectDetection(SlDetrPreTrainedModel, DeformableDetrForObjectDet
             enc_outputs_class=outputs.enc_outputs_class,
             enc_outputs_coord_logits=outputs.enc_outputs_coord_logits,
             init_reference_angles=outputs.init_reference_angles,
+            dn_outputs=dn_outputs,
+            dn_meta=outputs.dn_meta,
         )
+
+    def _encoder_loss_outputs(self, outputs: SlDetrModelOutput) -> dict | None:
+        """The two-stage proposals the encoder loss sees: the selected top-k (`config.encoder_loss_on_topk`, in the
+        order of the decoder queries) or every encoder token; `None` for single-stage models."""
+        if not self.config.two_stage:
+            return None
+        enc_class, enc_coord_logits = outputs.enc_outputs_class, outputs.enc_outputs_coord_logits
+        if self.config.encoder_loss_on_topk:
+            enc_class = gather_queries(enc_class, outputs.enc_topk_indices)
+            enc_coord_logits = gather_queries(enc_coord_logits, outputs.enc_topk_indices)
+        return {"logits": enc_class, "pred_boxes": self._proposal_boxes(enc_coord_logits)}
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
         """`PreTrainedModel.save_pretrained`; when registered for an auto class, `auto_map` also names `AutoModel`.
@@ -476,9 +747,10 @@ class SlDetrForObjectDetection(SlDetrPreTrainedModel, DeformableDetrForObjectDet
         return boxes
 
     def _prepare_targets(
-        self, labels: list[dict], pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None
+        self, labels: list[Mapping], pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None
     ) -> list[dict]:
-        """Validate `labels` and move them to the model's device; fill a missing `"size"` (see `forward`)."""
+        """Validate `labels` and move them to the model's device; fill a missing `"size"` (see `forward`); bring
+        rotated boxes to le90 (`w >= h` in pixels, `theta` in `[-pi/2, pi/2)`), the one convention of DESIGN.md 2."""
         batch_size, _, height, width = pixel_values.shape
         if not isinstance(labels, (list, tuple)) or len(labels) != batch_size:
             raise ValueError(
@@ -489,8 +761,8 @@ class SlDetrForObjectDetection(SlDetrPreTrainedModel, DeformableDetrForObjectDet
         device = pixel_values.device
         targets = []
         for index, target in enumerate(labels):
-            if not isinstance(target, dict):
-                raise ValueError(f"`labels[{index}]` must be a dict, got {type(target).__name__}")
+            if not isinstance(target, Mapping):
+                raise ValueError(f"`labels[{index}]` must be a dict (a mapping), got {type(target).__name__}")
             missing = [key for key in ("class_labels", "boxes") if key not in target]
             if missing:
                 raise ValueError(f"`labels[{index}]` is missing the key(s) {missing}")
@@ -513,11 +785,13 @@ class SlDetrForObjectDetection(SlDetrPreTrainedModel, DeformableDetrForObjectDet
                 )
             if boxes.numel() and not bool(torch.isfinite(boxes).all()):
                 raise ValueError(f"`labels[{index}]['boxes']` contains NaN or inf")
+            if boxes.numel() and bool((boxes[:, 2:4] < 0).any()):
+                raise ValueError(f"`labels[{index}]['boxes']` has a negative width or height (columns 2 and 3)")
             prepared = {
                 key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in target.items()
             }
             prepared["class_labels"] = classes.long()
-            prepared["boxes"] = boxes.to(pixel_values.dtype if pixel_values.is_floating_point() else torch.float32)
+            boxes = boxes.to(pixel_values.dtype if pixel_values.is_floating_point() else torch.float32)
             if "size" in target:
                 prepared["size"] = torch.as_tensor(target["size"], device=device)
             elif pixel_mask is not None:
@@ -525,6 +799,7 @@ class SlDetrForObjectDetection(SlDetrPreTrainedModel, DeformableDetrForObjectDet
                 prepared["size"] = torch.stack([valid.any(1).sum(), valid.any(0).sum()])
             else:
                 prepared["size"] = torch.tensor([height, width], device=device)
+            prepared["boxes"] = _le90_normalized(boxes, prepared["size"]) if box_dim == 5 else boxes
             targets.append(prepared)
         return targets
 
@@ -549,7 +824,9 @@ class SlDetrForObjectDetection(SlDetrPreTrainedModel, DeformableDetrForObjectDet
             return_report: also return a [`SlDetrConversionReport`] (copied / new / skipped keys).
             config_kwargs: overrides of the SL-DETR config, e.g. `id2label` for another label set (the class heads
                 are then skipped and newly initialized), or loss settings. The architecture fields come from the
-                Deformable DETR config; its loss / matcher fields are replaced by SL-DETR's defaults.
+                Deformable DETR config; its loss / matcher fields are replaced by SL-DETR's defaults. The DINO / RHINO
+                switches are off (`DEFORMABLE_DETR_SWITCHES`: no denoising, Deformable DETR's two-stage queries, no
+                look forward twice, unrotated sampling, encoder loss on all tokens) unless overridden here.
 
         Returns:
             The model (in the source's train / eval mode and dtype), and the report when `return_report`.
@@ -571,6 +848,7 @@ class SlDetrForObjectDetection(SlDetrPreTrainedModel, DeformableDetrForObjectDet
             for key in ("id2label", "label2id"):
                 if key not in config_kwargs:
                     values.pop(key, None)
+        values.update(DEFORMABLE_DETR_SWITCHES)  # the DINO / RHINO parts off: same outputs as the source
         values.update(config_kwargs)
         values["box_type"] = box_type
         config = SlDetrConfig(**values)
@@ -598,11 +876,18 @@ class SlDetrForObjectDetection(SlDetrPreTrainedModel, DeformableDetrForObjectDet
         return (model, report) if return_report else model
 
 
-def _mlp_with_features(head: DeformableDetrMLPPredictionHead, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`head(x)` (the same operations, so the same numbers) and the input of its last layer."""
-    for layer in head.layers[:-1]:
-        x = nn.functional.relu(layer(x))
-    return head.layers[-1](x), x
+
+
+def _le90_normalized(boxes: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+    """Normalized rotated boxes `(n, 5)` of an image of `size = (H, W)`, brought to le90 (`w >= h` in pixels, theta
+    in `[-pi/2, pi/2)`); boxes already in le90 are returned bit for bit."""
+    if not boxes.numel():
+        return boxes
+    scale = torch.cat([size.flip(0), size.flip(0), size.new_ones(1)]).to(boxes)  # (W, H, W, H, 1)
+    pixel = boxes * scale
+    half_pi = math.pi / 2
+    inside = (pixel[:, 2] >= pixel[:, 3]) & (boxes[:, 4] >= -half_pi) & (boxes[:, 4] < half_pi)
+    return torch.where(inside[:, None], boxes, regularize_rboxes(pixel) / scale)
 
 
 def _check_pixel_inputs(config: SlDetrConfig, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None) -> None:
