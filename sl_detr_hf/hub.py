@@ -25,6 +25,7 @@ from typing import Any
 
 from transformers.dynamic_module_utils import custom_object_save
 
+from .commands._common import check_model_folder
 from .configuration_sl_detr import SlDetrConfig
 from .image_processing_sl_detr import SlDetrImageProcessor
 from .modeling_sl_detr import SlDetrForObjectDetection
@@ -229,6 +230,7 @@ def push_to_hub(model_or_folder: SlDetrForObjectDetection | str | os.PathLike, r
         folder = Path(model_or_folder)
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"{folder} is not a saved model folder (no config.json)")
+        check_model_folder(folder)  # another architecture would load as a randomly initialized SL-DETR
         model = SlDetrForObjectDetection.from_pretrained(folder)
         if image_processor is None and (folder / "preprocessor_config.json").is_file():
             image_processor = SlDetrImageProcessor.from_pretrained(folder)
@@ -299,6 +301,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"model_dir {folder} is not a folder")
     if not (folder / "config.json").is_file():
         parser.error(f"model_dir {folder} is not a saved model folder (no config.json)")
+    try:
+        check_model_folder(folder)
+    except ValueError as err:
+        parser.error(f"model_dir {err}")
     if args.repo_id.count("/") > 1 or not args.repo_id.strip("/") or " " in args.repo_id:
         parser.error(f"repo_id must look like user_or_org/name, got {args.repo_id!r}")
     metrics = _parse_metrics(args.metrics, parser)

@@ -1,0 +1,119 @@
+"""Pieces shared by the ``sl-detr`` commands: the tiny CPU model, the time limit, the training-curve plot,
+dataclass argument parsing, the data loader defaults and the model-folder check."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+logger = logging.getLogger("sl_detr_hf")
+
+__all__ = ["TimeLimitCallback", "check_model_folder", "default_num_workers", "parse_dataclasses",
+           "plot_training_curves", "tiny_config_kwargs"]
+
+
+def tiny_config_kwargs(num_labels: int, id2label: dict[int, str], d_model: int = 128, layers: int = 2,
+                       num_queries: int = 100, box_type: str = "rotated") -> dict:
+    """A small SL-DETR that trains on a CPU in minutes: a slim random-init ResNet, 3 feature levels."""
+    from transformers import ResNetConfig
+
+    backbone = ResNetConfig(embedding_size=32, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 2, 1],
+                            layer_type="basic", out_features=["stage2", "stage3", "stage4"])
+    return dict(
+        backbone_config=backbone, use_pretrained_backbone=False, num_feature_levels=3,
+        d_model=d_model, encoder_layers=layers, decoder_layers=layers, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=4 * d_model, decoder_ffn_dim=4 * d_model,
+        encoder_n_points=4, decoder_n_points=4, num_queries=num_queries, two_stage_num_proposals=num_queries,
+        num_labels=num_labels, id2label=id2label, label2id={v: k for k, v in id2label.items()},
+        box_type=box_type, max_detections=num_queries,
+    )
+
+
+class TimeLimitCallback:
+    """Stops training after ``max_minutes`` of wall-clock time (checked every step)."""
+
+    def __new__(cls, max_minutes: float):
+        from transformers import TrainerCallback
+
+        class _TimeLimit(TrainerCallback):
+            def __init__(self) -> None:
+                self.deadline = None
+
+            def on_train_begin(self, args, state, control, **kwargs):
+                self.deadline = time.monotonic() + max_minutes * 60
+
+            def on_step_end(self, args, state, control, **kwargs):
+                if self.deadline is not None and time.monotonic() > self.deadline:
+                    logger.info("time limit of %.1f minutes reached at step %d", max_minutes, state.global_step)
+                    control.should_training_stop = True
+                    control.should_evaluate = True
+                    control.should_save = True
+                return control
+
+        return _TimeLimit()
+
+
+def plot_training_curves(log_history: list[dict], path: Path) -> Path:
+    """Loss (and eval mAP when present) against the step, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
+    evals = [(h["step"], h.get("eval_mAP", h.get("eval_map"))) for h in log_history
+             if h.get("eval_mAP", h.get("eval_map")) is not None]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), label="training loss", color="tab:blue")
+        ax.legend(loc="upper left")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    if evals:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*evals), "o-", color="tab:orange", label="eval mAP50")
+        ax2.set_ylabel("mAP50")
+        ax2.set_ylim(0, 1)
+        ax2.legend(loc="upper right")
+    ax.set_title("SL-DETR training")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def parse_dataclasses(prog: str, classes: tuple, argv: Sequence[str]):
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(classes, prog=prog)
+    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+        loader = parser.parse_json_file if argv[0].endswith(".json") else parser.parse_yaml_file
+        return loader(str(Path(argv[0]).resolve()))
+    return parser.parse_args_into_dataclasses(args=list(argv))
+
+
+def default_num_workers(cpu_count: int | None = None) -> int:
+    """Data loader worker processes by default: ``min(4, cpus - 1)``, 0 (the main process) below 2 CPUs.
+
+    Workers decode and augment the next batches while the model trains on the current one.
+    """
+    cpus = cpu_count if cpu_count is not None else (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                                    else os.cpu_count() or 1)
+    return max(0, min(4, cpus - 1))
+
+
+def check_model_folder(model: str | os.PathLike) -> None:
+    """Refuse a local model folder of another architecture (its ``config.json`` ``model_type``).
+
+    Raises:
+        ValueError: naming the found ``model_type``.
+    """
+    config = Path(model) / "config.json"
+    if config.is_file():
+        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+        if model_type != "sl_detr":
+            raise ValueError(f"{model} holds a {model_type!r} model, not SL-DETR (model_type 'sl_detr')")

@@ -1,0 +1,215 @@
+"""``sl-detr train``: train / fine-tune SL-DETR with `Trainer` (synthetic, DOTA, COCO or a datasets folder)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ._common import TimeLimitCallback, check_model_folder, default_num_workers, parse_dataclasses, tiny_config_kwargs
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DataArguments", "ModelArguments", "build_model", "check_not_finished", "last_complete_checkpoint", "main",
+           "run_train"]
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(default=None, metadata={
+        "help": "an SL-DETR folder or Hub id to fine-tune; None builds a new model from the fields below"})
+    from_deformable_detr: str | None = field(default=None, metadata={
+        "help": "initialize from a Deformable DETR checkpoint (folder or Hub id)"})
+    box_type: str = field(default="rotated", metadata={"help": "rotated | horizontal"})
+    size: str = field(default="tiny", metadata={"help": "tiny (CPU-friendly) | paper (ResNet-50, 900 queries)"})
+    backbone: str = field(default="resnet50", metadata={"help": "timm backbone for size=paper"})
+    use_pretrained_backbone: bool = field(default=False, metadata={
+        "help": "download ImageNet weights for the timm backbone (needs the Hub)"})
+    no_sync: bool = field(default=False, metadata={"help": "switch the synchronized losses off (ablation)"})
+
+
+@dataclass
+class DataArguments:
+    data_format: str = field(default="synthetic", metadata={"help": "synthetic | dota | coco | hf"})
+    train_dir: str | None = field(default=None, metadata={
+        "help": "dota: a DOTA folder (images/, labelTxt/); coco: an images folder; hf: a save_to_disk folder"})
+    val_dir: str | None = field(default=None, metadata={"help": "same, for evaluation"})
+    train_annotations: str | None = field(default=None, metadata={"help": "coco: instances JSON (train)"})
+    val_annotations: str | None = field(default=None, metadata={"help": "coco: instances JSON (val)"})
+    dota_version: str = field(default="1.0", metadata={"help": "1.0 | 1.5 | 2.0"})
+    split_patches: bool = field(default=False, metadata={
+        "help": "dota: split images into 1024 px patches (200 px gap) before training"})
+    image_size: int = field(default=1024, metadata={"help": "resize so that the image fits in this square"})
+    num_synthetic_train: int = field(default=600)
+    num_synthetic_val: int = field(default=100)
+    augment: bool = field(default=True, metadata={"help": "flips and 90-degree rotations (rotated only)"})
+    max_minutes: float | None = field(default=None, metadata={"help": "stop training after this many minutes"})
+    eval_iou_threshold: float = field(default=0.5, metadata={
+        "help": "IoU threshold of the evaluation mAP (0.5: the DOTA mAP50; 0.75: mAP75)"})
+
+
+def _load_split(data: DataArguments, which: str, work_dir: Path):
+    from ..data import load_coco, load_dota, make_synthetic_dota, split_dota_cached
+
+    folder = getattr(data, f"{which}_dir")
+    if data.data_format == "synthetic":
+        root = work_dir / "synthetic" / which
+        n = data.num_synthetic_train if which == "train" else data.num_synthetic_val
+        make_synthetic_dota(root, num_images=n, seed=0 if which == "train" else 10_000)
+        return load_dota(root)
+    if folder is None:
+        return None
+    if not Path(folder).exists():
+        raise SystemExit(f"error: --{which}_dir {folder} does not exist")
+    if data.data_format == "dota":
+        if data.split_patches:
+            patches = work_dir / "patches" / which
+            split_dota_cached(folder, patches)  # re-split unless made from these very files and settings
+            folder = patches
+        return load_dota(folder, version=data.dota_version)
+    if data.data_format == "coco":
+        annotations = getattr(data, f"{which}_annotations")
+        if annotations is None:
+            raise SystemExit(f"error: --data_format coco needs --{which}_annotations")
+        return load_coco(folder, annotations)
+    if data.data_format == "hf":
+        import datasets
+
+        return datasets.load_from_disk(folder)
+    raise SystemExit(f"error: unknown --data_format {data.data_format!r} (synthetic | dota | coco | hf)")
+
+
+def last_complete_checkpoint(output_dir: str | Path) -> str | None:
+    """The newest ``checkpoint-N`` folder that was written completely (``trainer_state.json`` readable and the
+    weights present); newer incomplete ones (a run killed while saving) are skipped with a warning."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return None
+    found = [(int(p.name.split("-")[1]), p) for p in folder.glob("checkpoint-*")
+             if p.is_dir() and p.name.split("-")[1].isdigit()]
+    for _, path in sorted(found, reverse=True):
+        problem = None
+        try:
+            json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            problem = f"trainer_state.json unreadable ({type(err).__name__})"
+        if problem is None and not any((path / name).is_file() for name in ("model.safetensors",
+                                                                            "model.safetensors.index.json")):
+            problem = "no model.safetensors"
+        if problem is None:
+            return str(path)
+        logger.warning("skipping the incomplete checkpoint %s: %s", path, problem)
+    return None
+
+
+def check_not_finished(checkpoint: str, training_args) -> None:
+    """Refuse to "resume" a run that already reached its end: it would train 0 steps and report success."""
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
+    step, epoch = int(state.get("global_step", 0)), float(state.get("epoch") or 0.0)
+    if training_args.max_steps is not None and training_args.max_steps > 0:
+        done, target = step >= training_args.max_steps, f"--max_steps {training_args.max_steps}"
+    else:
+        done, target = epoch >= training_args.num_train_epochs, f"--num_train_epochs {training_args.num_train_epochs:g}"
+    if done:
+        raise SystemExit(f"error: {checkpoint} already reached step {step} (epoch {epoch:g}), the end set by {target}: "
+                         "nothing left to train. To train longer, raise --max_steps or --num_train_epochs; to start "
+                         "fresh, use another --output_dir (or remove its checkpoint-* folders).")
+
+
+def build_model(model_args: ModelArguments, names: list[str], seed: int):
+    """The model to train: fine-tuned from a folder, converted from Deformable DETR, or new (seeded first)."""
+    from transformers import set_seed
+
+    from .. import SlDetrConfig, SlDetrForObjectDetection
+
+    set_seed(seed)  # before any weight is initialized: the same --seed gives the same model and run
+    id2label = dict(enumerate(names))
+    box_type = model_args.box_type
+    if model_args.model_name_or_path:
+        try:
+            check_model_folder(model_args.model_name_or_path)
+        except ValueError as err:
+            raise SystemExit(f"error: --model_name_or_path {err}") from None
+        return SlDetrForObjectDetection.from_pretrained(model_args.model_name_or_path, num_labels=len(names),
+                                                        id2label=id2label, ignore_mismatched_sizes=True)
+    if model_args.from_deformable_detr:
+        return SlDetrForObjectDetection.from_deformable_detr(model_args.from_deformable_detr, box_type=box_type)
+    if model_args.size == "tiny":
+        return SlDetrForObjectDetection(SlDetrConfig(**tiny_config_kwargs(len(names), id2label, box_type=box_type),
+                                                     use_sync_loc=not model_args.no_sync,
+                                                     use_quality_cls=not model_args.no_sync))
+    if model_args.size == "paper":
+        return SlDetrForObjectDetection(SlDetrConfig(
+            backbone=model_args.backbone, use_timm_backbone=True,
+            use_pretrained_backbone=model_args.use_pretrained_backbone, num_labels=len(names), id2label=id2label,
+            label2id={v: k for k, v in id2label.items()}, box_type=box_type,
+            use_sync_loc=not model_args.no_sync, use_quality_cls=not model_args.no_sync))
+    raise SystemExit(f"error: --size must be tiny or paper, got {model_args.size!r}")
+
+
+def run_train(model_args: ModelArguments, data: DataArguments, training_args) -> dict:
+    """Fine-tune or train SL-DETR with `SlDetrTrainer`; returns the final metrics."""
+    from ..data import RotatedDetectionAugment
+    from ..image_processing_sl_detr import SlDetrImageProcessor
+    from ..training import DetectionMetrics, SlDetrTrainer, make_collator, prepare_dataset
+
+    if model_args.box_type not in ("rotated", "horizontal"):
+        raise SystemExit(f"error: --box_type must be rotated or horizontal, got {model_args.box_type!r}")
+    work_dir = Path(training_args.output_dir)
+    train_raw = _load_split(data, "train", work_dir)
+    if train_raw is None:
+        raise SystemExit("error: --train_dir is required unless --data_format synthetic")
+    val_raw = _load_split(data, "val", work_dir)
+    names = train_raw.features["objects"]["category"].feature.names
+    id2label = dict(enumerate(names))
+    model = build_model(model_args, list(names), training_args.seed)
+    box_type = model.config.box_type
+    processor = SlDetrImageProcessor(size={"shortest_edge": data.image_size, "longest_edge": data.image_size},
+                                     box_type=box_type, max_detections=model.config.max_detections)
+    augment = RotatedDetectionAugment() if data.augment and box_type == "rotated" else None
+    train_ds = prepare_dataset(train_raw, processor, box_type, augment)
+    val_ds = prepare_dataset(val_raw, processor, box_type) if val_raw is not None else None
+    callbacks = [TimeLimitCallback(data.max_minutes)] if data.max_minutes else []
+    trainer = SlDetrTrainer(
+        model=model, args=training_args, train_dataset=train_ds, eval_dataset=val_ds,
+        data_collator=make_collator(box_type), processing_class=processor,
+        compute_metrics=DetectionMetrics(processor, id2label=id2label, iou_threshold=data.eval_iou_threshold),
+        callbacks=callbacks,
+    )
+    resume = training_args.resume_from_checkpoint
+    if resume == "last" or (resume is None and training_args.do_train):
+        resume = last_complete_checkpoint(training_args.output_dir)
+    if resume is not None and (training_args.do_train or not training_args.do_eval):
+        check_not_finished(resume, training_args)
+    metrics: dict = {}
+    if training_args.do_train or not training_args.do_eval:
+        result = trainer.train(resume_from_checkpoint=resume)
+        metrics.update(result.metrics)
+        trainer.save_model()
+        processor.save_pretrained(training_args.output_dir)
+    if val_ds is not None:
+        metrics.update(trainer.evaluate())
+    if trainer.is_world_process_zero():
+        (Path(training_args.output_dir) / "final_metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+        print(json.dumps(metrics, indent=2, default=float))
+    return metrics
+
+
+def main(argv: Sequence[str]) -> int:
+    """``sl-detr train [options]`` (or a single JSON / YAML file of them)."""
+    from transformers import TrainingArguments
+
+    model_args, data_args, training_args = parse_dataclasses(
+        "sl-detr train", (ModelArguments, DataArguments, TrainingArguments), argv)
+    training_args.remove_unused_columns = False
+    training_args.label_names = ["labels"]
+    if not any(a.startswith("--dataloader_num_workers") for a in argv):  # decode / augment beside the training
+        training_args.dataloader_num_workers = default_num_workers()
+    if not any(a.startswith("--dataloader_pin_memory") for a in argv):
+        import torch
+
+        training_args.dataloader_pin_memory = torch.cuda.is_available()
+    run_train(model_args, data_args, training_args)
+    return 0
