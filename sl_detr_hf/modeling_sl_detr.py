@@ -389,6 +389,7 @@ class SlDetrModel(SlDetrPreTrainedModel, DeformableDetrModel):
         """Backbone, input projections, extra levels and flattening: the first steps of
         `DeformableDetrModel.forward`, the same operations in the same order (so the same numbers)."""
         features = self.backbone(pixel_values, pixel_mask)
+        _check_feature_sizes(pixel_values, [feature.shape[-2:] for feature, _ in features], self.input_proj)
         sources, masks, positions = [], [], []
         for level, (source, mask) in enumerate(features):
             sources.append(self.input_proj[level](source))
@@ -888,6 +889,32 @@ def _le90_normalized(boxes: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
     half_pi = math.pi / 2
     inside = (pixel[:, 2] >= pixel[:, 3]) & (boxes[:, 4] >= -half_pi) & (boxes[:, 4] < half_pi)
     return torch.where(inside[:, None], boxes, regularize_rboxes(pixel) / scale)
+
+
+def _check_feature_sizes(pixel_values: torch.Tensor, sizes: list, input_proj: nn.ModuleList) -> None:
+    """Raise a ValueError naming the minimum image size when a feature level is too small for its GroupNorm
+    (torch needs more than one value per group over the batch: `B * C / G * h * w > 1`).
+
+    `sizes` are the backbone levels' `(h, w)`; the extra levels (3x3 stride-2 convolutions, `ceil(size / 2)`) are
+    derived. Only shapes are read (no data-dependent control flow).
+    """
+    batch_size, _, height, width = pixel_values.shape
+    sizes = [(int(h), int(w)) for h, w in sizes]
+    while len(sizes) < len(input_proj):
+        sizes.append(((sizes[-1][0] + 1) // 2, (sizes[-1][1] + 1) // 2))
+    for level, (size, projection) in enumerate(zip(sizes, input_proj)):
+        norm = projection[-1]
+        if batch_size * (norm.num_channels // norm.num_groups) * size[0] * size[1] > 1:
+            continue
+        # The first 1 x 1 level has a stride in [max(H, W), 2 max(H, W)): the nominal power of two; every later
+        # level halves again, so the last level's stride is that times 2 per remaining level.
+        last_stride = 2 ** math.ceil(math.log2(max(height, width, 1))) * 2 ** (len(sizes) - 1 - level)
+        raise ValueError(
+            f"`pixel_values` of {height} x {width} px are too small for this model: feature level {level} is "
+            f"{size[0]} x {size[1]} and its GroupNorm({norm.num_groups}, {norm.num_channels}) needs more than one "
+            f"value per group; use images of at least {last_stride + 1} px a side (the last level's stride is "
+            f"{last_stride}), or a batch of 2 or more"
+        )
 
 
 def _check_pixel_inputs(config: SlDetrConfig, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None) -> None:
