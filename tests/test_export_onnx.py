@@ -177,7 +177,7 @@ def test_cli_export_then_predict_same_json(tmp_path):
     onnx_path = tmp_path / "model.onnx"
     assert cli_main(["export", "--model", str(folder), "--output", str(onnx_path)]) == 0
     assert read_onnx_settings(onnx_path)["image_size"] == [SIZE, SIZE]
-    common = [str(images), "--threshold", "0.05", "--no-draw", "--device", "cpu"]
+    common = [str(images), "--threshold", "0", "--no-draw", "--device", "cpu"]
     assert predict_main([*common, "--model", str(folder), "--output-dir", str(tmp_path / "torch")]) == 0
     assert predict_main([*common, "--model", str(onnx_path), "--output-dir", str(tmp_path / "onnx")]) == 0
     expected = json.loads((tmp_path / "torch" / "predictions.json").read_text())

@@ -123,17 +123,17 @@ def pipe():
 
 def test_tile_covering_the_image_is_exactly_untiled(pipe):
     image = random_image(90, 96, seed=1)
-    expected = pipe(image, threshold=0.2)
+    expected = pipe(image, threshold=0.0)
     assert len(expected) > 0
-    assert pipe(image, threshold=0.2, tile=96, overlap=20) == expected
-    assert pipe([image], threshold=0.2, tile=256) == [expected]  # default overlap 200
+    assert pipe(image, threshold=0.0, tile=96, overlap=20) == expected
+    assert pipe([image], threshold=0.0, tile=256) == [expected]  # default overlap 200
 
 
 def test_tiled_detections_come_from_patches_and_are_merged(pipe):
     scene = random_image(250, 300, seed=2)
-    merged = pipe(scene, threshold=0.3, tile=96, overlap=24, batch_size=4, progress=False)
+    merged = pipe(scene, threshold=0.0, tile=96, overlap=24, batch_size=4, progress=False)
     windows = tile_windows(300, 250, tile=96, overlap=24)
-    alone = [(w, rbox_tensor(d), d) for w, d in zip(windows.tolist(), [pipe(scene.crop(tuple(w)), threshold=0.3)
+    alone = [(w, rbox_tensor(d), d) for w, d in zip(windows.tolist(), [pipe(scene.crop(tuple(w)), threshold=0.0)
                                                                           for w in windows.tolist()])]
     assert sum(len(d) for _, _, d in alone) > len(merged) > 0  # the merge removed overlapping detections
     for det in merged:  # every merged detection is a patch's own detection, shifted to the scene
@@ -165,14 +165,14 @@ def test_onnx_tiles_match_torch_tiles(tmp_path):
     detector = OnnxDetector(export_onnx(model, tmp_path / "m.onnx", processor))
     pipe = OrientedObjectDetectionPipeline(model=model, image_processor=processor, task="oriented-object-detection")
     scene = random_image(200, 260, seed=3)
-    expected = pipe(scene, threshold=0.3, tile=96, overlap=24, batch_size=3, progress=False)
-    got = detector(scene, threshold=0.3, tile=96, overlap=24, batch_size=3, progress=False)
+    expected = pipe(scene, threshold=0.0, tile=96, overlap=24, batch_size=3, progress=False)
+    got = detector(scene, threshold=0.0, tile=96, overlap=24, batch_size=3, progress=False)
     assert len(got) == len(expected) > 0
     for e, g in zip(expected, got):
         assert e["label"] == g["label"] and abs(e["score"] - g["score"]) < 1e-4
         assert same_rbox(e["rbox"], g["rbox"], 1e-3), (e["rbox"], g["rbox"])
     small = random_image(64, 96, seed=4)
-    assert detector(small, threshold=0.2, tile=96, overlap=24) == detector(small, threshold=0.2)
+    assert detector(small, threshold=0.0, tile=96, overlap=24) == detector(small, threshold=0.0)
 
 
 def test_predict_cli_tile(tmp_path, pipe, capsys):
@@ -185,10 +185,10 @@ def test_predict_cli_tile(tmp_path, pipe, capsys):
     scene.save(tmp_path / "scene.png")
     out = tmp_path / "out"
     assert main([str(tmp_path / "scene.png"), "--model", str(folder), "--output-dir", str(out), "--device", "cpu",
-                 "--tile", "96", "--overlap", "24", "--threshold", "0.3"]) == 0
+                 "--tile", "96", "--overlap", "24", "--threshold", "0"]) == 0
     record = json.loads((out / "predictions.json").read_text())[0]
     assert (record["width"], record["height"]) == (230, 200)
-    expected = pipe(scene, threshold=0.3, tile=96, overlap=24, progress=False)
+    expected = pipe(scene, threshold=0.0, tile=96, overlap=24, progress=False)
     assert len(record["detections"]) == len(expected) > 0
     assert all(abs(a["rbox"][k] - b["rbox"][k]) < 1e-4 for a, b in zip(record["detections"], expected)
                for k in RBOX_KEYS)
