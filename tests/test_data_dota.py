@@ -204,3 +204,23 @@ def test_corrupt_images_are_skipped_with_their_names(tmp_path, caplog):
     assert ds["image_id"] == ["good"] and summary.num_images == 1
     assert sorted(summary.unreadable_images) == [str(root / "images" / "cut.png"), str(root / "images" / "cutjpg.jpg")]
     assert "cut.png" in caplog.text and "cutjpg.jpg" in caplog.text and "unreadable images skipped: 2" in caplog.text
+
+
+def test_an_image_that_fails_during_training_names_its_file(tmp_path):
+    """An image broken after loading (or loaded unchecked) fails in the data pipeline with its path (item 7)."""
+    import numpy as np
+
+    from sl_detr_hf.data.images import UnreadableImageError
+    from sl_detr_hf.image_processing_sl_detr import SlDetrImageProcessor
+    from sl_detr_hf.training import prepare_dataset
+
+    root = _make_root(tmp_path, {"a": GOOD, "b": GOOD}, {"a": (100, 80)})
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (80, 100, 3), dtype=np.uint8)).save(
+        root / "images" / "b.png")
+    ds = load_dota(root)
+    data = (root / "images" / "b.png").read_bytes()
+    (root / "images" / "b.png").write_bytes(data[: len(data) // 2])
+    prepared = prepare_dataset(ds, SlDetrImageProcessor(size={"shortest_edge": 64, "longest_edge": 64}))
+    assert prepared[0]["pixel_values"].shape[0] == 3  # the good image still works
+    with pytest.raises(UnreadableImageError, match=r"cannot read image .*b\.png"):
+        prepared[1]

@@ -7,9 +7,9 @@ from typing import Any
 
 import datasets
 import torch
-from PIL import Image
 
 from ..data.collate import SlDetrCollator
+from ..data.images import open_image
 from ..data.transforms import RotatedDetectionAugment
 from ..image_processing_sl_detr import SlDetrImageProcessor
 
@@ -35,8 +35,8 @@ class DetectionTransform:
         self.box_type = box_type
         self.augment = augment
 
-    def _example(self, image: Image.Image, objects: Mapping[str, Any], index: int) -> dict[str, Any]:
-        image = image.convert("RGB")
+    def _example(self, image: Any, objects: Mapping[str, Any], index: int) -> dict[str, Any]:
+        image = open_image(image)  # a path / {"path", "bytes"} decoded here: a broken file's error names it
         categories = list(objects["category"])
         difficult = list(objects.get("difficult") or [0] * len(categories))
         geometry = "rbox" if self.box_type == "rotated" and "rbox" in objects else "bbox"
@@ -68,7 +68,14 @@ class DetectionTransform:
 
 def prepare_dataset(dataset: datasets.Dataset, image_processor: SlDetrImageProcessor, box_type: str = "rotated",
                     augment: RotatedDetectionAugment | None = None) -> datasets.Dataset:
-    """``dataset`` with :class:`DetectionTransform` applied on access (lazy: images decode per batch)."""
+    """``dataset`` with :class:`DetectionTransform` applied on access (lazy: images decode per batch).
+
+    The ``image`` column is handed over undecoded, so that an image that cannot be decoded raises an error naming
+    its file (:class:`~sl_detr_hf.data.images.UnreadableImageError`) instead of PIL's bare ``image file is
+    truncated``.
+    """
+    if isinstance(dataset.features.get("image"), datasets.Image):
+        dataset = dataset.cast_column("image", datasets.Image(decode=False))
     return dataset.with_transform(DetectionTransform(image_processor, box_type, augment))
 
 
