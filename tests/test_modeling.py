@@ -163,6 +163,16 @@ def test_conversion_script(ddetr, tmp_path, monkeypatch, capsys):
     loaded = AutoModelForObjectDetection.from_pretrained(tmp_path / "out")
     assert isinstance(loaded, SlDetrForObjectDetection) and loaded.config.num_labels == 15
     assert loaded.config.id2label[0] == "plane" and loaded.config.box_type == "rotated"
+    # Deformable DETR's behaviour unless asked for the DINO parts
+    switches = ("num_denoising", "mixed_query_selection", "look_forward_twice", "rotated_sampling",
+                "encoder_loss_on_topk")
+    assert [getattr(loaded.config, key) for key in switches] == [0, False, False, "none", False]
+    monkeypatch.setattr(sys, "argv", ["convert_deformable_detr.py", str(tmp_path / "ddetr"), str(tmp_path / "dino"),
+                                      "--dino"])
+    runpy.run_path(os.path.join(REPO_ROOT, "scripts", "convert_deformable_detr.py"), run_name="__main__")
+    assert "new: model.query_selection.content_embed.weight" in capsys.readouterr().out
+    dino = AutoModelForObjectDetection.from_pretrained(tmp_path / "dino").config
+    assert [getattr(dino, key) for key in switches] == [100, True, True, "rhino", True]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -254,7 +264,8 @@ def test_save_load_round_trip_and_auto_classes(tmp_path):
     model.save_pretrained(tmp_path)
     files = set(os.listdir(tmp_path))
     assert {"model.safetensors", "config.json", "configuration_sl_detr.py", "modeling_sl_detr.py",
-            "loss_sl_detr.py", "rotated_boxes.py"} <= files
+            "loss_sl_detr.py", "rotated_boxes.py", "decoder_sl_detr.py", "attention_sl_detr.py",
+            "query_selection_sl_detr.py", "denoising_sl_detr.py"} <= files
     auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
     assert auto_map == {"AutoConfig": "configuration_sl_detr.SlDetrConfig",
                         "AutoModel": "modeling_sl_detr.SlDetrModel",
@@ -287,10 +298,16 @@ def test_trust_remote_code_without_the_package(tmp_path):
     pixel_values = images()
     with torch.no_grad():
         expected = model(pixel_values)
+        # training forward with the DINO parts on (denoising queries, their mask, the loss), fixed noise
+        model.train()
+        torch.manual_seed(3)
+        expected_loss = model(pixel_values, labels=rotated_labels()).loss
+        model.eval()
+    assert model.config.num_denoising > 0 and model.config.mixed_query_selection and model.config.look_forward_twice
     model.save_pretrained(tmp_path / "checkpoint")
     SlDetrImageProcessor(max_detections=77).save_pretrained(tmp_path / "checkpoint")
-    torch.save({"pixel_values": pixel_values, "logits": expected.logits, "pred_boxes": expected.pred_boxes},
-               tmp_path / "expected.pt")
+    torch.save({"pixel_values": pixel_values, "logits": expected.logits, "pred_boxes": expected.pred_boxes,
+                "labels": rotated_labels(), "loss": expected_loss}, tmp_path / "expected.pt")
     script = textwrap.dedent(
         """
         import importlib.abc, sys
@@ -321,6 +338,11 @@ def test_trust_remote_code_without_the_package(tmp_path):
             outputs = model(expected["pixel_values"])
         assert torch.equal(outputs.logits, expected["logits"])
         assert torch.equal(outputs.pred_boxes, expected["pred_boxes"])
+        model.train()
+        torch.manual_seed(3)
+        with torch.no_grad():
+            training = model(expected["pixel_values"], labels=expected["labels"])
+        assert training.dn_meta is not None and torch.equal(training.loss, expected["loss"]), training.loss
         bare = AutoModel.from_pretrained(folder, trust_remote_code=True)
         assert type(bare).__name__ == "SlDetrModel"
         processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
