@@ -64,7 +64,12 @@ class SlDetrConfig(DeformableDetrConfig):
     max_detections (`int`, defaults to 500):
         Detections kept per image by post-processing.
 
-    DINO / RHINO parts (DESIGN.md 3.1; each a switch so that its effect can be measured alone):
+    DINO / RHINO parts (DESIGN.md 3.1; each a switch so that its effect can be measured alone). Denoising and
+    mixed query selection need two-stage proposals: single-stage models (`two_stage=False`) ignore them. With
+    denoising or mixed query selection the decoder builds every query's position embedding from its current
+    reference box (DINO's `ref_point_head`). `SlDetrForObjectDetection.from_deformable_detr` turns all of them off
+    (`num_denoising=0, mixed_query_selection=False, look_forward_twice=False, rotated_sampling="none",
+    encoder_loss_on_topk=False`): the converted model then computes what the Deformable DETR computed.
 
     num_denoising (`int`, defaults to 100):
         Contrastive denoising: about this many noised ground-truth queries per image at training time, in
