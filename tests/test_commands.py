@@ -23,7 +23,7 @@ def test_every_command_is_a_module_with_main():
 def test_default_num_workers_is_sized_to_the_machine():
     from sl_detr_hf.commands._common import default_num_workers
 
-    assert [default_num_workers(n) for n in (1, 2, 3, 5, 16)] == [0, 1, 2, 4, 4]
+    assert [default_num_workers(n) for n in (1, 2, 3, 4, 5, 16)] == [0, 0, 0, 3, 4, 4]
 
 
 def test_split_command_without_workers_and_with_bad_destinations(tmp_path, capsys):
