@@ -34,9 +34,10 @@ def tiny_config_kwargs(num_labels: int, id2label: dict[int, str], d_model: int =
 
 
 class TimeLimitCallback:
-    """Stops training after ``max_minutes`` of wall-clock time (checked every step)."""
+    """Stops training after ``max_minutes`` of wall-clock time (checked every step); then evaluates and saves
+    unless ``evaluate_on_stop=False`` (the caller evaluates itself)."""
 
-    def __new__(cls, max_minutes: float):
+    def __new__(cls, max_minutes: float, evaluate_on_stop: bool = True):
         from transformers import TrainerCallback
 
         class _TimeLimit(TrainerCallback):
@@ -50,8 +51,8 @@ class TimeLimitCallback:
                 if self.deadline is not None and time.monotonic() > self.deadline:
                     logger.info("time limit of %.1f minutes reached at step %d", max_minutes, state.global_step)
                     control.should_training_stop = True
-                    control.should_evaluate = True
-                    control.should_save = True
+                    control.should_evaluate = evaluate_on_stop
+                    control.should_save = evaluate_on_stop
                 return control
 
         return _TimeLimit()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ._common import TimeLimitCallback, default_num_workers, parse_dataclasses, plot_training_curves, tiny_config_kwargs
 
-__all__ = ["DemoArguments", "draw_demo_predictions", "main", "run_demo"]
+__all__ = ["DemoArguments", "draw_demo_predictions", "main", "parse_config_overrides", "run_demo"]
 
 
 @dataclass
@@ -33,6 +33,36 @@ class DemoArguments:
     threads: int = field(default=0, metadata={"help": "torch threads (0: torch's default)"})
     num_workers: int = field(default=-1, metadata={
         "help": "data loader worker processes (-1: min(4, CPUs - 1), 0: decode in the training process)"})
+    lr_schedule: str = field(default="time", metadata={
+        "help": "'time': warmup, then a cosine over the wall-clock budget (ends low when --max_minutes runs out); "
+                "'steps': a cosine over --max_steps"})
+    config: str = field(default="", metadata={
+        "help": "comma-separated SlDetrConfig overrides, e.g. 'num_denoising=0,rotated_sampling=none' (ablations)"})
+
+
+def parse_config_overrides(text: str) -> dict:
+    """``"a=1,b=none,c=True"`` -> ``{"a": 1, "b": "none", "c": True}`` (ints, floats, booleans, None, strings)."""
+    overrides: dict = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"error: --config entries must be KEY=VALUE, got {item!r}")
+        raw = raw.strip()
+        lowered = raw.lower()
+        if lowered in ("true", "false"):
+            value: object = lowered == "true"
+        elif lowered == "null" or raw == "None":
+            value = None
+        else:
+            try:
+                value = int(raw)
+            except ValueError:
+                try:
+                    value = float(raw)
+                except ValueError:
+                    value = raw
+        overrides[key.strip()] = value
+    return overrides
 
 
 def run_demo(args: DemoArguments) -> dict:
@@ -46,6 +76,8 @@ def run_demo(args: DemoArguments) -> dict:
     from ..image_processing_sl_detr import SlDetrImageProcessor
     from ..training import DetectionMetrics, SlDetrTrainer, make_collator, paper_training_arguments, prepare_dataset
 
+    if args.lr_schedule not in ("time", "steps"):
+        raise SystemExit(f"error: --lr_schedule must be 'time' or 'steps', got {args.lr_schedule!r}")
     if args.num_train < 1 or args.num_val < 1:
         raise SystemExit(f"error: --num_train and --num_val must be >= 1, got {args.num_train} and {args.num_val}")
     if args.threads:
@@ -63,8 +95,9 @@ def run_demo(args: DemoArguments) -> dict:
     names = train_raw.features["objects"]["category"].feature.names
     id2label = dict(enumerate(names))
 
-    config = SlDetrConfig(**tiny_config_kwargs(len(names), id2label, args.d_model, args.layers, args.num_queries),
-                          use_sync_loc=args.sync, use_quality_cls=args.sync)
+    overrides = {"use_sync_loc": args.sync, "use_quality_cls": args.sync, **parse_config_overrides(args.config)}
+    config = SlDetrConfig(**{**tiny_config_kwargs(len(names), id2label, args.d_model, args.layers, args.num_queries),
+                             **overrides})
     model = SlDetrForObjectDetection(config)
     processor = SlDetrImageProcessor(size={"shortest_edge": args.image_size, "longest_edge": args.image_size},
                                      max_detections=args.num_queries)
@@ -90,7 +123,8 @@ def run_demo(args: DemoArguments) -> dict:
         model=model, args=training_args, train_dataset=train_ds, eval_dataset=val_ds,
         data_collator=make_collator("rotated"), processing_class=processor,
         compute_metrics=DetectionMetrics(processor, id2label=id2label),
-        callbacks=[TimeLimitCallback(args.max_minutes)],
+        callbacks=[TimeLimitCallback(args.max_minutes, evaluate_on_stop=False)],
+        time_budget_minutes=args.max_minutes if args.lr_schedule == "time" else None,
     )
     train_result = trainer.train()
     print("[3/5] evaluating (DOTA VOC07 mAP50 on the validation images)", flush=True)
@@ -111,6 +145,8 @@ def run_demo(args: DemoArguments) -> dict:
         "train_loss": train_result.training_loss,
         "minutes": (time.monotonic() - start) / 60,
         "sync": args.sync,
+        "config_overrides": overrides,
+        "lr_schedule": args.lr_schedule,
         "model_dir": str(model_dir),
         "predictions_png": str(predictions),
         "training_curve_png": str(curve),

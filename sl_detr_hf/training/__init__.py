@@ -2,12 +2,14 @@
 
 from .data import DetectionTransform, make_collator, prepare_dataset
 from .metrics import DetectionMetrics, select_detection_outputs
+from .schedule import TimeBudgetSchedule
 from .trainer import SlDetrTrainer, build_param_groups, paper_training_arguments
 
 __all__ = [
     "DetectionMetrics",
     "DetectionTransform",
     "SlDetrTrainer",
+    "TimeBudgetSchedule",
     "build_param_groups",
     "make_collator",
     "paper_training_arguments",

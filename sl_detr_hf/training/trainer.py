@@ -15,6 +15,7 @@ from torch import nn
 from transformers import Trainer, TrainingArguments
 
 from .metrics import select_detection_outputs
+from .schedule import TimeBudgetSchedule
 
 __all__ = ["SlDetrTrainer", "build_param_groups", "paper_training_arguments"]
 
@@ -76,12 +77,27 @@ class SlDetrTrainer(Trainer):
 
     Args:
         low_lr_multiplier: learning-rate factor of the backbone, sampling offsets and reference points.
+        time_budget_minutes: when set, the learning rate follows :class:`TimeBudgetSchedule` (linear warmup over
+            ``args.warmup_steps``, then a cosine over the elapsed fraction of this wall-clock budget) instead of
+            ``args.lr_scheduler_type``; pair it with a time limit that stops training at the budget.
         All other arguments are `Trainer`'s; pass ``compute_metrics=DetectionMetrics(...)`` for mAP.
     """
 
-    def __init__(self, *args, low_lr_multiplier: float = 0.1, **kwargs):
+    def __init__(self, *args, low_lr_multiplier: float = 0.1, time_budget_minutes: float | None = None,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.low_lr_multiplier = low_lr_multiplier
+        self.time_budget_minutes = time_budget_minutes
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.time_budget_minutes is None or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        optimizer = self.optimizer if optimizer is None else optimizer
+        warmup = self.args.get_warmup_steps(num_training_steps)
+        schedule = TimeBudgetSchedule(self.time_budget_minutes, warmup_steps=warmup)
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        self._created_lr_scheduler = True
+        return self.lr_scheduler
 
     def create_optimizer(self, model=None):
         opt_model = self.model if model is None else model
