@@ -42,6 +42,9 @@ def collect_images(paths: Iterable[str | os.PathLike], recursive: bool = False) 
     """
     found: list[Path] = []
     for raw in paths:
+        if isinstance(raw, str) and raw.lower().startswith(("http://", "https://")):
+            raise ValueError(f"{raw}: URLs are not read by `predict`; download the image and pass its path "
+                             "(the oriented-object-detection pipeline itself accepts URLs)")
         path = Path(raw)
         if path.is_dir():
             pattern = "**/*" if recursive else "*"

@@ -99,6 +99,7 @@ def test_resolve_device():
 
 @pytest.mark.parametrize("args, message", [
     (["{images}/missing.png", "--model", "{model}"], "missing.png does not exist"),
+    (["https://example.invalid/scene.png", "--model", "{model}"], "URLs are not read by `predict`"),
     (["{images}/notes.txt", "--model", "{model}"], "notes.txt is not an image file"),
     (["{empty}", "--model", "{model}"], "no images found"),
     (["{images}", "--model", "{empty}"], "is not a saved model folder (no config.json)"),

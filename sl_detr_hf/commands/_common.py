@@ -17,14 +17,24 @@ __all__ = ["TimeLimitCallback", "check_model_folder", "default_num_workers", "pa
 
 
 def tiny_config_kwargs(num_labels: int, id2label: dict[int, str], d_model: int = 128, layers: int = 2,
-                       num_queries: int = 100, box_type: str = "rotated") -> dict:
-    """A small SL-DETR that trains on a CPU in minutes: a slim random-init ResNet, 3 feature levels."""
+                       num_queries: int = 100, box_type: str = "rotated",
+                       backbone_stages: Sequence[str] = ("stage2", "stage3", "stage4"),
+                       num_feature_levels: int | None = None) -> dict:
+    """A small SL-DETR that trains on a CPU in minutes: a slim random-init ResNet.
+
+    ``backbone_stages`` are the ResNet stages fed to the encoder (strides 8, 16, 32 for stage2..4);
+    ``num_feature_levels`` (default: one per stage) may add further stride-2 levels after the last stage.
+    """
     from transformers import ResNetConfig
 
+    stages = list(backbone_stages)
+    levels = len(stages) if num_feature_levels is None else num_feature_levels
+    if not stages or levels < len(stages):
+        raise ValueError(f"need >= 1 backbone stage and num_feature_levels >= {len(stages)}, got {stages}, {levels}")
     backbone = ResNetConfig(embedding_size=32, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 2, 1],
-                            layer_type="basic", out_features=["stage2", "stage3", "stage4"])
+                            layer_type="basic", out_features=stages)
     return dict(
-        backbone_config=backbone, use_pretrained_backbone=False, num_feature_levels=3,
+        backbone_config=backbone, use_pretrained_backbone=False, num_feature_levels=levels,
         d_model=d_model, encoder_layers=layers, decoder_layers=layers, encoder_attention_heads=4,
         decoder_attention_heads=4, encoder_ffn_dim=4 * d_model, decoder_ffn_dim=4 * d_model,
         encoder_n_points=4, decoder_n_points=4, num_queries=num_queries, two_stage_num_proposals=num_queries,

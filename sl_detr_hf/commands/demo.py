@@ -28,11 +28,17 @@ class DemoArguments:
     d_model: int = field(default=128)
     layers: int = field(default=2, metadata={"help": "encoder and decoder layers"})
     num_queries: int = field(default=100)
+    backbone_stages: str = field(default="stage2,stage3,stage4", metadata={
+        "help": "ResNet stages fed to the encoder (stage2/3/4: strides 8/16/32)"})
+    feature_levels: int = field(default=0, metadata={
+        "help": "encoder feature levels (0: one per backbone stage; more adds stride-2 levels after the last)"})
     sync: bool = field(default=True, metadata={"help": "synchronized losses on (False: the ablation)"})
     seed: int = field(default=0)
     threads: int = field(default=0, metadata={"help": "torch threads (0: torch's default)"})
     num_workers: int = field(default=-1, metadata={
         "help": "data loader worker processes (-1: min(4, CPUs - 1), 0: decode in the training process)"})
+    low_lr_multiplier: float = field(default=0.1, metadata={
+        "help": "learning-rate factor of the backbone and the deformable sampling offsets (the paper: 0.1)"})
     lr_schedule: str = field(default="time", metadata={
         "help": "'time': warmup, then a cosine over the wall-clock budget (ends low when --max_minutes runs out); "
                 "'steps': a cosine over --max_steps"})
@@ -96,8 +102,10 @@ def run_demo(args: DemoArguments) -> dict:
     id2label = dict(enumerate(names))
 
     overrides = {"use_sync_loc": args.sync, "use_quality_cls": args.sync, **parse_config_overrides(args.config)}
-    config = SlDetrConfig(**{**tiny_config_kwargs(len(names), id2label, args.d_model, args.layers, args.num_queries),
-                             **overrides})
+    stages = [stage.strip() for stage in args.backbone_stages.split(",") if stage.strip()]
+    base = tiny_config_kwargs(len(names), id2label, args.d_model, args.layers, args.num_queries,
+                              backbone_stages=stages, num_feature_levels=args.feature_levels or None)
+    config = SlDetrConfig(**{**base, **overrides})
     model = SlDetrForObjectDetection(config)
     processor = SlDetrImageProcessor(size={"shortest_edge": args.image_size, "longest_edge": args.image_size},
                                      max_detections=args.num_queries)
@@ -125,6 +133,7 @@ def run_demo(args: DemoArguments) -> dict:
         compute_metrics=DetectionMetrics(processor, id2label=id2label),
         callbacks=[TimeLimitCallback(args.max_minutes, evaluate_on_stop=False)],
         time_budget_minutes=args.max_minutes if args.lr_schedule == "time" else None,
+        low_lr_multiplier=args.low_lr_multiplier,
     )
     train_result = trainer.train()
     print("[3/5] evaluating (DOTA VOC07 mAP50 on the validation images)", flush=True)
