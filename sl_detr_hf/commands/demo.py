@@ -23,12 +23,12 @@ class DemoArguments:
     num_train: int = field(default=600, metadata={"help": "synthetic training images"})
     num_val: int = field(default=100, metadata={"help": "synthetic validation images"})
     image_size: int = field(default=256, metadata={"help": "synthetic image side (px)"})
-    batch_size: int = field(default=8)
-    learning_rate: float = field(default=2e-4)
+    batch_size: int = field(default=4)
+    learning_rate: float = field(default=1e-3)
     d_model: int = field(default=128)
     layers: int = field(default=2, metadata={"help": "encoder and decoder layers"})
     num_queries: int = field(default=100)
-    backbone_stages: str = field(default="stage2,stage3,stage4", metadata={
+    backbone_stages: str = field(default="stage3,stage4", metadata={
         "help": "ResNet stages fed to the encoder (stage2/3/4: strides 8/16/32)"})
     feature_levels: int = field(default=0, metadata={
         "help": "encoder feature levels (0: one per backbone stage; more adds stride-2 levels after the last)"})
@@ -37,8 +37,9 @@ class DemoArguments:
     threads: int = field(default=0, metadata={"help": "torch threads (0: torch's default)"})
     num_workers: int = field(default=-1, metadata={
         "help": "data loader worker processes (-1: min(4, CPUs - 1), 0: decode in the training process)"})
-    low_lr_multiplier: float = field(default=0.1, metadata={
-        "help": "learning-rate factor of the backbone and the deformable sampling offsets (the paper: 0.1)"})
+    low_lr_multiplier: float = field(default=1.0, metadata={
+        "help": "learning-rate factor of the backbone and the deformable sampling offsets (the paper, with a "
+                "pretrained backbone: 0.1; the demo's backbone is trained from scratch)"})
     lr_schedule: str = field(default="time", metadata={
         "help": "'time': warmup, then a cosine over the wall-clock budget (ends low when --max_minutes runs out); "
                 "'steps': a cosine over --max_steps"})
