@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     for start in range(0, len(jobs), args.parallel):
         running = []
         for slot, (variant, seed) in enumerate(jobs[start:start + args.parallel]):
-            out = root / f"{variant}-seed{seed}"
+            out = (root / f"{variant}-seed{seed}").resolve()
             cmd = _command(variant, seed, args.minutes, out, threads, args.demo_args)
             env = dict(os.environ)
             if variant == "today":
@@ -94,9 +94,10 @@ def main(argv: list[str] | None = None) -> None:
                 env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
             log = open(root / f"{variant}-seed{seed}.log", "w")  # closed once the run ends
             print(f"running {variant} (seed {seed}): {' '.join(cmd)}", flush=True)
-            running.append((variant, seed, out, log, time.monotonic(), subprocess.Popen(cmd, stdout=log,
-                                                                                       stderr=subprocess.STDOUT,
-                                                                                       env=env)))
+            # `python -m` puts the working directory first on sys.path: run "today" from its checkout
+            cwd = args.today_checkout if variant == "today" else None
+            running.append((variant, seed, out.resolve(), log, time.monotonic(),
+                            subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)))
         for variant, seed, out, log, began, proc in running:
             code = proc.wait()
             log.close()
