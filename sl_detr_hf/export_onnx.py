@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -36,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .rotated_boxes import _corners, _wrap_angle
+from .rotated_boxes import _corners, _enclosing_hbox, _regularize
 
 __all__ = ["METADATA_KEY", "OnnxDetectionHead", "OnnxPostProcess", "default_image_size", "export_onnx",
            "export_settings", "main", "read_onnx_settings", "require_onnx"]
@@ -84,16 +83,11 @@ class OnnxPostProcess(nn.Module):
         size = target_sizes.float()
         height, width = size[:, 0:1], size[:, 1:2]  # (B, 1)
         cx, cy, w, h, theta = boxes.unbind(-1)
-        w, h = w.clamp_min(0) * width, h.clamp_min(0) * height
-        cx, cy = cx * width, cy * height
-        cos, sin = torch.cos(theta).abs(), torch.sin(theta).abs()  # enclosing box, as rbox_to_hbox
-        half_w, half_h = (cos * w + sin * h) / 2, (sin * w + cos * h) / 2
-        hbox = torch.stack((cx - half_w, cy - half_h, cx + half_w, cy + half_h), dim=-1)
+        pixel = torch.stack((cx * width, cy * height, w.clamp_min(0) * width, h.clamp_min(0) * height, theta), -1)
+        hbox = _enclosing_hbox(pixel)
         if not self.rotated:
             return scores, labels, hbox
-        swap = w < h  # le90, as regularize_rboxes
-        rbox = torch.stack((cx, cy, torch.where(swap, h, w), torch.where(swap, w, h),
-                            _wrap_angle(torch.where(swap, theta + math.pi / 2, theta))), dim=-1)
+        rbox = _regularize(pixel)
         return scores, labels, hbox, rbox, _corners(rbox).flatten(-2)
 
 

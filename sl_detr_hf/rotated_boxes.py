@@ -79,6 +79,11 @@ def regularize_rboxes(boxes: Tensor) -> Tensor:
         ``(..., 5)`` describing the same rectangles.
     """
     _check_boxes(boxes, "boxes")
+    return _regularize(boxes)
+
+
+def _regularize(boxes: Tensor) -> Tensor:
+    """`regularize_rboxes` without the input checks (no data-dependent control flow: traceable for export)."""
     cx, cy, w, h, theta = boxes.unbind(-1)
     swap = w < h
     w2 = torch.where(swap, h, w)
@@ -160,6 +165,11 @@ def poly_to_rbox(polys: Tensor) -> Tensor:
 def rbox_to_hbox(boxes: Tensor) -> Tensor:
     """Enclosing axis-aligned boxes ``(x1, y1, x2, y2)`` of rotated boxes ``(..., 5)`` -> ``(..., 4)``."""
     _check_boxes(boxes, "boxes")
+    return _enclosing_hbox(boxes)
+
+
+def _enclosing_hbox(boxes: Tensor) -> Tensor:
+    """`rbox_to_hbox` without the input checks (traceable for export)."""
     cx, cy, w, h, theta = boxes.unbind(-1)
     cos, sin = torch.cos(theta).abs(), torch.sin(theta).abs()
     hw = (cos * w + sin * h) / 2
