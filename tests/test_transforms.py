@@ -12,6 +12,7 @@ from torchvision.transforms.v2 import functional as F
 
 from sl_detr_hf.data.transforms import RandomRotate90, RotatedDetectionAugment, visible_fraction
 from sl_detr_hf.rotated_boxes import (
+    box_iou_rotated,
     poly_to_rbox,
     rbox_to_poly,
     rboxes_from_torchvision,
@@ -131,3 +132,20 @@ def test_border_rule_drops_objects():
     torch.testing.assert_close(out["area"], torch.tensor([200.0, 200.0]))
     torch.testing.assert_close(out["polygon"], rbox_to_poly(out["boxes"]))
     assert out["image_id"] == "x"
+
+
+def test_visible_fraction_matches_the_exact_intersection_for_every_box():
+    # The shortcut (corners inside -> 1) must agree with the polygon intersection for boxes inside, crossing
+    # and outside the frame, at every angle.
+    gen = torch.Generator().manual_seed(0)
+    n = 400
+    boxes = torch.stack([torch.rand(n, generator=gen) * 140 - 20, torch.rand(n, generator=gen) * 100 - 10,
+                         torch.rand(n, generator=gen) * 40 + 1, torch.rand(n, generator=gen) * 30 + 1,
+                         (torch.rand(n, generator=gen) - 0.5) * torch.pi], dim=1)
+    frame = torch.tensor([[50.0, 40.0, 100.0, 80.0, 0.0]])
+    iou = box_iou_rotated(boxes.double(), frame.double())[:, 0]
+    area = boxes[:, 2].double() * boxes[:, 3].double()
+    expected = iou * (area + 8000.0) / (1 + iou) / area
+    frac = visible_fraction(boxes, 80, 100)
+    torch.testing.assert_close(frac.double(), expected, atol=1e-4, rtol=0)
+    assert 0 < int((frac == 1).sum()) < n and int((frac < 1).sum()) > 50  # both paths exercised
