@@ -214,7 +214,7 @@ def test_train_cli_resumes_from_the_last_checkpoint(tmp_path, synthetic_root):
     common = ["train", "--data_format", "dota", "--train_dir", str(synthetic_root), "--image_size", str(IMAGE_SIZE),
               "--per_device_train_batch_size", "4", "--use_cpu", "--report_to", "none", "--do_train",
               "--save_strategy", "steps", "--save_steps", "2", "--output_dir", str(tmp_path / "run"),
-              "--logging_steps", "1", "--seed", "1"]
+              "--logging_steps", "1", "--seed", "1", "--ema_decay", "0.99", "--ema_warmup_steps", "0"]
     first = run_cli("-m", "sl_detr_hf.cli", *common, "--max_steps", "2")
     assert first.returncode == 0, first.stderr[-3000:]
     assert (tmp_path / "run" / "checkpoint-2" / "trainer_state.json").is_file()
@@ -224,3 +224,6 @@ def test_train_cli_resumes_from_the_last_checkpoint(tmp_path, synthetic_root):
     assert state["global_step"] == 4
     steps = [h["step"] for h in state["log_history"] if "loss" in h]
     assert steps == [1, 2, 3, 4]  # the resumed run continued at step 3, it did not start over
+    # the weight average went on from the checkpoint's, it did not restart
+    assert [torch.load(tmp_path / "run" / f"checkpoint-{n}" / "ema.pt", weights_only=True)["updates"]
+            for n in (2, 4)] == [2, 4]

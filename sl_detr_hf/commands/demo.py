@@ -43,6 +43,10 @@ class DemoArguments:
     lr_schedule: str = field(default="time", metadata={
         "help": "'time': warmup, then a cosine over the wall-clock budget (ends low when --max_minutes runs out); "
                 "'steps': a cosine over --max_steps"})
+    ema_decay: float | None = field(default=None, metadata={
+        "help": "keep an exponential moving average of the weights with this decay (ramped up over "
+                "--ema_warmup_steps) and evaluate / save the average; None: off"})
+    ema_warmup_steps: int = field(default=200)
     config: str = field(default="", metadata={
         "help": "comma-separated SlDetrConfig overrides, e.g. 'num_denoising=0,rotated_sampling=none' (ablations)"})
 
@@ -135,6 +139,7 @@ def run_demo(args: DemoArguments) -> dict:
         callbacks=[TimeLimitCallback(args.max_minutes, evaluate_on_stop=False)],
         time_budget_minutes=args.max_minutes if args.lr_schedule == "time" else None,
         low_lr_multiplier=args.low_lr_multiplier,
+        ema_decay=args.ema_decay, ema_warmup_steps=args.ema_warmup_steps,
     )
     train_result = trainer.train()
     print("[3/5] evaluating (DOTA VOC07 mAP50 on the validation images)", flush=True)

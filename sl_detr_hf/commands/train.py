@@ -28,6 +28,10 @@ class ModelArguments:
     use_pretrained_backbone: bool = field(default=False, metadata={
         "help": "download ImageNet weights for the timm backbone (needs the Hub)"})
     no_sync: bool = field(default=False, metadata={"help": "switch the synchronized losses off (ablation)"})
+    ema_decay: float | None = field(default=None, metadata={
+        "help": "keep an exponential moving average of the weights (e.g. 0.9999, as RT-DETR / D-FINE): evaluation "
+                "scores it, checkpoints hold it (ema.pt), the saved model is the average; None: off"})
+    ema_warmup_steps: int = field(default=2000, metadata={"help": "the average's decay ramps up over these steps"})
 
 
 @dataclass
@@ -176,7 +180,7 @@ def run_train(model_args: ModelArguments, data: DataArguments, training_args) ->
         model=model, args=training_args, train_dataset=train_ds, eval_dataset=val_ds,
         data_collator=make_collator(box_type), processing_class=processor,
         compute_metrics=DetectionMetrics(processor, id2label=id2label, iou_threshold=data.eval_iou_threshold),
-        callbacks=callbacks,
+        callbacks=callbacks, ema_decay=model_args.ema_decay, ema_warmup_steps=model_args.ema_warmup_steps,
     )
     resume = training_args.resume_from_checkpoint
     if resume == "last" or (resume is None and training_args.do_train):

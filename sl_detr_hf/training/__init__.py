@@ -1,6 +1,7 @@
 """Training with `transformers.Trainer`: data glue, optimizer groups, multi-process evaluation, metrics."""
 
 from .data import DetectionTransform, make_collator, prepare_dataset
+from .ema import EmaCallback, ModelEma
 from .metrics import DetectionMetrics, select_detection_outputs
 from .schedule import TimeBudgetSchedule
 from .trainer import SlDetrTrainer, build_param_groups, paper_training_arguments
@@ -8,6 +9,8 @@ from .trainer import SlDetrTrainer, build_param_groups, paper_training_arguments
 __all__ = [
     "DetectionMetrics",
     "DetectionTransform",
+    "EmaCallback",
+    "ModelEma",
     "SlDetrTrainer",
     "TimeBudgetSchedule",
     "build_param_groups",

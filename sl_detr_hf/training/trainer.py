@@ -13,7 +13,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
 
+from .ema import EmaCallback
 from .metrics import select_detection_outputs
 from .schedule import TimeBudgetSchedule
 
@@ -80,14 +82,36 @@ class SlDetrTrainer(Trainer):
         time_budget_minutes: when set, the learning rate follows :class:`TimeBudgetSchedule` (linear warmup over
             ``args.warmup_steps``, then a cosine over the elapsed fraction of this wall-clock budget) instead of
             ``args.lr_scheduler_type``; pair it with a time limit that stops training at the budget.
+        ema_decay: when set, keep an exponential moving average of the weights (:class:`~.ema.ModelEma`, decay
+            ramped up over ``ema_warmup_steps``): evaluation during training scores the average, checkpoints
+            hold it as ``ema.pt`` (resuming restores it), and at the end of training the model takes it.
         All other arguments are `Trainer`'s; pass ``compute_metrics=DetectionMetrics(...)`` for mAP.
     """
 
     def __init__(self, *args, low_lr_multiplier: float = 0.1, time_budget_minutes: float | None = None,
-                 **kwargs):
+                 ema_decay: float | None = None, ema_warmup_steps: int = 2000, **kwargs):
         super().__init__(*args, **kwargs)
         self.low_lr_multiplier = low_lr_multiplier
         self.time_budget_minutes = time_budget_minutes
+        self.ema_callback = EmaCallback(ema_decay, ema_warmup_steps) if ema_decay is not None else None
+        if self.ema_callback is not None:
+            self.add_callback(self.ema_callback)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        if self.ema_callback is not None:
+            path = resume_from_checkpoint
+            if path is True:  # Trainer's own rule; it raises a clear error when there is none
+                path = get_last_checkpoint(self.args.output_dir)
+            self.ema_callback.resume_from = str(path) if path else None
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        """`Trainer.evaluate`; while training with ``ema_decay`` it scores the weight average."""
+        ema = self.ema_callback
+        if ema is None or ema.ema is None or ema.in_model:
+            return super().evaluate(*args, **kwargs)
+        with ema.ema.applied_to(self.model):
+            return super().evaluate(*args, **kwargs)
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if self.time_budget_minutes is None or self.lr_scheduler is not None:
