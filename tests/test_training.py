@@ -15,6 +15,7 @@ from transformers import AutoModelForObjectDetection
 
 from sl_detr_hf import SlDetrConfig, SlDetrForObjectDetection, SlDetrImageProcessor
 from sl_detr_hf.cli import DemoArguments, main, run_demo, tiny_config_kwargs
+from sl_detr_hf.commands.demo import demo_parts
 from sl_detr_hf.data import load_dota, make_synthetic_dota
 from sl_detr_hf.training import (
     DetectionMetrics,
@@ -167,6 +168,25 @@ def test_two_processes_give_the_same_metrics_as_one(tmp_path, synthetic_root):
     assert metrics["train_steps_per_second"] > 0
     assert 0 <= metrics["eval_mAP"] <= 1
     assert (tmp_path / "train2" / "model.safetensors").is_file()
+
+
+def test_demo_parts_follow_the_arguments():
+    """The demo's model, processor and augmentation come from its arguments; `--config` overrides win."""
+    names = {0: "plane", 1: "ship"}
+    args = DemoArguments(d_model=32, layers=1, num_queries=12, num_denoising=20, sync=False)
+    model, processor, augment, overrides = demo_parts(args, names)
+    cfg = model.config
+    assert (cfg.num_queries, cfg.two_stage_num_proposals, cfg.max_detections) == (12, 12, 12)
+    assert (cfg.d_model, cfg.encoder_layers, cfg.decoder_layers, cfg.num_labels) == (32, 1, 1, 2)
+    assert cfg.num_denoising == 20 and not cfg.use_sync_loc and not cfg.use_quality_cls
+    assert overrides == {"use_sync_loc": False, "use_quality_cls": False, "num_denoising": 20}
+    assert processor.max_detections == 12 and processor.size == {"shortest_edge": 256, "longest_edge": 256}
+    assert not any(type(step).__name__ == "ColorJitter" for step in augment.transform.transforms)
+
+    args = DemoArguments(d_model=32, layers=1, num_denoising=20, config="num_denoising=0,encoder_layers=2")
+    model, _, _, overrides = demo_parts(args, names)
+    assert model.config.num_denoising == 0 and model.config.encoder_layers == 2 and model.config.decoder_layers == 1
+    assert overrides["num_denoising"] == 0 and overrides["use_sync_loc"] is True
 
 
 @pytest.mark.slow

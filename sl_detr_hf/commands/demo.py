@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ._common import TimeLimitCallback, default_num_workers, parse_dataclasses, plot_training_curves, tiny_config_kwargs
 
-__all__ = ["DemoArguments", "draw_demo_predictions", "main", "parse_config_overrides", "run_demo"]
+__all__ = ["DemoArguments", "demo_parts", "draw_demo_predictions", "main", "parse_config_overrides", "run_demo"]
 
 
 @dataclass
@@ -27,7 +27,9 @@ class DemoArguments:
     learning_rate: float = field(default=1e-3)
     d_model: int = field(default=128)
     layers: int = field(default=2, metadata={"help": "encoder and decoder layers"})
-    num_queries: int = field(default=100)
+    num_queries: int = field(default=30, metadata={"help": "decoder queries (the images hold 1-8 objects)"})
+    num_denoising: int = field(default=50, metadata={
+        "help": "denoising queries per image at training time (SlDetrConfig.num_denoising; 0: off)"})
     backbone_stages: str = field(default="stage3,stage4", metadata={
         "help": "ResNet stages fed to the encoder (stage2/3/4: strides 8/16/32)"})
     feature_levels: int = field(default=0, metadata={
@@ -76,15 +78,37 @@ def parse_config_overrides(text: str) -> dict:
     return overrides
 
 
+def demo_parts(args: DemoArguments, id2label: dict[int, str]):
+    """The demo's model (random init), image processor and training augmentation for ``args``.
+
+    Returns:
+        ``(model, processor, augment, overrides)``: ``overrides`` are the `SlDetrConfig` fields set on top of
+        `tiny_config_kwargs` (the synchronized-loss switches and ``--config``).
+    """
+    from .. import SlDetrConfig, SlDetrForObjectDetection
+    from ..data import RotatedDetectionAugment
+    from ..image_processing_sl_detr import SlDetrImageProcessor
+
+    overrides = {"use_sync_loc": args.sync, "use_quality_cls": args.sync, "num_denoising": args.num_denoising,
+                 **parse_config_overrides(args.config)}
+    stages = [stage.strip() for stage in args.backbone_stages.split(",") if stage.strip()]
+    base = tiny_config_kwargs(len(id2label), id2label, args.d_model, args.layers, args.num_queries,
+                              backbone_stages=stages, num_feature_levels=args.feature_levels or None)
+    model = SlDetrForObjectDetection(SlDetrConfig(**{**base, **overrides}))
+    processor = SlDetrImageProcessor(size={"shortest_edge": args.image_size, "longest_edge": args.image_size},
+                                     max_detections=args.num_queries)
+    # flips and 90-degree turns only: photometric jitter costs as much CPU as a training step here
+    augment = RotatedDetectionAugment(brightness=0.0, contrast=0.0, saturation=0.0)
+    return model, processor, augment, overrides
+
+
 def run_demo(args: DemoArguments) -> dict:
     """Generate data, train, evaluate, save, draw. Returns a summary dict (also written as summary.json)."""
     import torch
     from transformers import set_seed
 
-    from .. import SlDetrConfig, SlDetrForObjectDetection
-    from ..data import RotatedDetectionAugment, load_dota, make_synthetic_dota
+    from ..data import load_dota, make_synthetic_dota
     from ..hub import save_for_hub
-    from ..image_processing_sl_detr import SlDetrImageProcessor
     from ..training import DetectionMetrics, SlDetrTrainer, make_collator, paper_training_arguments, prepare_dataset
 
     if args.lr_schedule not in ("time", "steps"):
@@ -106,16 +130,7 @@ def run_demo(args: DemoArguments) -> dict:
     names = train_raw.features["objects"]["category"].feature.names
     id2label = dict(enumerate(names))
 
-    overrides = {"use_sync_loc": args.sync, "use_quality_cls": args.sync, **parse_config_overrides(args.config)}
-    stages = [stage.strip() for stage in args.backbone_stages.split(",") if stage.strip()]
-    base = tiny_config_kwargs(len(names), id2label, args.d_model, args.layers, args.num_queries,
-                              backbone_stages=stages, num_feature_levels=args.feature_levels or None)
-    config = SlDetrConfig(**{**base, **overrides})
-    model = SlDetrForObjectDetection(config)
-    processor = SlDetrImageProcessor(size={"shortest_edge": args.image_size, "longest_edge": args.image_size},
-                                     max_detections=args.num_queries)
-    # flips and 90-degree turns only: photometric jitter costs as much CPU as a training step here
-    augment = RotatedDetectionAugment(brightness=0.0, contrast=0.0, saturation=0.0)
+    model, processor, augment, overrides = demo_parts(args, id2label)
     train_ds = prepare_dataset(train_raw, processor, "rotated", augment)
     val_ds = prepare_dataset(val_raw, processor, "rotated")
     print(f"[2/5] training {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M-parameter SL-DETR "

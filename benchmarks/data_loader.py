@@ -1,0 +1,124 @@
+"""The data loader's share of the demo's training step, measured side by side in one run.
+
+    python benchmarks/data_loader.py [--images 200] [--steps 40] [--batch 4] [--workers 0 1] [--threads 0]
+
+Builds the demo's data path (synthetic 256 px DOTA images decoded from PNG, flips and 90-degree turns through
+`RotatedDetectionAugment`, `SlDetrImageProcessor`, the collator) and the demo's model (`sl-detr demo`'s
+defaults), then runs ``--steps`` training steps per worker setting (forward with labels, backward, AdamW step),
+timing separately the wait for the next batch and the step itself. It prints, per setting, the median milliseconds
+per step of each part, the loader's share of the whole and the steps per second; and, without a model, what one
+batch costs in the loader's parts (decode, augment, image processor) in this process.
+
+With ``--workers 0`` (the default below 4 CPUs, `sl_detr_hf.commands._common.default_num_workers`) the batch is
+made in the training process, so its time adds to the step; with workers it is made beside the step, which then
+competes with it for the cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import datasets
+import torch
+
+from sl_detr_hf.commands.demo import DemoArguments, demo_parts
+from sl_detr_hf.data import load_dota, make_synthetic_dota
+from sl_detr_hf.data.images import open_image
+from sl_detr_hf.training import make_collator, prepare_dataset
+
+
+def loader_parts(raw, processor, augment, batch: int, repeat: int = 3) -> dict[str, float]:
+    """Milliseconds per batch of each part of the in-process data path (best of ``repeat`` passes over the rows)."""
+    rows = raw.cast_column("image", datasets.Image(decode=False))
+    items = [rows[i] for i in range(len(rows))]
+    parts = {"decode": 0.0, "augment": 0.0, "image processor": 0.0}
+    best = {k: float("inf") for k in parts}
+    for _ in range(repeat):
+        spent = dict.fromkeys(parts, 0.0)
+        for row in items:
+            start = time.perf_counter()
+            image = open_image(row["image"])
+            spent["decode"] += time.perf_counter() - start
+            objects = row["objects"]
+            target = {"boxes": torch.tensor(objects["rbox"], dtype=torch.float32).reshape(-1, 5),
+                      "class_labels": torch.tensor(objects["category"]),
+                      "difficult": torch.tensor(objects["difficult"])}
+            start = time.perf_counter()
+            image, target = augment(image, target)
+            spent["augment"] += time.perf_counter() - start
+            annotation = {"image_id": 0, "annotations": [
+                {"rbox": b, "category_id": int(c), "difficult": 0}
+                for b, c in zip(target["boxes"].tolist(), target["class_labels"].tolist())]}
+            start = time.perf_counter()
+            processor(images=image, annotations=annotation, return_tensors="pt", do_pad=False)
+            spent["image processor"] += time.perf_counter() - start
+        for key, value in spent.items():
+            best[key] = min(best[key], value * 1000 / len(items) * batch)
+    return best
+
+
+def run_steps(model, dataset, collator, batch: int, workers: int, steps: int) -> dict[str, float]:
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, collate_fn=collator,
+                                         num_workers=workers, persistent_workers=workers > 0, drop_last=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model.train()
+    waits, computes = [], []
+    iterator = iter(loader)
+    for step in range(steps + 3):  # the first 3 steps warm up (allocator, worker start) and are not counted
+        start = time.perf_counter()
+        try:
+            inputs = next(iterator)
+        except StopIteration:
+            iterator = iter(loader)
+            inputs = next(iterator)
+        waited = time.perf_counter()
+        loss = model(pixel_values=inputs["pixel_values"], pixel_mask=inputs["pixel_mask"], labels=inputs["labels"]).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        done = time.perf_counter()
+        if step >= 3:
+            waits.append(waited - start)
+            computes.append(done - waited)
+    wait, compute = statistics.median(waits) * 1000, statistics.median(computes) * 1000
+    total = statistics.mean(w + c for w, c in zip(waits, computes)) * 1000
+    return {"wait": wait, "compute": compute, "share": wait / (wait + compute), "steps_per_s": 1000 / total}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = make_synthetic_dota(Path(tmp) / "train", num_images=args.images, image_size=256, seed=0)
+        raw = load_dota(root)
+        names = raw.features["objects"]["category"].feature.names
+        model, processor, augment, _ = demo_parts(DemoArguments(), dict(enumerate(names)))
+        dataset = prepare_dataset(raw, processor, "rotated", augment)
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch} of 256 px, "
+              f"demo model {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters")
+        parts = loader_parts(raw, processor, augment, args.batch)
+        print("in-process loader, ms per batch: " + ", ".join(f"{k} {v:.1f}" for k, v in parts.items())
+              + f" (sum {sum(parts.values()):.1f})")
+        print("| workers | loader wait (ms, median) | step compute (ms, median) | loader share | steps / s |")
+        print("| --- | --- | --- | --- | --- |")
+        for workers in args.workers:
+            r = run_steps(model, dataset, make_collator("rotated"), args.batch, workers, args.steps)
+            print(f"| {workers} | {r['wait']:.1f} | {r['compute']:.1f} | {r['share']:.1%} | {r['steps_per_s']:.2f} |",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
