@@ -28,37 +28,30 @@ import torch
 from sl_detr_hf.commands.demo import DemoArguments, demo_parts
 from sl_detr_hf.data import load_dota, make_synthetic_dota
 from sl_detr_hf.data.images import open_image
-from sl_detr_hf.training import make_collator, prepare_dataset
+from sl_detr_hf.training import DetectionTransform, make_collator, prepare_dataset
 
 
 def loader_parts(raw, processor, augment, batch: int, repeat: int = 3) -> dict[str, float]:
-    """Milliseconds per batch of each part of the in-process data path (best of ``repeat`` passes over the rows)."""
+    """Milliseconds per batch of each part of the in-process data path (best of ``repeat`` passes over the rows).
+
+    Timed through the training path itself (`DetectionTransform`): decoding alone, the whole path without
+    augmentation and with it; the augmentation and the image processor are the differences.
+    """
     rows = raw.cast_column("image", datasets.Image(decode=False))
-    items = [rows[i] for i in range(len(rows))]
-    parts = {"decode": 0.0, "augment": 0.0, "image processor": 0.0}
-    best = {k: float("inf") for k in parts}
+    items = [rows[i : i + 1] for i in range(len(rows))]  # one-row batches, as `with_transform` hands them over
+    paths = {"decode": lambda row: open_image(row["image"][0]),
+             "decode + processor": DetectionTransform(processor),
+             "decode + augment + processor": DetectionTransform(processor, augment=augment)}
+    best = dict.fromkeys(paths, float("inf"))
     for _ in range(repeat):
-        spent = dict.fromkeys(parts, 0.0)
-        for row in items:
+        for key, path in paths.items():
             start = time.perf_counter()
-            image = open_image(row["image"])
-            spent["decode"] += time.perf_counter() - start
-            objects = row["objects"]
-            target = {"boxes": torch.tensor(objects["rbox"], dtype=torch.float32).reshape(-1, 5),
-                      "class_labels": torch.tensor(objects["category"]),
-                      "difficult": torch.tensor(objects["difficult"])}
-            start = time.perf_counter()
-            image, target = augment(image, target)
-            spent["augment"] += time.perf_counter() - start
-            annotation = {"image_id": 0, "annotations": [
-                {"rbox": b, "category_id": int(c), "difficult": 0}
-                for b, c in zip(target["boxes"].tolist(), target["class_labels"].tolist())]}
-            start = time.perf_counter()
-            processor(images=image, annotations=annotation, return_tensors="pt", do_pad=False)
-            spent["image processor"] += time.perf_counter() - start
-        for key, value in spent.items():
-            best[key] = min(best[key], value * 1000 / len(items) * batch)
-    return best
+            for row in items:
+                path(row)
+            best[key] = min(best[key], (time.perf_counter() - start) * 1000 / len(items) * batch)
+    return {"decode": best["decode"],
+            "augment": best["decode + augment + processor"] - best["decode + processor"],
+            "image processor": best["decode + processor"] - best["decode"]}
 
 
 def run_steps(model, dataset, collator, batch: int, workers: int, steps: int) -> dict[str, float]:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
@@ -27,6 +28,13 @@ __all__ = ["EMA_FILE", "EmaCallback", "ModelEma"]
 
 EMA_FILE = "ema.pt"
 """The averaged weights' file inside a `Trainer` checkpoint folder (``checkpoint-<step>/ema.pt``)."""
+
+
+def _check_arguments(decay: float, warmup_steps: int) -> None:
+    if not 0 <= decay < 1:
+        raise ValueError(f"`decay` must be in [0, 1), got {decay!r}")
+    if warmup_steps < 0:
+        raise ValueError(f"`warmup_steps` must be >= 0, got {warmup_steps!r}")
 
 
 class ModelEma:
@@ -39,10 +47,7 @@ class ModelEma:
     """
 
     def __init__(self, model: nn.Module, decay: float = 0.9999, warmup_steps: int = 2000) -> None:
-        if not 0 <= decay < 1:
-            raise ValueError(f"`decay` must be in [0, 1), got {decay!r}")
-        if warmup_steps < 0:
-            raise ValueError(f"`warmup_steps` must be >= 0, got {warmup_steps!r}")
+        _check_arguments(decay, warmup_steps)
         self.decay = float(decay)
         self.warmup_steps = int(warmup_steps)
         self.updates = 0
@@ -55,7 +60,7 @@ class ModelEma:
                 self.shadow[name] = tensor.detach().clone()
 
     def current_decay(self) -> float:
-        """The decay the next-but-current update used: ``decay * (1 - exp(-updates / warmup_steps))``."""
+        """The decay of the latest update: ``decay * (1 - exp(-updates / warmup_steps))``."""
         if self.warmup_steps == 0:
             return self.decay
         return self.decay * (1.0 - math.exp(-self.updates / self.warmup_steps))
@@ -107,8 +112,8 @@ class ModelEma:
                 raise ValueError(f"saved EMA entry {name!r} has shape {tuple(tensor.shape)}, the model's "
                                  f"{tuple(self.shadow[name].shape)}")
             self.shadow[name].copy_(tensor)
-        self.decay, self.warmup_steps, self.updates = float(state["decay"]), int(state["warmup_steps"]), int(
-            state["updates"])
+        self.decay, self.warmup_steps = float(state["decay"]), int(state["warmup_steps"])
+        self.updates = int(state["updates"])
 
 
 class EmaCallback(TrainerCallback):
@@ -121,7 +126,7 @@ class EmaCallback(TrainerCallback):
     """
 
     def __init__(self, decay: float, warmup_steps: int) -> None:
-        ModelEma(nn.Linear(1, 1), decay, warmup_steps)  # validates the arguments now, not when training starts
+        _check_arguments(decay, warmup_steps)  # now, not when training starts
         self.decay, self.warmup_steps = decay, warmup_steps
         self.ema: ModelEma | None = None
         self.resume_from: str | None = None
@@ -141,7 +146,7 @@ class EmaCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero and self.ema is not None:
-            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
             if folder.is_dir():
                 torch.save(self.ema.state_dict(), folder / EMA_FILE)
 
