@@ -22,6 +22,7 @@ DOTA_CLASSES: dict[str, tuple[str, ...]] = {
 _BOX_TYPES = ("rotated", "horizontal")
 _ROTATED_SAMPLING = ("rhino", "geometric", "none")
 _MATCHER_BOX_COSTS = ("l1", "hausdorff")
+BACKBONE_NORMS = ("frozen", "batch_norm")
 
 
 @strict
@@ -104,6 +105,16 @@ class SlDetrConfig(DeformableDetrConfig):
     match_once_per_step (`bool`, defaults to `False`):
         Match the selected encoder proposals once and reuse the assignment for every decoder layer (the seed's
         reported head) instead of matching every layer.
+
+    Backbone training policy (transformers' ResNet backbones; `backbone_sl_detr.py`):
+
+    backbone_frozen_stages (`int`, defaults to 1):
+        `-1` trains the whole backbone, `0` freezes the stem, `n >= 1` the stem and stages `1..n` (Deformable
+        DETR's rule for a pretrained ResNet is 1; mmdet's `frozen_stages`).
+    backbone_norm (`str`, defaults to `"frozen"`):
+        `"frozen"`: Deformable DETR's frozen batch norms (right for a pretrained backbone). `"batch_norm"`: the
+        batch norms of the unfrozen stages learn (batch statistics while training), which a backbone trained
+        from scratch needs: its frozen norms would be identities.
     """
 
     model_type = "sl_detr"
@@ -155,6 +166,9 @@ class SlDetrConfig(DeformableDetrConfig):
     matcher_box_cost: str = "l1"
     encoder_loss_on_topk: bool = True
     match_once_per_step: bool = False
+    # backbone training policy
+    backbone_frozen_stages: int = 1
+    backbone_norm: str = "frozen"
 
     def __post_init__(self, **kwargs):
         if self.id2label is None and "num_labels" not in kwargs:
@@ -217,6 +231,10 @@ class SlDetrConfig(DeformableDetrConfig):
             raise ValueError(f"`rotated_sampling` must be one of {_ROTATED_SAMPLING}, got {self.rotated_sampling!r}")
         if self.matcher_box_cost not in _MATCHER_BOX_COSTS:
             raise ValueError(f"`matcher_box_cost` must be one of {_MATCHER_BOX_COSTS}, got {self.matcher_box_cost!r}")
+        if not isinstance(self.backbone_frozen_stages, int) or not -1 <= self.backbone_frozen_stages <= 4:
+            raise ValueError(f"`backbone_frozen_stages` must be an integer in [-1, 4], got {self.backbone_frozen_stages!r}")
+        if self.backbone_norm not in BACKBONE_NORMS:
+            raise ValueError(f"`backbone_norm` must be one of {BACKBONE_NORMS}, got {self.backbone_norm!r}")
         if self.two_stage and self.two_stage_num_proposals != self.num_queries:
             raise ValueError(f"with `two_stage`, `two_stage_num_proposals` ({self.two_stage_num_proposals}) must "
                              f"equal `num_queries` ({self.num_queries})")

@@ -43,6 +43,7 @@ from transformers.models.deformable_detr.modeling_deformable_detr import (
 from transformers.utils import logging
 from transformers.utils.generic import can_return_tuple
 
+from .backbone_sl_detr import apply_backbone_policy
 from .configuration_sl_detr import SlDetrConfig
 from .decoder_sl_detr import SlDetrDecoder, init_marked_module, refine_boxes
 from .denoising_sl_detr import build_denoising_queries
@@ -255,21 +256,6 @@ def _uses_denoising(config: SlDetrConfig) -> bool:
     return bool(config.two_stage and config.num_denoising > 0)
 
 
-def _freeze_backbone_stem(model: "SlDetrModel") -> None:
-    """transformers' ResNet backbone: train stages 2-4, freeze the stem and stage 1 (Deformable DETR's rule).
-
-    Deformable DETR means this rule, but for transformers' ResNet its name filter looks for "stage.N" while the
-    parameters are "encoder.stages.N", so it freezes all (timm backbones it leaves trainable, as here). Also applied
-    after loading (`from_pretrained` replaces every parameter by a trainable one), so that a loaded model trains the
-    parameters a fresh one does.
-    """
-    config = model.config
-    if config.backbone_config is None or config.backbone_config.model_type != "resnet":
-        return
-    for name, parameter in model.backbone.model.named_parameters():
-        parameter.requires_grad_(name.startswith(("encoder.stages.1.", "encoder.stages.2.", "encoder.stages.3.")))
-
-
 class SlDetrPreTrainedModel(DeformableDetrPreTrainedModel):
     """Base class of the SL-DETR models: Deformable DETR's initialization plus its original head init."""
 
@@ -288,7 +274,7 @@ class SlDetrPreTrainedModel(DeformableDetrPreTrainedModel):
         model = loaded[0] if isinstance(loaded, tuple) else loaded
         for module in model.modules():
             if isinstance(module, SlDetrModel):
-                _freeze_backbone_stem(module)
+                apply_backbone_policy(module.backbone, module.config)
         return loaded
 
 
@@ -332,7 +318,7 @@ class SlDetrModel(SlDetrPreTrainedModel, DeformableDetrModel):
 
     def __init__(self, config: SlDetrConfig):
         super().__init__(config)
-        _freeze_backbone_stem(self)
+        apply_backbone_policy(self.backbone, config)
         self.decoder = SlDetrDecoder(config)
         if not config.two_stage and (config.mixed_query_selection or config.num_denoising > 0):
             logger.info("SL-DETR: mixed query selection and denoising need two_stage=True; single-stage model "

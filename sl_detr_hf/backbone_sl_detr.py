@@ -1,0 +1,90 @@
+"""The backbone's training policy: which ResNet stages are frozen, and whether its batch norms learn.
+
+Deformable DETR (and transformers' port of it) is built for an ImageNet-pretrained ResNet: every
+`BatchNorm2d` becomes a frozen batch norm (fixed statistics and affine terms), and the stem and the first stage
+are frozen. For a backbone trained *from scratch* (the demo, or any `use_pretrained_backbone=False` run without
+pretrained weights) both rules hurt: the frozen stem and stage 1 stay random filters forever, and the frozen
+"batch norms" of a random ResNet are identities, so the network trains with no normalization at all. mmdet /
+mmrotate expose the same two choices as `frozen_stages` and `norm_cfg=dict(type="BN", requires_grad=...)`.
+
+- ``config.backbone_frozen_stages``: ``-1`` freezes nothing, ``0`` the stem, ``n >= 1`` the stem and stages
+  ``1..n`` (default 1: Deformable DETR's rule).
+- ``config.backbone_norm``: ``"frozen"`` (default) keeps the frozen batch norms; ``"batch_norm"`` makes the
+  batch norms of the trained (unfrozen) part ordinary `nn.BatchNorm2d` layers (batch statistics in training,
+  running statistics in evaluation, learned affine terms), starting from the frozen values. Those of frozen
+  stages stay frozen.
+
+Both only apply to transformers' ResNet backbones (timm backbones keep what transformers does with them).
+This file ships with ``trust_remote_code`` checkpoints: it imports only torch and transformers.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers.models.deformable_detr.modeling_deformable_detr import DeformableDetrFrozenBatchNorm2d
+
+__all__ = ["apply_backbone_policy", "frozen_backbone_prefixes"]
+
+_RESNET_STAGES = 4
+
+
+def frozen_backbone_prefixes(frozen_stages: int) -> tuple[str, ...]:
+    """Parameter-name prefixes (in transformers' `ResNetBackbone`) of the frozen part.
+
+    ``-1`` -> ``()``; ``0`` -> the stem (``"embedder."``); ``n`` -> the stem and ``encoder.stages.0 .. n-1``.
+    """
+    if frozen_stages < 0:
+        return ()
+    stages = min(frozen_stages, _RESNET_STAGES)
+    return ("embedder.", *(f"encoder.stages.{i}." for i in range(stages)))
+
+
+def _trainable_batch_norm(frozen: DeformableDetrFrozenBatchNorm2d) -> nn.BatchNorm2d:
+    """An `nn.BatchNorm2d` that starts where ``frozen`` is (same affine terms and running statistics)."""
+    weight = frozen.weight
+    norm = nn.BatchNorm2d(frozen.weight.shape[0], eps=1e-5, device=weight.device, dtype=weight.dtype)
+    if weight.device != torch.device("meta"):
+        with torch.no_grad():
+            norm.weight.copy_(frozen.weight)
+            norm.bias.copy_(frozen.bias)
+            norm.running_mean.copy_(frozen.running_mean)
+            norm.running_var.copy_(frozen.running_var)
+        # a model's `post_init` would otherwise reset a (pretrained) backbone's copied values to 1 / 0
+        for tensor in (norm.weight, norm.bias, norm.running_mean, norm.running_var, norm.num_batches_tracked):
+            tensor._is_hf_initialized = True
+    return norm
+
+
+def _replace_frozen_norms(module: nn.Module, prefix: str, frozen: tuple[str, ...]) -> int:
+    """Swap the frozen batch norms below ``module`` whose names do not start with a ``frozen`` prefix."""
+    replaced = 0
+    for name, child in module.named_children():
+        path = f"{prefix}{name}."
+        if isinstance(child, DeformableDetrFrozenBatchNorm2d):
+            if not path.startswith(frozen):
+                module._modules[name] = _trainable_batch_norm(child)
+                replaced += 1
+        else:
+            replaced += _replace_frozen_norms(child, path, frozen)
+    return replaced
+
+
+def apply_backbone_policy(conv_encoder: nn.Module, config) -> None:
+    """Freeze the configured stages and, with ``backbone_norm="batch_norm"``, make the other norms trainable.
+
+    Args:
+        conv_encoder: transformers' `DeformableDetrConvEncoder` (its ResNet is ``conv_encoder.model``).
+        config: an `SlDetrConfig` (``backbone_config``, ``backbone_frozen_stages``, ``backbone_norm``).
+
+    Idempotent: applied when the model is built and again after `from_pretrained` (which makes every loaded
+    parameter trainable), so that a loaded model trains the parameters a fresh one does.
+    """
+    if config.backbone_config is None or config.backbone_config.model_type != "resnet":
+        return
+    frozen = frozen_backbone_prefixes(config.backbone_frozen_stages)
+    backbone = conv_encoder.model
+    if config.backbone_norm == "batch_norm":
+        _replace_frozen_norms(backbone, "", frozen)
+    for name, parameter in backbone.named_parameters():
+        parameter.requires_grad_(not name.startswith(frozen))
