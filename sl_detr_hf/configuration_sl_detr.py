@@ -232,7 +232,8 @@ class SlDetrConfig(DeformableDetrConfig):
         if self.matcher_box_cost not in _MATCHER_BOX_COSTS:
             raise ValueError(f"`matcher_box_cost` must be one of {_MATCHER_BOX_COSTS}, got {self.matcher_box_cost!r}")
         if not isinstance(self.backbone_frozen_stages, int) or not -1 <= self.backbone_frozen_stages <= 4:
-            raise ValueError(f"`backbone_frozen_stages` must be an integer in [-1, 4], got {self.backbone_frozen_stages!r}")
+            raise ValueError(
+                f"`backbone_frozen_stages` must be an integer in [-1, 4], got {self.backbone_frozen_stages!r}")
         if self.backbone_norm not in BACKBONE_NORMS:
             raise ValueError(f"`backbone_norm` must be one of {BACKBONE_NORMS}, got {self.backbone_norm!r}")
         if self.two_stage and self.two_stage_num_proposals != self.num_queries:
