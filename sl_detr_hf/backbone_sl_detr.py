@@ -14,7 +14,7 @@ mmrotate expose the same two choices as `frozen_stages` and `norm_cfg=dict(type=
   running statistics in evaluation, learned affine terms), starting from the frozen values. Those of frozen
   stages stay frozen.
 
-Both only apply to transformers' ResNet backbones (timm backbones keep what transformers does with them).
+Both apply to transformers' and timm's ResNets (other backbones keep what transformers does with them).
 This file ships with ``trust_remote_code`` checkpoints: it imports only torch and transformers.
 """
 
@@ -29,15 +29,31 @@ __all__ = ["apply_backbone_policy", "frozen_backbone_prefixes"]
 _RESNET_STAGES = 4
 
 
-def frozen_backbone_prefixes(frozen_stages: int) -> tuple[str, ...]:
-    """Parameter-name prefixes (in transformers' `ResNetBackbone`) of the frozen part.
+def frozen_backbone_prefixes(frozen_stages: int, timm: bool = False) -> tuple[str, ...]:
+    """Parameter-name prefixes of the frozen part of a ResNet.
 
-    ``-1`` -> ``()``; ``0`` -> the stem (``"embedder."``); ``n`` -> the stem and ``encoder.stages.0 .. n-1``.
+    transformers' `ResNetBackbone`: ``-1`` -> ``()``; ``0`` -> the stem (``"embedder."``); ``n`` -> the stem and
+    ``encoder.stages.0 .. n-1``. timm's ResNet (``timm=True``): the stem is ``conv1`` / ``bn1``, stage ``i`` is
+    ``layer{i}``.
     """
     if frozen_stages < 0:
         return ()
     stages = min(frozen_stages, _RESNET_STAGES)
+    if timm:
+        return ("conv1.", "bn1.", *(f"layer{i + 1}." for i in range(stages)))
     return ("embedder.", *(f"encoder.stages.{i}." for i in range(stages)))
+
+
+def _resnet_kind(config) -> str | None:
+    """``"transformers"`` / ``"timm"`` for the two ResNet backbones the policy knows, else ``None``."""
+    backbone = config.backbone_config
+    if backbone is None:
+        return None
+    if backbone.model_type == "resnet":
+        return "transformers"
+    if backbone.model_type == "timm_backbone" and "resnet" in str(getattr(backbone, "backbone", "")):
+        return "timm"
+    return None
 
 
 def _trainable_batch_norm(frozen: DeformableDetrFrozenBatchNorm2d) -> nn.BatchNorm2d:
@@ -80,9 +96,10 @@ def apply_backbone_policy(conv_encoder: nn.Module, config) -> None:
     Idempotent: applied when the model is built and again after `from_pretrained` (which makes every loaded
     parameter trainable), so that a loaded model trains the parameters a fresh one does.
     """
-    if config.backbone_config is None or config.backbone_config.model_type != "resnet":
+    kind = _resnet_kind(config)
+    if kind is None:
         return
-    frozen = frozen_backbone_prefixes(config.backbone_frozen_stages)
+    frozen = frozen_backbone_prefixes(config.backbone_frozen_stages, timm=kind == "timm")
     backbone = conv_encoder.model
     if config.backbone_norm == "batch_norm":
         _replace_frozen_norms(backbone, "", frozen)

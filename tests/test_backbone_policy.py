@@ -118,3 +118,28 @@ def test_bad_policy_names_the_field(field, value):
     # huggingface_hub's strict dataclass wraps the config's ValueError in its own validation error
     with pytest.raises((ValueError, StrictDataclassError), match=f"`{field}` must be"):
         SlDetrConfig(**{field: value})
+
+
+@pytest.mark.parametrize(("frozen_stages", "frozen"), [(-1, set()), (1, {"conv1", "bn1", "layer1"}),
+                                                       (2, {"conv1", "bn1", "layer1", "layer2"})])
+def test_timm_resnet_follows_the_same_policy(frozen_stages, frozen):
+    torch.manual_seed(0)
+    model = SlDetrForObjectDetection(tiny_config(backbone_frozen_stages=frozen_stages, backbone_norm="batch_norm"))
+    backbone = model.model.backbone.model  # timm's resnet18 (features only)
+    # a frozen batch norm holds buffers, not parameters: 'bn1' has no parameter when frozen
+    assert {name.split(".")[0] for name, p in backbone.named_parameters() if not p.requires_grad} == frozen - {"bn1"}
+    for name, module in backbone.named_modules():
+        if isinstance(module, (nn.BatchNorm2d, DeformableDetrFrozenBatchNorm2d)):
+            expected = DeformableDetrFrozenBatchNorm2d if name.split(".")[0] in frozen else nn.BatchNorm2d
+            assert type(module) is expected, name
+
+
+def test_timm_default_is_transformers_rule_and_survives_loading(tmp_path):
+    model = SlDetrForObjectDetection(tiny_config())
+    trainable = {name for name, p in model.model.backbone.model.named_parameters() if p.requires_grad}
+    # transformers' own rule for timm ResNets: train layer2-4 only
+    assert trainable == {name for name, _ in model.model.backbone.model.named_parameters()
+                         if any(f"layer{i}" in name for i in (2, 3, 4))}
+    model.save_pretrained(tmp_path)
+    loaded = SlDetrForObjectDetection.from_pretrained(tmp_path)
+    assert {name for name, p in loaded.model.backbone.model.named_parameters() if p.requires_grad} == trainable

@@ -20,7 +20,9 @@ def tiny_config_kwargs(num_labels: int, id2label: dict[int, str], d_model: int =
                        num_queries: int = 100, box_type: str = "rotated",
                        backbone_stages: Sequence[str] = ("stage2", "stage3", "stage4"),
                        num_feature_levels: int | None = None) -> dict:
-    """A small SL-DETR that trains on a CPU in minutes: a slim random-init ResNet.
+    """A small SL-DETR that trains on a CPU in minutes: a slim random-init ResNet, trained whole (stem and stage 1
+    included) with learning batch norms (`backbone_frozen_stages=-1, backbone_norm="batch_norm"`): Deformable
+    DETR's frozen stem and frozen norms are for a pretrained backbone.
 
     ``backbone_stages`` are the ResNet stages fed to the encoder (strides 8, 16, 32 for stage2..4);
     ``num_feature_levels`` (default: one per stage) may add further stride-2 levels after the last stage.
@@ -39,7 +41,7 @@ def tiny_config_kwargs(num_labels: int, id2label: dict[int, str], d_model: int =
         decoder_attention_heads=4, encoder_ffn_dim=4 * d_model, decoder_ffn_dim=4 * d_model,
         encoder_n_points=4, decoder_n_points=4, num_queries=num_queries, two_stage_num_proposals=num_queries,
         num_labels=num_labels, id2label=id2label, label2id={v: k for k, v in id2label.items()},
-        box_type=box_type, max_detections=num_queries,
+        box_type=box_type, max_detections=num_queries, backbone_frozen_stages=-1, backbone_norm="batch_norm",
     )
 
 

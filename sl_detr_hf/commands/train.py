@@ -122,6 +122,16 @@ def check_not_finished(checkpoint: str, training_args) -> None:
                          "fresh, use another --output_dir (or remove its checkpoint-* folders).")
 
 
+def _backbone_policy(pretrained: bool) -> dict:
+    """Deformable DETR's frozen stem, stage 1 and batch norms suit an ImageNet backbone; one trained from scratch
+    trains whole, with learning batch norms (`backbone_sl_detr.py`)."""
+    if pretrained:
+        return {}
+    logger.info("backbone trained from scratch: all its stages train, with trainable batch norms "
+                "(backbone_frozen_stages=-1, backbone_norm='batch_norm')")
+    return {"backbone_frozen_stages": -1, "backbone_norm": "batch_norm"}
+
+
 def build_model(model_args: ModelArguments, names: list[str], seed: int):
     """The model to train: fine-tuned from a folder, converted from Deformable DETR, or new (seeded first)."""
     from transformers import set_seed
@@ -148,6 +158,7 @@ def build_model(model_args: ModelArguments, names: list[str], seed: int):
         return SlDetrForObjectDetection(SlDetrConfig(
             backbone=model_args.backbone, use_timm_backbone=True,
             use_pretrained_backbone=model_args.use_pretrained_backbone, num_labels=len(names), id2label=id2label,
+            **_backbone_policy(model_args.use_pretrained_backbone),
             label2id={v: k for k, v in id2label.items()}, box_type=box_type,
             use_sync_loc=not model_args.no_sync, use_quality_cls=not model_args.no_sync))
     raise SystemExit(f"error: --size must be tiny or paper, got {model_args.size!r}")
