@@ -80,6 +80,26 @@ def test_train_builds_the_model_after_seeding():
     assert torch.equal(pa, pb) and not torch.equal(pa, pc)
 
 
+@pytest.mark.parametrize("size", ["tiny", "paper"])
+def test_train_trains_a_from_scratch_backbone_whole_with_batch_norms(size):
+    """Without ImageNet weights, the frozen stem / stage 1 / norms of Deformable DETR's rule would stay random."""
+    from torch import nn
+
+    from sl_detr_hf.commands.train import ModelArguments, build_model
+
+    model = build_model(ModelArguments(size=size), ["a", "b"], seed=0)
+    assert (model.config.backbone_frozen_stages, model.config.backbone_norm) == (-1, "batch_norm")
+    backbone = model.model.backbone.model
+    assert all(p.requires_grad for p in backbone.parameters())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in backbone.modules())
+
+
+def test_train_keeps_deformable_detrs_rule_for_a_pretrained_backbone():
+    from sl_detr_hf.commands.train import _backbone_policy
+
+    assert _backbone_policy(pretrained=True) == {}  # SlDetrConfig's defaults: frozen stem, stage 1 and norms
+
+
 @pytest.fixture()
 def deformable_folder(tmp_path):
     from transformers import DeformableDetrConfig
