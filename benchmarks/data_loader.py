@@ -1,6 +1,7 @@
 """The data loader's share of the demo's training step, measured side by side in one run.
 
     python benchmarks/data_loader.py [--images 200] [--steps 40] [--batch 4] [--workers 0 1] [--threads 0]
+    python benchmarks/data_loader.py --workers 0 --configs "" "backbone_norm=frozen,backbone_frozen_stages=1"
 
 Builds the demo's data path (synthetic 256 px DOTA images decoded from PNG, flips and 90-degree turns through
 `RotatedDetectionAugment`, `SlDetrImageProcessor`, the collator) and the demo's model (`sl-detr demo`'s
@@ -8,6 +9,10 @@ defaults), then runs ``--steps`` training steps per worker setting (forward with
 timing separately the wait for the next batch and the step itself. It prints, per setting, the median milliseconds
 per step of each part, the loader's share of the whole and the steps per second; and, without a model, what one
 batch costs in the loader's parts (decode, augment, image processor) in this process.
+
+``--configs`` compares demo models (``sl-detr demo --config`` strings; ``""`` is the defaults): each worker
+setting runs every model in turn, twice over (A B A B), and the table gives the mean of the two medians and each
+model's step time relative to the first's.
 
 With ``--workers 0`` (the default below 4 CPUs, `sl_detr_hf.commands._common.default_num_workers`) the batch is
 made in the training process, so its time adds to the step; with workers it is made beside the step, which then
@@ -90,6 +95,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--configs", nargs="+", default=[""],
+                        help="demo models to compare, as `sl-detr demo --config` strings ('' = the defaults)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -98,19 +105,34 @@ def main() -> None:
         root = make_synthetic_dota(Path(tmp) / "train", num_images=args.images, image_size=256, seed=0)
         raw = load_dota(root)
         names = raw.features["objects"]["category"].feature.names
-        model, processor, augment, _ = demo_parts(DemoArguments(), dict(enumerate(names)))
+        models = {}
+        for config in args.configs:
+            torch.manual_seed(0)
+            models[config], processor, augment, _ = demo_parts(DemoArguments(config=config), dict(enumerate(names)))
         dataset = prepare_dataset(raw, processor, "rotated", augment)
+        first = models[args.configs[0]]
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch} of 256 px, "
-              f"demo model {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters")
+              f"demo model {sum(p.numel() for p in first.parameters()) / 1e6:.2f} M parameters")
         parts = loader_parts(raw, processor, augment, args.batch)
         print("in-process loader, ms per batch: " + ", ".join(f"{k} {v:.1f}" for k, v in parts.items())
               + f" (sum {sum(parts.values()):.1f})")
-        print("| workers | loader wait (ms, median) | step compute (ms, median) | loader share | steps / s |")
-        print("| --- | --- | --- | --- | --- |")
+        print("| model (--config) | workers | loader wait (ms, median) | step compute (ms, median) | loader share "
+              "| steps / s | step time vs the first model |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        rounds = 2 if len(args.configs) > 1 else 1
         for workers in args.workers:
-            r = run_steps(model, dataset, make_collator("rotated"), args.batch, workers, args.steps)
-            print(f"| {workers} | {r['wait']:.1f} | {r['compute']:.1f} | {r['share']:.1%} | {r['steps_per_s']:.2f} |",
-                  flush=True)
+            results: dict[str, list[dict]] = {config: [] for config in args.configs}
+            for _ in range(rounds):
+                for config, model in models.items():
+                    results[config].append(run_steps(model, dataset, make_collator("rotated"), args.batch, workers,
+                                                     args.steps))
+            means = {config: {key: statistics.mean(r[key] for r in runs) for key in runs[0]}
+                     for config, runs in results.items()}
+            base = means[args.configs[0]]["wait"] + means[args.configs[0]]["compute"]
+            for config, r in means.items():
+                ratio = (r["wait"] + r["compute"]) / base
+                print(f"| {config or 'defaults'} | {workers} | {r['wait']:.1f} | {r['compute']:.1f} | {r['share']:.1%} "
+                      f"| {r['steps_per_s']:.2f} | {ratio:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

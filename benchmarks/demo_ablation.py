@@ -23,11 +23,14 @@ import sys
 import time
 from pathlib import Path
 
-_DDN = "mixed_query_selection=False,look_forward_twice=False,rotated_sampling=none,encoder_loss_on_topk=False"
+# the parts' chain up to rot-rhino keeps Deformable DETR's backbone rule; "backbone" then adds the demo's
+_FROZEN = "backbone_norm=frozen,backbone_frozen_stages=1"
+_DDN = (_FROZEN + ",mixed_query_selection=False,look_forward_twice=False,rotated_sampling=none,"
+        "encoder_loss_on_topk=False")
 _DN = _DDN + ",dynamic_denoising=False"
 _INIT = _DDN + ",num_denoising=0"
-_MQS = "look_forward_twice=False,rotated_sampling=none"
-_LFT = "rotated_sampling=none"
+_MQS = _FROZEN + ",look_forward_twice=False,rotated_sampling=none"
+_LFT = _FROZEN + ",rotated_sampling=none"
 
 VARIANTS: dict[str, tuple[str, str]] = {
     "today": ("", "before this work (commit 8d531bf, run from --today_checkout): Deformable DETR + angle heads"),
@@ -37,7 +40,8 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "dyn-dn": (_DDN, "+ dynamic denoising"),
     "mqs": (_MQS, "+ mixed query selection (encoder loss on top-k)"),
     "lft": (_LFT, "+ look forward twice"),
-    "rot-rhino": ("rotated_sampling=rhino", "+ rotated sampling, RHINO's form (the defaults)"),
+    "rot-rhino": (_FROZEN + ",rotated_sampling=rhino", "+ rotated sampling, RHINO's form"),
+    "backbone": ("", "+ the backbone trained whole with learning batch norms (the defaults)"),
     "rot-geometric": ("rotated_sampling=geometric", "+ rotated sampling, geometric form instead"),
     "hausdorff": ("matcher_box_cost=hausdorff,geometric_cost=5", "+ RHINO's Hausdorff + KLD 5 matching cost"),
     "match-once": ("match_once_per_step=True", "defaults, matching once per step (seed's head)"),
