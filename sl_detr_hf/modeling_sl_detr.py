@@ -14,6 +14,8 @@ file wires in what SL-DETR changes, each part in its own module next to this one
   denoising queries at training time (``denoising_sl_detr.py``, ``config.num_denoising``) and look forward twice
   (``config.look_forward_twice``);
 - Deformable DETR's original head initialization (class bias at the focal prior, last box layer zero);
+- the backbone's frozen stages and batch norms as a config choice (``backbone_sl_detr.py``), so that a backbone
+  trained from scratch can train whole with learning batch norms;
 - the loss is [`SlDetrLoss`] (synchronized GIoU / KLD and quality-aware classification), built once per model.
 
 With every new switch off (what `from_deformable_detr` sets), ``box_type="horizontal"`` *is* Deformable DETR (same
