@@ -57,33 +57,27 @@ def _resnet_kind(config) -> str | None:
 
 
 def _trainable_batch_norm(frozen: DeformableDetrFrozenBatchNorm2d) -> nn.BatchNorm2d:
-    """An `nn.BatchNorm2d` that starts where ``frozen`` is (same affine terms and running statistics)."""
-    weight = frozen.weight
-    norm = nn.BatchNorm2d(frozen.weight.shape[0], eps=1e-5, device=weight.device, dtype=weight.dtype)
-    if weight.device != torch.device("meta"):
+    """An `nn.BatchNorm2d` that starts where ``frozen`` is (same affine terms, running statistics and epsilon)."""
+    norm = nn.BatchNorm2d(frozen.weight.shape[0], eps=1e-5, device=frozen.weight.device, dtype=frozen.weight.dtype)
+    if frozen.weight.device != torch.device("meta"):
         with torch.no_grad():
-            norm.weight.copy_(frozen.weight)
-            norm.bias.copy_(frozen.bias)
-            norm.running_mean.copy_(frozen.running_mean)
-            norm.running_var.copy_(frozen.running_var)
+            for key in ("weight", "bias", "running_mean", "running_var"):
+                getattr(norm, key).copy_(getattr(frozen, key))
         # a model's `post_init` would otherwise reset a (pretrained) backbone's copied values to 1 / 0
         for tensor in (norm.weight, norm.bias, norm.running_mean, norm.running_var, norm.num_batches_tracked):
             tensor._is_hf_initialized = True
     return norm
 
 
-def _replace_frozen_norms(module: nn.Module, prefix: str, frozen: tuple[str, ...]) -> int:
+def _replace_frozen_norms(module: nn.Module, prefix: str, frozen: tuple[str, ...]) -> None:
     """Swap the frozen batch norms below ``module`` whose names do not start with a ``frozen`` prefix."""
-    replaced = 0
     for name, child in module.named_children():
         path = f"{prefix}{name}."
         if isinstance(child, DeformableDetrFrozenBatchNorm2d):
             if not path.startswith(frozen):
                 module._modules[name] = _trainable_batch_norm(child)
-                replaced += 1
         else:
-            replaced += _replace_frozen_norms(child, path, frozen)
-    return replaced
+            _replace_frozen_norms(child, path, frozen)
 
 
 def apply_backbone_policy(conv_encoder: nn.Module, config) -> None:

@@ -81,11 +81,10 @@ def test_batch_norm_starts_at_the_frozen_values_and_then_uses_batch_statistics()
     with torch.no_grad():
         trainable.model.backbone(pixel_values, torch.ones(2, 64, 64, dtype=torch.long))
     assert not torch.equal(stem_norm.running_mean, before)  # training mode: batch statistics, running update
-    # the stem conv output normalized by the batch's own statistics: mean 0, variance 1 per channel
+    # the stem's own norm, in training mode, normalizes by the batch's statistics: mean 0, variance 1 per channel
     stem = trainable.model.backbone.model.embedder.embedder
     with torch.no_grad():
-        conv = stem.convolution(pixel_values)
-        normalized = nn.functional.batch_norm(conv, None, None, stem_norm.weight, stem_norm.bias, training=True)
+        normalized = stem_norm(stem.convolution(pixel_values))
     torch.testing.assert_close(normalized.mean((0, 2, 3)), torch.zeros(8), atol=1e-5, rtol=0)
     torch.testing.assert_close(normalized.var((0, 2, 3), unbiased=False), torch.ones(8), atol=1e-3, rtol=0)
 
