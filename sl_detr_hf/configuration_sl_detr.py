@@ -90,6 +90,10 @@ class SlDetrConfig(DeformableDetrConfig):
         Two-stage: the decoder's initial reference boxes (5-d, proposal angle 0) come from the top-k encoder
         proposals, its content queries are learned embeddings (DINO). `False`: Deformable DETR's two-stage
         queries (content and position from the proposals).
+    query_selection_nms (`float`, *optional*):
+        Two-stage: before taking the top-k proposals, drop those that overlap a better-scoring one with ProbIoU
+        above this (a fixed-shape Fast NMS over the best `4k` proposals; DETA's proposal NMS), so that the
+        queries start on different objects. `None` (default, RHINO's config): plain top-k.
     look_forward_twice (`bool`, defaults to `True`):
         Layer `l`'s box loss uses the undetached refined reference of layer `l - 1` (DINO / RHINO).
     rotated_sampling (`str`, defaults to `"rhino"`):
@@ -161,6 +165,7 @@ class SlDetrConfig(DeformableDetrConfig):
     angle_noise_scale: float | int = 0.0
     dynamic_denoising: bool | None = None
     mixed_query_selection: bool = True
+    query_selection_nms: float | None = None
     look_forward_twice: bool = True
     rotated_sampling: str = "rhino"
     matcher_box_cost: str = "l1"
@@ -234,6 +239,8 @@ class SlDetrConfig(DeformableDetrConfig):
         if not isinstance(self.backbone_frozen_stages, int) or not -1 <= self.backbone_frozen_stages <= 4:
             raise ValueError(
                 f"`backbone_frozen_stages` must be an integer in [-1, 4], got {self.backbone_frozen_stages!r}")
+        if self.query_selection_nms is not None and not 0 < self.query_selection_nms <= 1:
+            raise ValueError(f"`query_selection_nms` must be None or in (0, 1], got {self.query_selection_nms!r}")
         if self.backbone_norm not in BACKBONE_NORMS:
             raise ValueError(f"`backbone_norm` must be one of {BACKBONE_NORMS}, got {self.backbone_norm!r}")
         if self.two_stage and self.two_stage_num_proposals != self.num_queries:

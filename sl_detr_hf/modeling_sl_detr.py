@@ -332,7 +332,8 @@ class SlDetrModel(SlDetrPreTrainedModel, DeformableDetrModel):
         )
         self.query_selection = None
         if _uses_query_selection(config):
-            self.query_selection = SlDetrMixedQuerySelection(config.num_queries, config.d_model)
+            self.query_selection = SlDetrMixedQuerySelection(config.num_queries, config.d_model,
+                                                             config.query_selection_nms)
             # Deformable DETR's content / position from the proposals is replaced (no parameters left unused)
             self.pos_trans = self.pos_trans_norm = None
         if _uses_query_selection(config) or _uses_denoising(config):
@@ -430,7 +431,8 @@ class SlDetrModel(SlDetrPreTrainedModel, DeformableDetrModel):
             target, reference, topk = self.query_selection(enc_outputs_class[..., 0], enc_outputs_coord_logits)
             position = None
         else:
-            topk = select_proposals(enc_outputs_class[..., 0], self.config.two_stage_num_proposals)
+            topk = select_proposals(enc_outputs_class[..., 0], self.config.two_stage_num_proposals,
+                                    enc_outputs_coord_logits, self.config.query_selection_nms)
             topk_coords_logits = gather_queries(enc_outputs_coord_logits, topk).detach()
             reference = topk_coords_logits.sigmoid()
             proposal_position = self.get_proposal_pos_embed(topk_coords_logits[..., :4])

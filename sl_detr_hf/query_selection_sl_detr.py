@@ -1,7 +1,9 @@
 """Two-stage query selection of SL-DETR (DESIGN.md 3.1): which encoder proposals start the decoder, and with what.
 
 - [`select_proposals`]: the indices of the top-k encoder proposals, `k = min(num_queries, S)` so that an image
-  with fewer encoder tokens than queries still works (the decoder then runs `S` queries);
+  with fewer encoder tokens than queries still works (the decoder then runs `S` queries); optionally after a
+  fixed-shape NMS of the candidates (`config.query_selection_nms`, [`proposal_nms_order`]), so that the decoder's
+  queries start on different objects instead of several on the best one (DETA's proposal NMS);
 - [`SlDetrMixedQuerySelection`] (DINO's mixed query selection): the selected proposals give the initial reference
   boxes (detached), the content queries are learned embeddings;
 - [`SlDetrBoxPositionEmbedding`] (DINO's `ref_point_head`): the query position embedding built from a reference
@@ -18,15 +20,82 @@ import torch
 from torch import nn
 from transformers.models.deformable_detr.modeling_deformable_detr import DeformableDetrMLPPredictionHead
 
-__all__ = ["SlDetrBoxPositionEmbedding", "SlDetrMixedQuerySelection", "box_sine_embedding", "select_proposals"]
+__all__ = [
+    "SlDetrBoxPositionEmbedding",
+    "SlDetrMixedQuerySelection",
+    "box_sine_embedding",
+    "pairwise_prob_iou",
+    "proposal_nms_order",
+    "select_proposals",
+]
+
+# candidates per selected query that the proposal NMS looks at (the top `factor * k` proposals)
+NMS_CANDIDATE_FACTOR = 4
 
 
-def select_proposals(scores: torch.Tensor, num_queries: int) -> torch.Tensor:
+def pairwise_prob_iou(boxes: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """ProbIoU (1 - Hellinger distance of the boxes' Gaussians) of every pair: `(B, M, 4 | 5)` -> `(B, M, M)`.
+
+    Boxes are `(cx, cy, w, h[, a])` in sigmoid space (`theta = (a - 0.5) * pi`); a box is the Gaussian of its
+    uniform density (mean the centre, covariance `R diag(w^2, h^2) R^T / 12`). Rotation-aware, differentiable,
+    a handful of elementwise operations (the exact rotated IoU is not): what the proposal NMS needs. Identical
+    boxes give 1 (up to `eps`), far apart ones 0.
+    """
+    boxes = boxes.float()
+    cx, cy = boxes[..., 0], boxes[..., 1]
+    var_w, var_h = boxes[..., 2].square() / 12 + eps, boxes[..., 3].square() / 12 + eps
+    if boxes.shape[-1] > 4:
+        theta = (boxes[..., 4] - 0.5) * math.pi
+        cos2, sin2, cossin = theta.cos().square(), theta.sin().square(), theta.cos() * theta.sin()
+        a, b, c = var_w * cos2 + var_h * sin2, var_w * sin2 + var_h * cos2, (var_w - var_h) * cossin
+    else:
+        a, b, c = var_w, var_h, torch.zeros_like(var_w)
+    det_each = (a * b - c.square()).clamp_min(eps * eps)
+    pa, pb, pc = (a[..., :, None] + a[..., None, :]) / 2, (b[..., :, None] + b[..., None, :]) / 2, \
+        (c[..., :, None] + c[..., None, :]) / 2
+    det = (pa * pb - pc.square()).clamp_min(eps * eps)
+    dx, dy = cx[..., :, None] - cx[..., None, :], cy[..., :, None] - cy[..., None, :]
+    mahalanobis = (pb * dx.square() + pa * dy.square() - 2 * pc * dx * dy) / det
+    bhattacharyya = mahalanobis / 8 + 0.5 * torch.log(det / (det_each[..., :, None] * det_each[..., None, :]).sqrt())
+    hellinger = (1 - torch.exp(-bhattacharyya.clamp_min(0)) + eps).sqrt()
+    return 1 - hellinger
+
+
+def proposal_nms_order(scores: torch.Tensor, coord_logits: torch.Tensor, num_queries: int,
+                       iou_threshold: float) -> torch.Tensor:
+    """Fixed-shape NMS of the encoder proposals: `scores (B, S)`, `coord_logits (B, S, 4 | 5)` (inverse-sigmoid
+    space) -> `(B, k)` indices.
+
+    Among the top `M = min(S, NMS_CANDIDATE_FACTOR * k)` proposals, one is suppressed when a better-scoring
+    candidate overlaps it with ProbIoU above `iou_threshold` (YOLACT's Fast NMS: the overlap test against every
+    better candidate at once, so no loop and no host synchronization). The kept candidates come first, best
+    first, then the suppressed ones (best first), so the result always holds `k = min(num_queries, S)` indices.
+    """
+    k = min(num_queries, scores.shape[1])
+    candidates = min(scores.shape[1], NMS_CANDIDATE_FACTOR * k)
+    candidate_scores, candidate_index = torch.topk(scores, candidates, dim=1)
+    with torch.no_grad():
+        overlap = pairwise_prob_iou(gather_queries(coord_logits.detach(), candidate_index).sigmoid())
+        # overlap[b, j, i] with j < i: candidate j scores higher than candidate i
+        suppressed = (overlap.triu(diagonal=1) > iou_threshold).any(dim=1)
+        rank = torch.arange(candidates, device=scores.device).expand_as(suppressed)
+        order = torch.topk(-(rank + suppressed.to(rank.dtype) * candidates), k, dim=1)[1]
+    return torch.gather(candidate_index, 1, order)
+
+
+def select_proposals(scores: torch.Tensor, num_queries: int, coord_logits: torch.Tensor | None = None,
+                     nms_threshold: float | None = None) -> torch.Tensor:
     """Indices of the best-scoring proposals: `scores (B, S)` -> `(B, min(num_queries, S))`, best first.
 
     Taking at most `S` proposals keeps images with fewer encoder tokens than queries working (a 64 px image with
-    100 queries); `S` is a shape, so the eager and the exported graphs take the same path.
+    100 queries); `S` is a shape, so the eager and the exported graphs take the same path. With `nms_threshold`
+    and the proposal boxes `coord_logits (B, S, 4 | 5)` (inverse-sigmoid space), overlapping proposals give way
+    to others ([`proposal_nms_order`]).
     """
+    if nms_threshold is not None:
+        if coord_logits is None:
+            raise ValueError("select_proposals: nms_threshold needs the proposal boxes (coord_logits)")
+        return proposal_nms_order(scores, coord_logits, num_queries, nms_threshold)
     return torch.topk(scores, min(num_queries, scores.shape[1]), dim=1)[1]
 
 
@@ -73,9 +142,9 @@ class SlDetrMixedQuerySelection(nn.Module):
     (the `i`-th best) with content `content_embed.weight[i]`.
     """
 
-    def __init__(self, num_queries: int, d_model: int):
+    def __init__(self, num_queries: int, d_model: int, nms_threshold: float | None = None):
         super().__init__()
-        self.num_queries = num_queries
+        self.num_queries, self.nms_threshold = num_queries, nms_threshold
         self.content_embed = nn.Embedding(num_queries, d_model)
         self.content_embed._sl_detr_normal_std = 1.0  # DINO's init (see `decoder_sl_detr.init_marked_module`)
 
@@ -91,7 +160,7 @@ class SlDetrMixedQuerySelection(nn.Module):
             content (`(B, K, d_model)`), reference boxes (`(B, K, D)`, sigmoid space, detached) and the selected
             indices (`(B, K)`), `K = min(num_queries, S)`.
         """
-        indices = select_proposals(scores, self.num_queries)
+        indices = select_proposals(scores, self.num_queries, coord_logits, self.nms_threshold)
         reference = gather_queries(coord_logits, indices).detach().sigmoid()
         content = self.content_embed.weight[: indices.shape[1]].unsqueeze(0).expand(scores.shape[0], -1, -1)
         return content, reference, indices
