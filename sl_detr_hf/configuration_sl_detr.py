@@ -94,6 +94,12 @@ class SlDetrConfig(DeformableDetrConfig):
         Two-stage: before taking the top-k proposals, drop those that overlap a better-scoring one with ProbIoU
         above this (a fixed-shape Fast NMS over the best `4k` proposals; DETA's proposal NMS), so that the
         queries start on different objects. `None` (default, RHINO's config): plain top-k.
+    num_hybrid_queries (`int`, defaults to 0), hybrid_k (`int`, defaults to 6), hybrid_loss_coefficient (`float`,
+    defaults to 1.0):
+        H-DETR's hybrid matching (`hybrid_sl_detr.py`; needs mixed query selection): at training time this many
+        extra queries start from the top encoder proposals, see no other queries, and are matched one-to-many
+        (each target takes its `hybrid_k` best); their losses, normalized by `hybrid_k * num_boxes`, are weighted
+        by `hybrid_loss_coefficient`. Inference does not run them. 0 (default, RHINO's config): off.
     look_forward_twice (`bool`, defaults to `True`):
         Layer `l`'s box loss uses the undetached refined reference of layer `l - 1` (DINO / RHINO).
     rotated_sampling (`str`, defaults to `"rhino"`):
@@ -166,6 +172,9 @@ class SlDetrConfig(DeformableDetrConfig):
     dynamic_denoising: bool | None = None
     mixed_query_selection: bool = True
     query_selection_nms: float | None = None
+    num_hybrid_queries: int = 0
+    hybrid_k: int = 6
+    hybrid_loss_coefficient: float | int = 1.0
     look_forward_twice: bool = True
     rotated_sampling: str = "rhino"
     matcher_box_cost: str = "l1"
@@ -223,7 +232,7 @@ class SlDetrConfig(DeformableDetrConfig):
         if self.rank_weights is not None and len(self.rank_weights) != self.one_to_many_k:
             raise ValueError(f"`rank_weights` must have `one_to_many_k` = {self.one_to_many_k} entries, "
                              f"got {len(self.rank_weights)}")
-        for name in ("num_denoising", "max_denoising_groups"):
+        for name in ("num_denoising", "max_denoising_groups", "num_hybrid_queries"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"`{name}` must be a non-negative integer, got {value!r}")
@@ -239,6 +248,13 @@ class SlDetrConfig(DeformableDetrConfig):
         if not isinstance(self.backbone_frozen_stages, int) or not -1 <= self.backbone_frozen_stages <= 4:
             raise ValueError(
                 f"`backbone_frozen_stages` must be an integer in [-1, 4], got {self.backbone_frozen_stages!r}")
+        if not isinstance(self.hybrid_k, int) or self.hybrid_k < 1:
+            raise ValueError(f"`hybrid_k` must be a positive integer, got {self.hybrid_k!r}")
+        if self.hybrid_loss_coefficient < 0:
+            raise ValueError(f"`hybrid_loss_coefficient` must be >= 0, got {self.hybrid_loss_coefficient!r}")
+        if self.num_hybrid_queries > 0 and self.one_to_many_k > 1:
+            raise ValueError("`num_hybrid_queries` > 0 (hybrid matching) needs one-to-one matching of the other "
+                             f"queries (`one_to_many_k` = 1), got `one_to_many_k` = {self.one_to_many_k}")
         if self.query_selection_nms is not None and not 0 < self.query_selection_nms <= 1:
             raise ValueError(f"`query_selection_nms` must be None or in (0, 1], got {self.query_selection_nms!r}")
         if self.backbone_norm not in BACKBONE_NORMS:

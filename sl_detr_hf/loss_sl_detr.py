@@ -248,6 +248,11 @@ class SlDetrLoss(nn.Module):
     as background in classification (its box terms kept), and the DN classification term is normalized by the
     number of winners (averaged over processes, ``>= 1``), as RHINO's ``RHINOPositiveHungarianClassificationHead``.
 
+    Hybrid matching (``outputs["hybrid_outputs"]``, H-DETR, ``hybrid_sl_detr.py``): the one-to-many queries of every
+    decoder layer (prefixes ``o2m.`` and ``d{i}.o2m.``) are matched in the same batched cost pass and host copy,
+    each target taking its ``config.hybrid_k`` best queries; their terms are normalized by ``hybrid_k * num_boxes``
+    and weighted by ``config.hybrid_loss_coefficient`` in the total.
+
     ``loss_dict`` holds the **unweighted** terms; the returned total is their weighted sum.
     """
 
@@ -319,6 +324,7 @@ class SlDetrLoss(nn.Module):
                              f"(got {enc_queries} proposals for {queries} queries; `encoder_loss_on_topk=True`)")
 
         groups = max_objects = 0
+        first_dn = len(segments)
         dn = outputs.get("dn_outputs")
         meta = outputs.get("dn_meta")
         if dn and meta and meta["num_groups"] * meta["max_objects"] > 0:
@@ -340,6 +346,21 @@ class SlDetrLoss(nn.Module):
             flat_boxes.append(dn_boxes.flatten(0, 2))
             rows += num_layers * batch * dn_queries
         dynamic = groups > 0 and cfg.use_dynamic_denoising and num_t > 0
+
+        first_hybrid = len(segments)
+        hybrid = outputs.get("hybrid_outputs")
+        if hybrid:
+            if len(hybrid) != num_layers:
+                raise ValueError(f"`hybrid_outputs` has {len(hybrid)} layers, the decoder {num_layers}")
+            hybrid_queries = hybrid[0]["logits"].shape[1]
+            hybrid_logits = torch.stack([float_(layer["logits"]) for layer in hybrid])  # (L, B, T, C)
+            hybrid_boxes = torch.stack([float_(layer["pred_boxes"]) for layer in hybrid])
+            for i in range(num_layers):
+                prefix = f"d{i}.o2m." if i < num_layers - 1 else "o2m."
+                segments.append(_Segment(prefix, rows + i * batch * hybrid_queries, hybrid_queries, True))
+            flat_logits.append(hybrid_logits.flatten(0, 2))
+            flat_boxes.append(hybrid_boxes.flatten(0, 2))
+            rows += num_layers * batch * hybrid_queries
 
         # Matching costs: decoder layers (+ the positive DN queries appended as extra rows for dynamic
         # denoising, + the encoder as an extra layer when it has as many queries) in one pass.
@@ -376,6 +397,10 @@ class SlDetrLoss(nn.Module):
             if enc_alone:
                 costs.append(self.matcher.cost(enc_logits[None], enc_boxes[None], enc_labels, boxes, sizes))
                 layout["enc"] = len(costs) - 1
+            if hybrid:
+                costs.append(self.matcher.cost(hybrid_logits, hybrid_boxes, labels.expand(num_layers, -1, -1),
+                                               boxes, sizes))
+                layout["hybrid"] = len(costs) - 1
         # The one device -> host copy of the step.
         host: list[np.ndarray] = []
         if costs:
@@ -384,6 +409,7 @@ class SlDetrLoss(nn.Module):
             host = [part.reshape(c.shape) for part, c in zip(np.split(flat, split), costs)]
         return {"segments": segments, "counts": counts, "num_layers": num_layers, "batch": batch,
                 "queries": queries, "groups": groups, "max_objects": max_objects, "dynamic": dynamic,
+                "first_dn": first_dn, "first_hybrid": first_hybrid, "hybrid": bool(hybrid),
                 "has_enc": enc is not None, "host": host, "layout": layout, "labels": labels, "boxes": boxes,
                 "sizes": sizes, "flat_logits": flat_logits, "flat_boxes": flat_boxes, "rows": rows}
 
@@ -411,6 +437,16 @@ class SlDetrLoss(nn.Module):
             stack = host[layout["stack"]]
             decoder = [solve(stack[i, :, :queries]) for i in range(num_layers)]
         return decoder + ([enc] if plan["has_enc"] else [])
+
+    def _solve_hybrid(self, plan: dict) -> list[list[tuple[int, np.ndarray, np.ndarray]]]:
+        """Host: per decoder layer, per image ``(b, query_idx, target_idx)`` of the hybrid queries, each target
+        taking up to ``config.hybrid_k`` of them."""
+        counts, k, empty = plan["counts"], self.config.hybrid_k, np.zeros(0, dtype=np.int64)
+        if "hybrid" not in plan["layout"]:
+            return [[(b, empty, empty) for b in range(len(counts))]] * plan["num_layers"]
+        cost = plan["host"][plan["layout"]["hybrid"]]  # (L, B, T, n)
+        return [[(b, *assign(cost[layer, b, :, :n], k)) if n else (b, empty, empty) for b, n in enumerate(counts)]
+                for layer in range(plan["num_layers"])]
 
     def _dn_winners(self, plan: dict) -> np.ndarray:
         """Dynamic denoising, host: ``(L, B, G, M)`` bool, whether positive DN query ``j`` of group ``g`` wins
@@ -450,7 +486,8 @@ class SlDetrLoss(nn.Module):
         device = outputs["logits"].device
         segments, counts, batch = plan["segments"], plan["counts"], plan["batch"]
         num_t, groups, m = plan["labels"].shape[1], plan["groups"], plan["max_objects"]
-        num_seg, num_layers = len(segments), plan["num_layers"]
+        num_seg, num_layers, first_dn, first_hybrid = len(segments), plan["num_layers"], plan["first_dn"], \
+            plan["first_hybrid"]
         num_boxes = self._num_boxes(targets, device)
 
         # Matched pairs of every segment, on the host: (segment, flat row, flat target, image, positive in cls).
@@ -461,10 +498,18 @@ class SlDetrLoss(nn.Module):
                 if len(q):
                     parts.append((np.full(len(q), s), seg.offset + b * seg.queries + q, b * num_t + t,
                                   np.full(len(q), b), np.ones(len(q), dtype=np.int64)))
-        cls_norm_scale = np.ones(num_seg)
+        cls_norm_scale, segment_weight = np.ones(num_seg), np.ones(num_seg)
+        if plan["hybrid"]:
+            for layer, per_image in enumerate(self._solve_hybrid(plan)):
+                seg = segments[first_hybrid + layer]
+                for b, q, t in per_image:
+                    if len(q):
+                        parts.append((np.full(len(q), first_hybrid + layer), seg.offset + b * seg.queries + q,
+                                      b * num_t + t, np.full(len(q), b), np.ones(len(q), dtype=np.int64)))
+            cls_norm_scale[first_hybrid:] = cfg.hybrid_k
+            segment_weight[first_hybrid:] = cfg.hybrid_loss_coefficient
         if groups:
             won = self._dn_winners(plan) if plan["dynamic"] else None
-            first_dn = num_seg - num_layers
             for layer in range(num_layers):
                 seg = segments[first_dn + layer]
                 for b, n in enumerate(counts):
@@ -474,7 +519,7 @@ class SlDetrLoss(nn.Module):
                     positive = won[layer, b, g, j] if won is not None else np.ones(len(j), dtype=bool)
                     parts.append((np.full(len(j), first_dn + layer), seg.offset + b * seg.queries + g * 2 * m + j,
                                   b * num_t + j, np.full(len(j), b), positive.astype(np.int64)))
-            cls_norm_scale[first_dn:] = groups
+            cls_norm_scale[first_dn:first_dn + num_layers] = groups
         if parts:
             pairs = np.concatenate([np.stack(p) for p in parts], axis=1).astype(np.int64)  # (5, P)
         else:
@@ -535,12 +580,16 @@ class SlDetrLoss(nn.Module):
         cls_norm = box_norm
         if plan["dynamic"]:  # RHINO: DN classification over the positive DN queries that won their target
             winners = per_segment(pack.new_ones(()).expand(len(positive)).to(num_boxes.dtype), seg_idx[pos])
-            winners = self._mean_over_processes(winners[-num_layers:]).clamp_min(1)
-            cls_norm = torch.cat((box_norm[:-num_layers], winners))
+            winners = self._mean_over_processes(winners[first_dn:first_dn + num_layers]).clamp_min(1)
+            cls_norm = torch.cat((box_norm[:first_dn], winners, box_norm[first_dn + num_layers:]))
         loss_cls = per_segment(elements.sum(-1), seg_of_row) / cls_norm
         loss_bbox = per_segment(l1, seg_idx) / box_norm
         loss_sync = per_segment(loc, seg_idx) / box_norm
         terms = {"loss_cls": loss_cls, "loss_bbox": loss_bbox, "loss_sync": loss_sync}
-        total = sum(self.weight_dict[name] * value.sum() for name, value in terms.items())
+        if plan["hybrid"]:
+            weight = torch.from_numpy(segment_weight).to(device, loss_cls.dtype)
+            total = sum(self.weight_dict[name] * (value * weight).sum() for name, value in terms.items())
+        else:
+            total = sum(self.weight_dict[name] * value.sum() for name, value in terms.items())
         loss_dict = {seg.prefix + name: value[s] for s, seg in enumerate(segments) for name, value in terms.items()}
         return total, loss_dict

@@ -12,7 +12,8 @@ file wires in what SL-DETR changes, each part in its own module next to this one
   (``attention_sl_detr.py``, ``config.rotated_sampling``);
 - mixed query selection (``query_selection_sl_detr.py``, ``config.mixed_query_selection``), contrastive
   denoising queries at training time (``denoising_sl_detr.py``, ``config.num_denoising``) and look forward twice
-  (``config.look_forward_twice``);
+  (``config.look_forward_twice``); optionally a proposal NMS in the query selection (``config.query_selection_nms``)
+  and H-DETR's one-to-many hybrid queries at training time (``hybrid_sl_detr.py``, ``config.num_hybrid_queries``);
 - Deformable DETR's original head initialization (class bias at the focal prior, last box layer zero);
 - the backbone's frozen stages and batch norms as a config choice (``backbone_sl_detr.py``), so that a backbone
   trained from scratch can train whole with learning batch norms;
@@ -49,6 +50,7 @@ from .backbone_sl_detr import apply_backbone_policy
 from .configuration_sl_detr import SlDetrConfig
 from .decoder_sl_detr import SlDetrDecoder, init_marked_module, refine_boxes
 from .denoising_sl_detr import build_denoising_queries
+from .hybrid_sl_detr import SlDetrHybridQueries, hybrid_attention_mask
 from .loss_sl_detr import SlDetrLoss
 from .query_selection_sl_detr import (
     SlDetrBoxPositionEmbedding,
@@ -100,7 +102,8 @@ class SlDetrModelOutput(DeformableDetrModelOutput):
     With `B` the batch size, `Q` the number of queries (`config.num_queries`, or the number of encoder tokens `S`
     when an image has fewer), `L = config.decoder_layers`, `d = config.d_model`, `C = config.num_labels`,
     `D = config.box_dim` (5 for `"rotated"`, 4 for `"horizontal"`). At training time with denoising queries the
-    query axis holds `N + Q` queries, the `N = 2 * G * M` denoising queries first (`dn_meta`).
+    query axis holds `N + Q` queries, the `N = 2 * G * M` denoising queries first (`dn_meta`), and with hybrid
+    matching `N + Q + T`, the `T = num_hybrid` one-to-many queries last.
 
     init_reference_points (`(B, Q, 4)`, or `(B, Q, 2)` for single-stage models):
         Initial reference boxes (sigmoid space) sent through the decoder.
@@ -119,12 +122,15 @@ class SlDetrModelOutput(DeformableDetrModelOutput):
     enc_topk_indices (`(B, Q)`, two-stage only): the encoder tokens the matching queries start from (query `i`
         from token `enc_topk_indices[:, i]`, the `i`-th best proposal).
     dn_meta (`dict`, training with denoising only): `{"num_groups": G, "max_objects": M}`.
+    num_hybrid (`int`, training with hybrid matching only): `T`, the one-to-many queries at the end of the query
+        axis (`hybrid_sl_detr.py`).
     """
 
     init_reference_angles: torch.Tensor | None = None
     intermediate_reference_angles: torch.Tensor | None = None
     enc_topk_indices: torch.Tensor | None = None
     dn_meta: dict | None = None
+    num_hybrid: int | None = None
 
 
 @dataclass
@@ -146,6 +152,8 @@ class SlDetrObjectDetectionOutput(DeformableDetrObjectDetectionOutput):
         `{"logits": (B, Q, C), "pred_boxes": (B, Q, D)}` for decoder layers `0 .. L - 2`.
     dn_outputs (`list[dict]`, training with denoising only): `{"logits": (B, N, C), "pred_boxes": (B, N, D)}` of
         the denoising queries for decoder layers `0 .. L - 1`; dn_meta: their layout.
+    hybrid_outputs (`list[dict]`, training with hybrid matching only): `{"logits": (B, T, C), "pred_boxes":
+        (B, T, D)}` of the one-to-many queries for decoder layers `0 .. L - 1`.
     enc_outputs_class (`(B, S, C)`), enc_outputs_coord_logits (`(B, S, D)`): two-stage proposals, see
         [`SlDetrModelOutput`].
     init_reference_angles (`(B, Q, 1)`, `"rotated"` only): see [`SlDetrModelOutput`].
@@ -156,6 +164,7 @@ class SlDetrObjectDetectionOutput(DeformableDetrObjectDetectionOutput):
     init_reference_angles: torch.Tensor | None = None
     dn_outputs: list[dict] | None = None
     dn_meta: dict | None = None
+    hybrid_outputs: list[dict] | None = None
 
 
 @dataclass
@@ -258,6 +267,10 @@ def _uses_denoising(config: SlDetrConfig) -> bool:
     return bool(config.two_stage and config.num_denoising > 0)
 
 
+def _uses_hybrid(config: SlDetrConfig) -> bool:
+    return bool(_uses_query_selection(config) and config.num_hybrid_queries > 0)
+
+
 class SlDetrPreTrainedModel(DeformableDetrPreTrainedModel):
     """Base class of the SL-DETR models: Deformable DETR's initialization plus its original head init."""
 
@@ -325,6 +338,9 @@ class SlDetrModel(SlDetrPreTrainedModel, DeformableDetrModel):
         if not config.two_stage and (config.mixed_query_selection or config.num_denoising > 0):
             logger.info("SL-DETR: mixed query selection and denoising need two_stage=True; single-stage model "
                         "built without them")
+        if config.num_hybrid_queries > 0 and not _uses_query_selection(config):
+            logger.info("SL-DETR: hybrid matching needs two_stage=True and mixed_query_selection=True; built "
+                        "without it")
         new_modules = [self.decoder]
         # The two-stage encoder's angle head (the proposal angle delta).
         self.enc_angle_embed = (
@@ -339,6 +355,8 @@ class SlDetrModel(SlDetrPreTrainedModel, DeformableDetrModel):
         if _uses_query_selection(config) or _uses_denoising(config):
             # Denoising queries need a position built from their box, as DINO's queries
             self.decoder.ref_point_head = SlDetrBoxPositionEmbedding(config.d_model)
+        self.hybrid_queries = (SlDetrHybridQueries(config.num_hybrid_queries, config.d_model)
+                               if _uses_hybrid(config) else None)
         self.denoising_class_embed = None
         if _uses_denoising(config):
             self.denoising_class_embed = nn.Embedding(
@@ -353,7 +371,7 @@ class SlDetrModel(SlDetrPreTrainedModel, DeformableDetrModel):
                 self.decoder.angle_embed = _angle_heads(config)
             if config.two_stage:
                 self.decoder.class_embed = class_embed
-        new_modules += [self.enc_angle_embed, self.query_selection, self.denoising_class_embed]
+        new_modules += [self.enc_angle_embed, self.query_selection, self.denoising_class_embed, self.hybrid_queries]
         for module in new_modules:
             if module is not None:
                 module.apply(self._init_weights)
@@ -495,6 +513,15 @@ class SlDetrModel(SlDetrPreTrainedModel, DeformableDetrModel):
                 dn_content, dn_reference, self_attention_mask, dn_meta = denoising
                 content = torch.cat([dn_content.to(content.dtype), content], dim=1)
                 reference = torch.cat([dn_reference.to(reference.dtype), reference], dim=1)
+        num_hybrid = None
+        if self.training and labels is not None and self.hybrid_queries is not None:
+            hybrid_content, hybrid_reference = self.hybrid_queries(
+                queries.enc_outputs_class[..., 0], queries.enc_outputs_coord_logits)
+            num_hybrid = hybrid_content.shape[1]
+            self_attention_mask = hybrid_attention_mask(self_attention_mask, content.shape[1], num_hybrid,
+                                                        content.device)
+            content = torch.cat([content, hybrid_content.to(content.dtype)], dim=1)
+            reference = torch.cat([reference, hybrid_reference.to(reference.dtype)], dim=1)
 
         decoder_outputs = self.decoder(
             inputs_embeds=content,
@@ -532,6 +559,7 @@ class SlDetrModel(SlDetrPreTrainedModel, DeformableDetrModel):
             intermediate_reference_angles=inter_angles,
             enc_topk_indices=queries.topk_indices,
             dn_meta=dn_meta,
+            num_hybrid=num_hybrid,
         )
 
 
@@ -668,6 +696,14 @@ class SlDetrForObjectDetection(SlDetrPreTrainedModel, DeformableDetrForObjectDet
                           for c, b in zip(outputs_classes, outputs_coords)]
             outputs_classes = [c[:, num_dn:] for c in outputs_classes]
             outputs_coords = [b[:, num_dn:] for b in outputs_coords]
+        # hybrid (one-to-many) queries come last (training only)
+        num_hybrid = outputs.num_hybrid or 0
+        hybrid_outputs = None
+        if num_hybrid:
+            hybrid_outputs = [{"logits": c[:, -num_hybrid:], "pred_boxes": b[:, -num_hybrid:]}
+                              for c, b in zip(outputs_classes, outputs_coords)]
+            outputs_classes = [c[:, :-num_hybrid] for c in outputs_classes]
+            outputs_coords = [b[:, :-num_hybrid] for b in outputs_coords]
         logits, pred_boxes = outputs_classes[-1], outputs_coords[-1]
 
         loss, loss_dict, auxiliary_outputs = None, None, None
@@ -679,7 +715,7 @@ class SlDetrForObjectDetection(SlDetrPreTrainedModel, DeformableDetrForObjectDet
             loss, loss_dict = self.criterion(
                 {"logits": logits, "pred_boxes": pred_boxes, "auxiliary_outputs": auxiliary_outputs,
                  "enc_outputs": self._encoder_loss_outputs(outputs), "dn_outputs": dn_outputs,
-                 "dn_meta": outputs.dn_meta},
+                 "dn_meta": outputs.dn_meta, "hybrid_outputs": hybrid_outputs},
                 targets,
             )
 
@@ -704,6 +740,7 @@ class SlDetrForObjectDetection(SlDetrPreTrainedModel, DeformableDetrForObjectDet
             init_reference_angles=outputs.init_reference_angles,
             dn_outputs=dn_outputs,
             dn_meta=outputs.dn_meta,
+            hybrid_outputs=hybrid_outputs,
         )
 
     def _encoder_loss_outputs(self, outputs: SlDetrModelOutput) -> dict | None:
