@@ -23,8 +23,10 @@ import sys
 import time
 from pathlib import Path
 
-# the parts' chain up to rot-rhino keeps Deformable DETR's backbone rule; "backbone" then adds the demo's
-_FROZEN = "backbone_norm=frozen,backbone_frozen_stages=1"
+# the parts' chain up to rot-rhino keeps Deformable DETR's backbone rule; "backbone" then adds the demo's, and
+# "qs-nms" the proposal NMS of the query selection (the chain before it pins it off)
+_NO_NMS = "query_selection_nms=None"
+_FROZEN = _NO_NMS + ",backbone_norm=frozen,backbone_frozen_stages=1"
 _DDN = (_FROZEN + ",mixed_query_selection=False,look_forward_twice=False,rotated_sampling=none,"
         "encoder_loss_on_topk=False")
 _DN = _DDN + ",dynamic_denoising=False"
@@ -41,7 +43,9 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "mqs": (_MQS, "+ mixed query selection (encoder loss on top-k)"),
     "lft": (_LFT, "+ look forward twice"),
     "rot-rhino": (_FROZEN + ",rotated_sampling=rhino", "+ rotated sampling, RHINO's form"),
-    "backbone": ("", "+ the backbone trained whole with learning batch norms (the defaults)"),
+    "backbone": (_NO_NMS, "+ the backbone trained whole with learning batch norms"),
+    "qs-nms": ("", "+ proposal NMS in the query selection (ProbIoU 0.6): the defaults"),
+    "hybrid": ("num_hybrid_queries=60,hybrid_k=4", "the defaults + H-DETR's hybrid one-to-many queries"),
     "rot-geometric": ("rotated_sampling=geometric", "+ rotated sampling, geometric form instead"),
     "hausdorff": ("matcher_box_cost=hausdorff,geometric_cost=5", "+ RHINO's Hausdorff + KLD 5 matching cost"),
     "match-once": ("match_once_per_step=True", "defaults, matching once per step (seed's head)"),

@@ -13,8 +13,9 @@ CLASS_NAMES = ("plane", "ship", "storage-tank")
 NUM_QUERIES = 20
 
 
-def tiny_model(box_type: str = "rotated", seed: int = 0) -> SlDetrForObjectDetection:
-    """A 1-layer, d_model 32 SL-DETR with a random slim ResNet backbone, in eval mode."""
+def tiny_model(box_type: str = "rotated", seed: int = 0, **overrides) -> SlDetrForObjectDetection:
+    """A 1-layer, d_model 32 SL-DETR with a random slim ResNet backbone, in eval mode (`overrides`: more
+    `SlDetrConfig` fields)."""
     backbone = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1], layer_type="basic",
                             out_features=["stage3", "stage4"])
     config = SlDetrConfig(
@@ -23,7 +24,7 @@ def tiny_model(box_type: str = "rotated", seed: int = 0) -> SlDetrForObjectDetec
         encoder_ffn_dim=64, decoder_ffn_dim=64, encoder_n_points=2, decoder_n_points=2,
         num_queries=NUM_QUERIES, two_stage_num_proposals=NUM_QUERIES, box_type=box_type,
         id2label=dict(enumerate(CLASS_NAMES)), label2id={name: i for i, name in enumerate(CLASS_NAMES)},
-        max_detections=NUM_QUERIES,
+        max_detections=NUM_QUERIES, **overrides,
     )
     torch.manual_seed(seed)
     model = SlDetrForObjectDetection(config).eval()

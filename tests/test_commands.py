@@ -94,6 +94,18 @@ def test_train_trains_a_from_scratch_backbone_whole_with_batch_norms(size):
     assert any(isinstance(m, nn.BatchNorm2d) for m in backbone.modules())
 
 
+def test_tiny_models_select_their_queries_with_the_proposal_nms_and_paper_size_does_not():
+    from sl_detr_hf.commands.demo import DemoArguments, demo_parts
+    from sl_detr_hf.commands.train import ModelArguments, build_model
+
+    model, _, _, _ = demo_parts(DemoArguments(), {0: "a", 1: "b"})
+    assert model.config.query_selection_nms == 0.6
+    assert build_model(ModelArguments(), ["a", "b"], seed=0).config.query_selection_nms == 0.6
+    assert build_model(ModelArguments(size="paper"), ["a", "b"], seed=0).config.query_selection_nms is None
+    off, _, _, _ = demo_parts(DemoArguments(config="query_selection_nms=None"), {0: "a", 1: "b"})
+    assert off.config.query_selection_nms is None
+
+
 def test_train_keeps_deformable_detrs_rule_for_a_pretrained_backbone():
     from sl_detr_hf.commands.train import _backbone_policy
 

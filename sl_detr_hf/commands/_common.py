@@ -16,13 +16,19 @@ __all__ = ["TimeLimitCallback", "check_model_folder", "default_num_workers", "pa
            "plot_training_curves", "tiny_config_kwargs"]
 
 
+# ProbIoU above which the tiny models' query selection drops a proposal (BENCHMARKS.md, "Proposal NMS")
+TINY_QUERY_SELECTION_NMS = 0.6
+
+
 def tiny_config_kwargs(num_labels: int, id2label: dict[int, str], d_model: int = 128, layers: int = 2,
                        num_queries: int = 100, box_type: str = "rotated",
                        backbone_stages: Sequence[str] = ("stage2", "stage3", "stage4"),
                        num_feature_levels: int | None = None) -> dict:
     """A small SL-DETR that trains on a CPU in minutes: a slim random-init ResNet, trained whole (stem and stage 1
     included) with learning batch norms (`backbone_frozen_stages=-1, backbone_norm="batch_norm"`): Deformable
-    DETR's frozen stem and frozen norms are for a pretrained backbone.
+    DETR's frozen stem and frozen norms are for a pretrained backbone. The query selection drops proposals that
+    repeat a better one (`query_selection_nms=0.6`): with few queries and few decoder layers, several queries on
+    one object end as duplicate detections.
 
     ``backbone_stages`` are the ResNet stages fed to the encoder (strides 8, 16, 32 for stage2..4);
     ``num_feature_levels`` (default: one per stage) may add further stride-2 levels after the last stage.
@@ -42,6 +48,7 @@ def tiny_config_kwargs(num_labels: int, id2label: dict[int, str], d_model: int =
         encoder_n_points=4, decoder_n_points=4, num_queries=num_queries, two_stage_num_proposals=num_queries,
         num_labels=num_labels, id2label=id2label, label2id={v: k for k, v in id2label.items()},
         box_type=box_type, max_detections=num_queries, backbone_frozen_stages=-1, backbone_norm="batch_norm",
+        query_selection_nms=TINY_QUERY_SELECTION_NMS,
     )
 
 

@@ -27,7 +27,7 @@ class DemoArguments:
     learning_rate: float = field(default=1e-3)
     d_model: int = field(default=128)
     layers: int = field(default=2, metadata={"help": "encoder and decoder layers"})
-    num_queries: int = field(default=30, metadata={"help": "decoder queries (the images hold 1-8 objects)"})
+    num_queries: int = field(default=50, metadata={"help": "decoder queries (the images hold 1-8 objects)"})
     num_denoising: int = field(default=50, metadata={
         "help": "denoising queries per image at training time (SlDetrConfig.num_denoising; 0: off)"})
     backbone_stages: str = field(default="stage3,stage4", metadata={
