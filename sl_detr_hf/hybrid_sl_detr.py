@@ -8,25 +8,22 @@ queries nor the denoising queries (and are seen by neither), and are matched one
 ``k`` best of them (``config.hybrid_k``). Their losses are the same `SlDetrLoss` terms, normalized by
 ``k * num_boxes`` and weighted by ``config.hybrid_loss_coefficient``.
 
-[`SlDetrHybridQueries`] starts them as the mixed query selection starts the matching queries: reference boxes
-from the top-``T`` encoder proposals (plain top-k, detached), learned content embeddings of their own.
-[`hybrid_attention_mask`] extends the denoising mask (or builds one) to the layout
+They start as the matching queries do, from a `SlDetrMixedQuerySelection` of their own (`SlDetrModel.
+hybrid_queries`): reference boxes from the top-``T`` encoder proposals (plain top-k, detached), learned content
+embeddings. [`hybrid_attention_mask`] extends the denoising mask (or builds one) to the layout
 ``[denoising | matching | hybrid]``.
 
 Inference is unchanged (no hybrid queries): a trained model computes what the same model without the branch
 computes.
 
-Ships with `trust_remote_code` checkpoints: imports only its sibling files, torch and transformers.
+Ships with `trust_remote_code` checkpoints: imports only torch.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from .query_selection_sl_detr import gather_queries, select_proposals
-
-__all__ = ["SlDetrHybridQueries", "hybrid_attention_mask"]
+__all__ = ["hybrid_attention_mask"]
 
 
 def hybrid_attention_mask(mask: torch.Tensor | None, num_before: int, num_hybrid: int,
@@ -48,31 +45,3 @@ def hybrid_attention_mask(mask: torch.Tensor | None, num_before: int, num_hybrid
     out[:num_before, :num_before] = False if mask is None else mask.to(device)
     out[num_before:, num_before:] = False
     return out
-
-
-class SlDetrHybridQueries(nn.Module):
-    """The one-to-many queries: `T` learned content embeddings on the top-`T` encoder proposals.
-
-    `content_embed` is `nn.Embedding(num_hybrid_queries, d_model)` (DINO's normal init, as the matching
-    queries' content).
-    """
-
-    def __init__(self, num_hybrid_queries: int, d_model: int):
-        super().__init__()
-        self.num_hybrid_queries = num_hybrid_queries
-        self.content_embed = nn.Embedding(num_hybrid_queries, d_model)
-        self.content_embed._sl_detr_normal_std = 1.0  # see `decoder_sl_detr.init_marked_module`
-
-    def forward(self, scores: torch.Tensor, coord_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """
-        Args:
-            scores (`(B, S)`): proposal scores. coord_logits (`(B, S, D)`): proposal boxes, inverse-sigmoid space.
-
-        Returns:
-            content (`(B, T', d_model)`) and reference boxes (`(B, T', D)`, sigmoid space, detached),
-            `T' = min(T, S)`.
-        """
-        indices = select_proposals(scores, self.num_hybrid_queries)
-        reference = gather_queries(coord_logits, indices).detach().sigmoid()
-        content = self.content_embed.weight[: indices.shape[1]].unsqueeze(0).expand(scores.shape[0], -1, -1)
-        return content, reference

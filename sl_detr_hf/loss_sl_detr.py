@@ -222,6 +222,24 @@ class _Segment:
     class_specific: bool  # False: every target relabeled to class 0 (class-agnostic encoder proposals)
 
 
+def _stack_layers(layers: list[dict], tag: str, rows: int, segments: list[_Segment], flat_logits: list[Tensor],
+                  flat_boxes: list[Tensor]) -> tuple[Tensor, Tensor, int]:
+    """Stack one query group's per-decoder-layer predictions (denoising or hybrid queries) as segments.
+
+    Appends a class-specific segment per layer (prefix ``d{i}.<tag>``, the last layer ``<tag>``) and the flattened
+    predictions. Returns ``logits (L, B, N, C)``, ``boxes (L, B, N, D)`` and the flat row count after them.
+    """
+    logits = torch.stack([float_(layer["logits"]) for layer in layers])
+    boxes = torch.stack([float_(layer["pred_boxes"]) for layer in layers])
+    num_layers, batch, queries = logits.shape[:3]
+    for i in range(num_layers):
+        prefix = f"d{i}.{tag}" if i < num_layers - 1 else tag
+        segments.append(_Segment(prefix, rows + i * batch * queries, queries, True))
+    flat_logits.append(logits.flatten(0, 2))
+    flat_boxes.append(boxes.flatten(0, 2))
+    return logits, boxes, rows + num_layers * batch * queries
+
+
 class SlDetrLoss(nn.Module):
     """SL-DETR criterion: per layer ``cls * loss_cls + bbox * loss_bbox + sync * loss_sync`` (DESIGN.md 4.4).
 
@@ -336,15 +354,7 @@ class SlDetrLoss(nn.Module):
                                  f"2 * {groups} groups * {max_objects} objects")
             if max(counts, default=0) > max_objects:
                 raise ValueError(f"`dn_meta['max_objects']` = {max_objects} < an image's {max(counts)} targets")
-            dn_queries = 2 * groups * max_objects
-            dn_logits = torch.stack([float_(layer["logits"]) for layer in dn])
-            dn_boxes = torch.stack([float_(layer["pred_boxes"]) for layer in dn])
-            for i in range(num_layers):
-                prefix = f"d{i}.dn." if i < num_layers - 1 else "dn."
-                segments.append(_Segment(prefix, rows + i * batch * dn_queries, dn_queries, True))
-            flat_logits.append(dn_logits.flatten(0, 2))
-            flat_boxes.append(dn_boxes.flatten(0, 2))
-            rows += num_layers * batch * dn_queries
+            dn_logits, dn_boxes, rows = _stack_layers(dn, "dn.", rows, segments, flat_logits, flat_boxes)
         dynamic = groups > 0 and cfg.use_dynamic_denoising and num_t > 0
 
         first_hybrid = len(segments)
@@ -352,15 +362,7 @@ class SlDetrLoss(nn.Module):
         if hybrid:
             if len(hybrid) != num_layers:
                 raise ValueError(f"`hybrid_outputs` has {len(hybrid)} layers, the decoder {num_layers}")
-            hybrid_queries = hybrid[0]["logits"].shape[1]
-            hybrid_logits = torch.stack([float_(layer["logits"]) for layer in hybrid])  # (L, B, T, C)
-            hybrid_boxes = torch.stack([float_(layer["pred_boxes"]) for layer in hybrid])
-            for i in range(num_layers):
-                prefix = f"d{i}.o2m." if i < num_layers - 1 else "o2m."
-                segments.append(_Segment(prefix, rows + i * batch * hybrid_queries, hybrid_queries, True))
-            flat_logits.append(hybrid_logits.flatten(0, 2))
-            flat_boxes.append(hybrid_boxes.flatten(0, 2))
-            rows += num_layers * batch * hybrid_queries
+            hybrid_logits, hybrid_boxes, rows = _stack_layers(hybrid, "o2m.", rows, segments, flat_logits, flat_boxes)
 
         # Matching costs: decoder layers (+ the positive DN queries appended as extra rows for dynamic
         # denoising, + the encoder as an extra layer when it has as many queries) in one pass.

@@ -50,7 +50,7 @@ from .backbone_sl_detr import apply_backbone_policy
 from .configuration_sl_detr import SlDetrConfig
 from .decoder_sl_detr import SlDetrDecoder, init_marked_module, refine_boxes
 from .denoising_sl_detr import build_denoising_queries
-from .hybrid_sl_detr import SlDetrHybridQueries, hybrid_attention_mask
+from .hybrid_sl_detr import hybrid_attention_mask
 from .loss_sl_detr import SlDetrLoss
 from .query_selection_sl_detr import (
     SlDetrBoxPositionEmbedding,
@@ -355,7 +355,8 @@ class SlDetrModel(SlDetrPreTrainedModel, DeformableDetrModel):
         if _uses_query_selection(config) or _uses_denoising(config):
             # Denoising queries need a position built from their box, as DINO's queries
             self.decoder.ref_point_head = SlDetrBoxPositionEmbedding(config.d_model)
-        self.hybrid_queries = (SlDetrHybridQueries(config.num_hybrid_queries, config.d_model)
+        # H-DETR's one-to-many queries start as the matching queries do, from proposals without the NMS
+        self.hybrid_queries = (SlDetrMixedQuerySelection(config.num_hybrid_queries, config.d_model)
                                if _uses_hybrid(config) else None)
         self.denoising_class_embed = None
         if _uses_denoising(config):
@@ -515,7 +516,7 @@ class SlDetrModel(SlDetrPreTrainedModel, DeformableDetrModel):
                 reference = torch.cat([dn_reference.to(reference.dtype), reference], dim=1)
         num_hybrid = None
         if self.training and labels is not None and self.hybrid_queries is not None:
-            hybrid_content, hybrid_reference = self.hybrid_queries(
+            hybrid_content, hybrid_reference, _ = self.hybrid_queries(
                 queries.enc_outputs_class[..., 0], queries.enc_outputs_coord_logits)
             num_hybrid = hybrid_content.shape[1]
             self_attention_mask = hybrid_attention_mask(self_attention_mask, content.shape[1], num_hybrid,

@@ -9,7 +9,7 @@
 - [`SlDetrBoxPositionEmbedding`] (DINO's `ref_point_head`): the query position embedding built from a reference
   box `(cx, cy, w, h)`, recomputed by the decoder at every layer from the refined reference.
 
-Ships with `trust_remote_code` checkpoints: imports only torch and transformers.
+Ships with `trust_remote_code` checkpoints: imports only its sibling files, torch and transformers.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import math
 import torch
 from torch import nn
 from transformers.models.deformable_detr.modeling_deformable_detr import DeformableDetrMLPPredictionHead
+
+from .rotated_boxes import _gaussian_covariance
 
 __all__ = [
     "SlDetrBoxPositionEmbedding",
@@ -42,14 +44,11 @@ def pairwise_prob_iou(boxes: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     boxes give 1 (up to `eps`), far apart ones 0.
     """
     boxes = boxes.float()
-    cx, cy = boxes[..., 0], boxes[..., 1]
-    var_w, var_h = boxes[..., 2].square() / 12 + eps, boxes[..., 3].square() / 12 + eps
-    if boxes.shape[-1] > 4:
-        theta = (boxes[..., 4] - 0.5) * math.pi
-        cos2, sin2, cossin = theta.cos().square(), theta.sin().square(), theta.cos() * theta.sin()
-        a, b, c = var_w * cos2 + var_h * sin2, var_w * sin2 + var_h * cos2, (var_w - var_h) * cossin
-    else:
-        a, b, c = var_w, var_h, torch.zeros_like(var_w)
+    cx, cy, w, h = boxes[..., :4].unbind(-1)
+    theta = (boxes[..., 4] - 0.5) * math.pi if boxes.shape[-1] > 4 else torch.zeros_like(w)
+    # the uniform density's covariance is a third of the KLD's half-side one (w^2 / 12 against w^2 / 4)
+    a, b, c = (v / 3 for v in _gaussian_covariance(w, h, theta))
+    a, b = a + eps, b + eps
     det_each = (a * b - c.square()).clamp_min(eps * eps)
     pa, pb, pc = (a[..., :, None] + a[..., None, :]) / 2, (b[..., :, None] + b[..., None, :]) / 2, \
         (c[..., :, None] + c[..., None, :]) / 2

@@ -219,6 +219,13 @@ def denormalize_rboxes(boxes: Tensor, size: Tensor | Sequence[float]) -> Tensor:
     return boxes * _size_scale(boxes, size, "size")
 
 
+def _gaussian_covariance(w: Tensor, h: Tensor, theta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(sxx, syy, sxy)`` of ``Sigma = R diag(w^2/4, h^2/4) R^T`` (no input checks: also for traced graphs)."""
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    a, b = w.square() / 4, h.square() / 4
+    return a * cos.square() + b * sin.square(), a * sin.square() + b * cos.square(), (a - b) * cos * sin
+
+
 def rbox_to_gaussian(boxes: Tensor) -> tuple[Tensor, Tensor]:
     """2-D Gaussian of rotated boxes: ``mu = (cx, cy)``, ``Sigma = R diag(w^2/4, h^2/4) R^T``.
 
@@ -229,11 +236,7 @@ def rbox_to_gaussian(boxes: Tensor) -> tuple[Tensor, Tensor]:
     """
     _check_boxes(boxes, "boxes")
     cx, cy, w, h, theta = boxes.unbind(-1)
-    cos, sin = torch.cos(theta), torch.sin(theta)
-    a, b = w.square() / 4, h.square() / 4
-    sxx = a * cos.square() + b * sin.square()
-    syy = a * sin.square() + b * cos.square()
-    sxy = (a - b) * cos * sin
+    sxx, syy, sxy = _gaussian_covariance(w, h, theta)
     sigma = torch.stack((torch.stack((sxx, sxy), -1), torch.stack((sxy, syy), -1)), -2)
     return torch.stack((cx, cy), -1), sigma
 
