@@ -100,7 +100,9 @@ def test_load_dota_schema_values_and_reports(tmp_path, caplog):
     assert summary.images_without_labels == [str(root / "images" / "P3.png")]
     assert summary.labels_without_images == [str(root / "labelTxt" / "orphan.txt")]
     messages = "\n".join(r.getMessage() for r in caplog.records)
-    assert "label file without an image" in messages and "image without a label file" in messages
+    assert f"label files without an image: 1: {root / 'labelTxt' / 'orphan.txt'}" in messages
+    assert f"images without a label file (read as images without objects): 1: {root / 'images' / 'P3.png'}" in messages
+    assert f"label lines skipped, too few fields: 1: {root / 'labelTxt' / 'P1.txt'}:5: 'broken'" in messages
     row = ds[0]
     assert (row["image_id"], row["width"], row["height"]) == ("P1", 120, 80)
     assert row["gsd"] == pytest.approx(0.2) and row["imagesource"] == "GoogleEarth"
@@ -127,17 +129,87 @@ def test_load_dota_save_memory_map_and_stream(tmp_path):
 
 
 def test_class_names_override_and_classes_file(tmp_path):
-    root = _make_root(tmp_path, labels={"A": "0 0 9 0 9 3 0 3 cat\n0 0 9 0 9 3 0 3 plane\n"},
+    root = _make_root(tmp_path, labels={"A": "0 0 9 0 9 3 0 3 cat\n0 0 9 0 9 3 0 3 plane\n0 0 9 0 9 3 0 3 cat\n"},
                       images={"A": (16, 16)})
     ds, summary = load_dota(root, class_names=["dog", "cat"], return_summary=True)
-    assert ds[0]["objects"]["category"] == [1] and dict(summary.skipped_lines) == {"unknown class": 1}
+    assert ds[0]["objects"]["category"] == [1, 1] and dict(summary.skipped_lines) == {"unknown class": 1}
+    assert summary.unknown_classes == {"plane": 1} and summary.class_source == "given"
     (root / "classes.txt").write_text("cat\nplane\n")
     assert find_class_names(root) == ("cat", "plane")
-    assert load_dota(root)[0]["objects"]["category"] == [0, 1]
+    assert load_dota(root)[0]["objects"]["category"] == [0, 1, 0]
     assert find_class_names(tmp_path / "nowhere", "2.0") == DOTA_CLASSES["2.0"]
     with pytest.raises(ValueError, match="unknown DOTA version"):
         find_class_names(tmp_path / "nowhere", "3.0")
     assert len(DOTA_CLASSES["1.0"]) == 15 and len(DOTA_CLASSES["2.0"]) == 18
+
+
+def test_own_classes_are_inferred_sorted_and_counted(tmp_path, caplog):
+    """A DOTA-format folder of other classes trains on them: no classes.txt, no version -> the labels' names."""
+    root = _make_root(tmp_path, labels={"a": "0 0 9 0 9 3 0 3 airplane 0\n0 0 9 0 9 3 0 3 truck\n",
+                                        "b": "0 0 9 0 9 3 0 3 airplane 1\n"},
+                      images={"a": (16, 16), "b": (16, 16)})
+    with caplog.at_level(logging.INFO, logger="sl_detr_hf.data.dota"):
+        ds, summary = load_dota(root, return_summary=True)
+    assert ds.features["objects"]["category"].feature.names == ["airplane", "truck"]
+    assert summary.class_names == ("airplane", "truck") and "inferred from the labels" in summary.class_source
+    assert summary.num_objects == 3 and summary.problems == []
+    assert [row["category"] for row in ds["objects"]] == [[0, 1], [0]]
+    assert "2 classes (inferred from the labels, sorted): airplane, truck" in caplog.text
+    assert find_class_names(root) == ("airplane", "truck")
+    # DOTA's list only when asked: then these are unknown, and a split that is mostly unknown is refused
+    with pytest.raises(ValueError, match=r"3 of 3 objects \(100%\) would be dropped") as err:
+        load_dota(root, version="1.0")
+    message = str(err.value)
+    assert "airplane (2), truck (1)" in message and "--class_names airplane,truck" in message
+    assert "classes.txt" in message and "DOTA v1.0's list: plane, baseball-diamond" in message
+
+
+def test_class_list_precedence(tmp_path):
+    """class_names > explicit version > classes.txt (BOM and blank lines allowed) > inferred."""
+    root = _make_root(tmp_path, labels={"a": "0 0 9 0 9 3 0 3 ship\n0 0 9 0 9 3 0 3 plane\n"},
+                      images={"a": (16, 16)})
+    assert load_dota(root).features["objects"]["category"].feature.names == ["plane", "ship"]
+    (root / "classes.txt").write_bytes("\ufeffship\n\nplane\nharbor\n".encode())
+    ds, summary = load_dota(root, return_summary=True)
+    assert ds.features["objects"]["category"].feature.names == ["ship", "plane", "harbor"]
+    assert summary.class_source == str(root / "classes.txt") and ds[0]["objects"]["category"] == [0, 1]
+    assert load_dota(root, version="1.5").features["objects"]["category"].feature.names == list(DOTA_CLASSES["1.5"])
+    ds = load_dota(root, version="1.5", class_names=["plane", "ship"])
+    assert ds.features["objects"]["category"].feature.names == ["plane", "ship"]
+    assert ds[0]["objects"]["category"] == [1, 0]
+    with pytest.raises(ValueError, match="repeats"):
+        load_dota(root, class_names=["ship", "ship"])
+
+
+def test_dota_classes_found_keep_dota_ids(tmp_path):
+    """Labels whose names are mostly DOTA's classes keep DOTA's list (mmrotate ids), like real DOTA subsets."""
+    from sl_detr_hf.data.dota import infer_class_names
+
+    dota = DOTA_CLASSES["1.0"]
+    names, source = infer_class_names({n: 1 for n in dota[:13]})
+    assert names == dota and "DOTA v1.0" in source
+    assert infer_class_names({n: 1 for n in (*dota[:12], "container-crane")})[0] == DOTA_CLASSES["1.5"]
+    assert infer_class_names({"ship": 5, "plane": 2})[0] == ("plane", "ship")  # a few DOTA names: only these
+    assert infer_class_names({**{n: 1 for n in dota}, "car": 1})[0] == tuple(sorted([*dota, "car"]))
+
+
+def test_unknown_classes_are_reported_once_per_cause(tmp_path, caplog):
+    """Validation objects outside the training list: counted, one warning line with the classes and examples."""
+    lines = [GOOD] * 6 + ["10 10 50 10 50 30 10 30 truck 0"] * 5
+    root = _make_root(tmp_path, labels={"v": "\n".join(lines)}, images={"v": (100, 80)})
+    with caplog.at_level(logging.WARNING, logger="sl_detr_hf.data.dota"):
+        ds, summary = load_dota(root, class_names=["plane"], return_summary=True)
+    assert summary.num_objects == 6 and summary.unknown_classes == {"truck": 5}
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2  # the summary and one line for the cause, not one per object
+    path = root / "labelTxt" / "v.txt"
+    assert (f"label lines skipped, unknown class (truck: 5): 5: {path}:7: '10 10 50 10 50 30 10 30 truck 0'; "
+            f"{path}:8: ") in warnings[1] and warnings[1].endswith("; and 2 more")
+    lines.append("10 10 50 10 50 30 10 30 truck 0")  # now 6 of 12: refused
+    (root / "labelTxt" / "v.txt").write_text("\n".join(lines))
+    with pytest.raises(ValueError, match=r"6 of 12 objects \(50%\) would be dropped"):
+        load_dota(root, class_names=["plane"])
+    assert len(load_dota(root, class_names=["plane"], max_unknown_fraction=None)[0]["objects"]["category"]) == 6
 
 
 def test_missing_folders(tmp_path):

@@ -97,7 +97,7 @@ def test_split_image_without_labels(tmp_path, caplog):
     (src / "labelTxt").mkdir()
     Image.new("L", (300, 200), 9).save(src / "images" / "B.png")  # grey: converted to RGB
     summary = split_dota(src, tmp_path / "dst", sizes=(256,), gaps=(56,), progress=False)
-    assert summary.patches == 2 and "image without a label file" in caplog.text
+    assert summary.patches == 2 and "images without a label file (their patches get empty label files): 1" in caplog.text
     assert sorted(p.name for p in (tmp_path / "dst" / "labelTxt").iterdir()) == ["B__256__0___0.txt",
                                                                                    "B__256__44___0.txt"]
     assert (tmp_path / "dst" / "labelTxt" / "B__256__0___0.txt").read_text() == ""
@@ -222,3 +222,29 @@ def test_merge_refuses_nan_scores_and_bad_thresholds():
         merge_patch_detections([good, bad])
     with pytest.raises(ValueError, match="iou_threshold"):
         merge_patch_detections([good], iou_threshold=1.5)
+
+
+def test_objects_outside_a_small_rgba_image_stay_out_of_the_padding(tmp_path, caplog):
+    """Real-scene regression (dota-samples' RGBA crops carry labels of the larger frame): a 120 x 100 RGBA image
+    split into a padded 256 window keeps its one object; the two objects beyond the image would have landed in the
+    padding. They are counted "outside the image" problems, reported in one warning line."""
+    import logging
+
+    src = tmp_path / "src"
+    (src / "images").mkdir(parents=True)
+    (src / "labelTxt").mkdir()
+    Image.new("RGBA", (120, 100), (40, 80, 120, 255)).save(src / "images" / "crop.png")
+    (src / "labelTxt" / "crop.txt").write_text("imagesource:GoogleEarth\ngsd:0.5\n"
+                                               "10 10 50 10 50 30 10 30 plane 0\n"
+                                               "150 150 190 150 190 170 150 170 plane 0\n"
+                                               "200 20 240 20 240 40 200 40 plane 1\n")
+    with caplog.at_level(logging.WARNING, logger="sl_detr_hf.data.split"):
+        summary = split_dota(src, tmp_path / "dst", sizes=(256,), gaps=(56,), progress=False)
+    assert (summary.patches, summary.objects, summary.patch_objects) == (1, 1, 1)
+    assert [(p.line, p.reason) for p in summary.problems] == [(4, "outside the image"), (5, "outside the image")]
+    assert len(caplog.records) == 1 and "label lines skipped, outside the image: 2: " in caplog.text
+    patch = tmp_path / "dst" / "images" / "crop__256__0___0.png"
+    with Image.open(patch) as im:
+        assert (im.mode, im.size) == ("RGB", (256, 256))
+    objects, problems, header = parse_dota_label_file(tmp_path / "dst" / "labelTxt" / "crop__256__0___0.txt")
+    assert [o.polygon for o in objects] == [(10, 10, 50, 10, 50, 30, 10, 30)] and header["gsd"] == 0.5

@@ -1,9 +1,14 @@
 """DOTA reader and writer: ``images/`` + ``labelTxt/`` folders -> ``datasets.Dataset``.
 
 A DOTA label file holds optional header lines ``imagesource:...`` and ``gsd:...`` and one object per line,
-``x1 y1 x2 y2 x3 y3 x4 y4 class [difficult]`` (difficult defaults to 0). Malformed lines are skipped with a
-``logging`` warning naming the file and line, and counted; images without a label file and label files
-without an image are reported (DESIGN.md section 6).
+``x1 y1 x2 y2 x3 y3 x4 y4 class [difficult]`` (difficult defaults to 0). Malformed lines are skipped and
+counted; images without a label file and label files without an image are reported (DESIGN.md section 6).
+:func:`load_dota` reports one warning line per cause, with its count and the first few ``file:line`` examples.
+
+The class list (:func:`resolve_class_names`): ``class_names`` if given, else DOTA's list of an explicit
+``version``, else ``classes.txt`` at the dataset root, else the names found in the labels (sorted; DOTA's list
+in mmrotate's order when they are mostly DOTA classes). A split whose objects are mostly outside the class list
+is refused with the classes it holds (:func:`check_unknown_classes`).
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -32,10 +37,14 @@ __all__ = [
     "DotaLoadSummary",
     "DotaObject",
     "LabelProblem",
+    "check_unknown_classes",
     "dota_features",
     "find_class_names",
+    "infer_class_names",
     "load_dota",
     "parse_dota_label_file",
+    "problem_report_lines",
+    "resolve_class_names",
     "write_dota_labels",
 ]
 
@@ -60,19 +69,29 @@ class DotaObject:
 
 @dataclass(frozen=True)
 class LabelProblem:
-    """A skipped label line: ``path:line`` and the reason (one of :data:`PROBLEM_REASONS`)."""
+    """A skipped label line: ``path:line``, the reason (one of :data:`PROBLEM_REASONS`) and, for an "unknown
+    class", the class it names."""
 
     path: str
     line: int
     reason: str
     text: str
+    class_name: str | None = None
 
     def __str__(self) -> str:
         return f"{self.path}:{self.line}: {self.reason} (line skipped): {self.text!r}"
 
 
 PROBLEM_REASONS = ("too few fields", "too many fields", "not a number", "not finite", "unknown class",
-                   "bad difficult flag", "degenerate polygon", "outside the image", "not UTF-8 text")
+                   "bad difficult flag", "degenerate polygon", "outside the image", "not UTF-8 text",
+                   "not normalized")
+"""Why a label line is skipped ("not normalized": a YOLO-OBB coordinate far outside 0-1, :mod:`.yolo_obb`)."""
+
+MAX_UNKNOWN_FRACTION = 0.5
+"""A split where this fraction of the objects or more has classes outside the class list is refused."""
+
+REPORT_EXAMPLES = 3
+"""Examples named per cause in the load reports."""
 
 MAX_COORDINATE = 1e7
 """Coordinates beyond this (pixels) are refused as "not finite": they overflow float32 storage (1e39 -> inf)."""
@@ -81,9 +100,32 @@ MAX_DIFFICULT = 2
 """Difficult flags are 0, 1 (DOTA) or 2 (objects cut by a patch border, :func:`~sl_detr_hf.data.split.split_dota`)."""
 
 
+def problem_report_lines(problems: Sequence[LabelProblem], examples: int = REPORT_EXAMPLES) -> list[str]:
+    """One line per cause: its count, the classes of "unknown class" lines, and the first ``examples`` lines."""
+    by_reason: dict[str, list[LabelProblem]] = {}
+    for problem in problems:
+        by_reason.setdefault(problem.reason, []).append(problem)
+    lines = []
+    for reason, items in by_reason.items():
+        classes = ""
+        if reason == "unknown class":
+            counts = Counter(p.class_name for p in items if p.class_name is not None)
+            classes = " (" + ", ".join(f"{name}: {n}" for name, n in counts.most_common()) + ")"
+        shown = "; ".join(f"{p.path}:{p.line}: {p.text!r}" for p in items[:examples])
+        more = f"; and {len(items) - examples} more" if len(items) > examples else ""
+        lines.append(f"label lines skipped, {reason}{classes}: {len(items)}: {shown}{more}")
+    return lines
+
+
+def _files_line(what: str, files: Sequence[str], examples: int = REPORT_EXAMPLES) -> str:
+    more = f", and {len(files) - examples} more" if len(files) > examples else ""
+    return f"{what}: {len(files)}: {', '.join(files[:examples])}{more}"
+
+
 @dataclass
 class DotaLoadSummary:
-    """What :func:`load_dota` read: counts, skipped lines by reason, and unmatched files."""
+    """What :func:`load_dota` (or :func:`~sl_detr_hf.data.yolo_obb.load_yolo_obb`) read: counts, skipped lines
+    by reason, unmatched files, and the class list with where it came from."""
 
     num_images: int = 0
     num_objects: int = 0
@@ -91,10 +133,36 @@ class DotaLoadSummary:
     unreadable_images: list[str] = field(default_factory=list)
     images_without_labels: list[str] = field(default_factory=list)
     labels_without_images: list[str] = field(default_factory=list)
+    class_names: tuple[str, ...] = ()
+    class_source: str = ""
 
     @property
     def skipped_lines(self) -> Counter:
         return Counter(p.reason for p in self.problems)
+
+    @property
+    def unknown_classes(self) -> Counter:
+        """``class -> objects`` skipped because their class is not in the class list."""
+        return Counter(p.class_name for p in self.problems if p.reason == "unknown class")
+
+    def report_lines(self, examples: int = REPORT_EXAMPLES) -> list[str]:
+        """One line per cause (skipped label lines by reason, unreadable and unmatched files), with examples."""
+        lines = problem_report_lines(self.problems, examples)
+        for what, files in (("unreadable images skipped", self.unreadable_images),
+                            ("images without a label file (read as images without objects)",
+                             self.images_without_labels),
+                            ("label files without an image", self.labels_without_images)):
+            if files:
+                lines.append(_files_line(what, files, examples))
+        return lines
+
+    def log(self, what: str) -> None:
+        """Log the summary and :meth:`report_lines` as warnings (nothing when all was read)."""
+        lines = self.report_lines()
+        if lines:
+            logger.warning("%s: %s", what, self)
+            for line in lines:
+                logger.warning("%s: %s", what, line)
 
     def __str__(self) -> str:
         skipped = ", ".join(f"{reason}: {n}" for reason, n in sorted(self.skipped_lines.items())) or "none"
@@ -105,24 +173,24 @@ class DotaLoadSummary:
 
 
 def parse_dota_label_file(
-    path: str | Path, class_names: Sequence[str] | None = None
+    path: str | Path, class_names: Sequence[str] | None = None, log: bool = True
 ) -> tuple[list[DotaObject], list[LabelProblem], dict[str, str | float | None]]:
     """Read one DOTA label file.
 
     Args:
         path: the ``.txt`` file.
         class_names: accepted class names; ``None`` accepts any name.
+        log: log each skipped line as a warning (the dataset readers pass ``False`` and report per cause).
     Returns:
         ``(objects, problems, header)``: the valid objects in file order, one :class:`LabelProblem` per skipped
-        line (each also logged as a warning), and the header ``{"imagesource": str | None, "gsd": float |
-        None}``.
+        line, and the header ``{"imagesource": str | None, "gsd": float | None}``.
     """
     path = Path(path)
     known = None if class_names is None else set(class_names)
     objects: list[DotaObject] = []
     problems: list[LabelProblem] = []
     header: dict[str, str | float | None] = {"imagesource": None, "gsd": None}
-    lines = _read_text(path, problems).splitlines()
+    lines = _read_text(path, problems, log).splitlines()
     for number, raw in enumerate(lines, start=1):
         text = raw.strip()
         if not text:
@@ -140,17 +208,20 @@ def parse_dota_label_file(
             else:
                 header[key] = value
             continue
-        reason, obj = _parse_object_line(text.split(), known)
+        tokens = text.split()
+        reason, obj = _parse_object_line(tokens, known)
         if reason is None:
             objects.append(replace(obj, line=number))
         else:
-            problem = LabelProblem(str(path), number, reason, text)
-            logger.warning("%s", problem)
+            problem = LabelProblem(str(path), number, reason, text,
+                                   tokens[8] if reason == "unknown class" else None)
+            if log:
+                logger.warning("%s", problem)
             problems.append(problem)
     return objects, problems, header
 
 
-def _read_text(path: Path, problems: list[LabelProblem]) -> str:
+def _read_text(path: Path, problems: list[LabelProblem], log: bool = True) -> str:
     """A label file's text: UTF-8 (with or without BOM), UTF-16 with a BOM, else Latin-1 with a counted warning."""
     data = path.read_bytes()
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
@@ -160,7 +231,8 @@ def _read_text(path: Path, problems: list[LabelProblem]) -> str:
     except UnicodeDecodeError as err:
         line = data[:err.start].count(b"\n") + 1
         problem = LabelProblem(str(path), line, "not UTF-8 text", f"byte 0x{data[err.start]:02x}; read as Latin-1")
-        logger.warning("%s", problem)
+        if log:
+            logger.warning("%s", problem)
         problems.append(problem)
         return data.decode("latin-1")
 
@@ -188,9 +260,14 @@ def _parse_object_line(tokens: list[str], known: set[str] | None) -> tuple[str |
             return "bad difficult flag", None
         if not 0 <= difficult <= MAX_DIFFICULT:
             return "bad difficult flag", None
-    if shapely.convex_hull(shapely.multipoints(np.reshape(coords, (4, 2)))).area < MIN_AREA:
+    if is_degenerate(coords):
         return "degenerate polygon", None
     return None, DotaObject(coords, class_name, difficult)
+
+
+def is_degenerate(polygon: Sequence[float]) -> bool:
+    """Whether 4 points ``(x1, y1, ..., x4, y4)`` (pixels) span a convex hull below :data:`MIN_AREA`."""
+    return bool(shapely.convex_hull(shapely.multipoints(np.reshape(polygon, (4, 2)))).area < MIN_AREA)
 
 
 def write_dota_labels(
@@ -229,19 +306,90 @@ def write_dota_labels(
     Path(path).write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
 
 
-def find_class_names(root: str | Path, version: str = "1.0", class_names: Sequence[str] | None = None
-                     ) -> tuple[str, ...]:
-    """Class list of a dataset: ``class_names`` if given, else ``root/classes.txt`` if present, else DOTA's."""
+def _read_classes_file(path: Path) -> tuple[str, ...]:
+    return tuple(n.strip() for n in path.read_text(encoding="utf-8-sig").splitlines() if n.strip())
+
+
+def _check_names(names: Sequence[str], source: str) -> tuple[str, ...]:
+    names = tuple(str(n).strip() for n in names)
+    if not names or not all(names):
+        raise ValueError(f"the class list ({source}) must hold non-empty names, got {list(names)}")
+    repeated = sorted(n for n, c in Counter(names).items() if c > 1)
+    if repeated:
+        raise ValueError(f"the class list ({source}) repeats {repeated}")
+    return names
+
+
+def given_class_names(root: str | Path, version: str | None = None, class_names: Sequence[str] | None = None
+                      ) -> tuple[tuple[str, ...] | None, str]:
+    """``(names, source)`` from ``class_names``, else DOTA's ``version`` list, else ``root/classes.txt``;
+    ``(None, "")`` when none of them is there (the names are then inferred from the labels)."""
     if class_names is not None:
-        return tuple(class_names)
+        return _check_names(class_names, "class_names"), "given"
+    if version is not None:
+        if version not in DOTA_CLASSES:
+            raise ValueError(f"unknown DOTA version {version!r}, expected one of {sorted(DOTA_CLASSES)}")
+        return DOTA_CLASSES[version], f"DOTA v{version}'s list"
     classes_file = Path(root) / CLASSES_FILE
     if classes_file.is_file():
-        names = tuple(n.strip() for n in classes_file.read_text(encoding="utf-8-sig").splitlines() if n.strip())
-        logger.info("using the %d class names of %s", len(names), classes_file)
+        return _check_names(_read_classes_file(classes_file), str(classes_file)), str(classes_file)
+    return None, ""
+
+
+def infer_class_names(found: Mapping[str, int]) -> tuple[tuple[str, ...], str]:
+    """``(names, source)`` from the class names found in labels (``name -> objects``): sorted, or DOTA's list in
+    mmrotate's order when they are DOTA classes covering at least half of one of its versions (DOTA data and
+    its subsets keep DOTA's class ids)."""
+    names = set(found)
+    for version, dota in DOTA_CLASSES.items():
+        if names and names <= set(dota) and 2 * len(names) >= len(dota):
+            return dota, f"DOTA v{version}'s list: the labels' {len(names)} classes are DOTA v{version} classes"
+    return tuple(sorted(names)), "inferred from the labels, sorted"
+
+
+def resolve_class_names(root: str | Path, found: Mapping[str, int], version: str | None = None,
+                        class_names: Sequence[str] | None = None) -> tuple[tuple[str, ...], str]:
+    """``(names, source)``: :func:`given_class_names`, else :func:`infer_class_names` of ``found``."""
+    names, source = given_class_names(root, version, class_names)
+    return (names, source) if names is not None else infer_class_names(found)
+
+
+def find_class_names(root: str | Path, version: str | None = None, class_names: Sequence[str] | None = None,
+                     labels_dir: str = "labelTxt") -> tuple[str, ...]:
+    """Class list of a DOTA folder: ``class_names`` if given, else DOTA's ``version`` list if given, else
+    ``root/classes.txt`` if present, else inferred from the names in ``root/labels_dir`` (:func:`infer_class_names`).
+    """
+    names, _ = given_class_names(root, version, class_names)
+    if names is not None:
         return names
-    if version not in DOTA_CLASSES:
-        raise ValueError(f"unknown DOTA version {version!r}, expected one of {sorted(DOTA_CLASSES)}")
-    return DOTA_CLASSES[version]
+    found: Counter = Counter()
+    for path in sorted((Path(root) / labels_dir).glob("*.txt")):
+        found.update(o.class_name for o in parse_dota_label_file(path, log=False)[0])
+    return infer_class_names(found)[0]
+
+
+def check_unknown_classes(summary: DotaLoadSummary, found: Mapping[str, int], where: str,
+                          max_fraction: float | None = MAX_UNKNOWN_FRACTION, how: str | None = None) -> None:
+    """Refuse a split where ``max_fraction`` or more of the objects (``found``: ``class -> objects``, unknown
+    classes included) has a class outside ``summary.class_names``.
+
+    Raises:
+        ValueError: naming the classes found and how to pass a class list.
+    """
+    unknown = sum(summary.unknown_classes.values())
+    total = sum(found.values())
+    if max_fraction is None or unknown == 0 or unknown < max_fraction * total:
+        return
+    names = summary.class_names
+    listed = ", ".join(names[:10]) + (f", ... ({len(names)} names)" if len(names) > 10 else "")
+    classes = ", ".join(f"{name} ({n})" for name, n in sorted(found.items(), key=lambda kv: (-kv[1], kv[0])))
+    how = how or (f"pass the class list: class_names=[...] (sl-detr: --class_names "
+                  f"{','.join(sorted(found))}), or write the names, one per line, into {CLASSES_FILE} at the "
+                  "dataset root; with neither (and no --dota_version), the classes are inferred from the "
+                  "training labels")
+    raise ValueError(f"{where}: {unknown} of {total} objects ({100 * unknown / total:.0f}%) would be dropped: "
+                     f"their classes are not in the class list ({summary.class_source}: {listed}). Classes found "
+                     f"in the labels: {classes}. To train on them, {how}.")
 
 
 def dota_features(class_names: Sequence[str]) -> datasets.Features:
@@ -276,7 +424,7 @@ def _list_images(images_dir: Path) -> dict[str, Path]:
 
 def load_dota(
     root: str | Path,
-    version: str = "1.0",
+    version: str | None = None,
     class_names: Sequence[str] | None = None,
     images_dir: str = "images",
     labels_dir: str | None = "labelTxt",
@@ -284,6 +432,7 @@ def load_dota(
     skip_unlabeled: bool = False,
     return_summary: bool = False,
     check_images: bool = True,
+    max_unknown_fraction: float | None = MAX_UNKNOWN_FRACTION,
 ) -> datasets.Dataset | tuple[datasets.Dataset, DotaLoadSummary]:
     """Read a DOTA folder into a ``datasets.Dataset`` (one row per image; images are stored as paths).
 
@@ -294,21 +443,24 @@ def load_dota(
 
     Args:
         root: folder holding ``images_dir`` and ``labels_dir``.
-        version: ``"1.0"``, ``"1.5"`` or ``"2.0"``: the class list (mmrotate order).
-        class_names: overrides the class list (default: ``root/classes.txt`` if present, else ``version``).
+        version: ``"1.0"``, ``"1.5"`` or ``"2.0"``: DOTA's class list (mmrotate order); ``None``: see below.
+        class_names: the class list. Default: DOTA's ``version`` list if given, else ``root/classes.txt`` if
+            present, else the names in the labels (sorted; DOTA's list when they are mostly DOTA classes,
+            :func:`infer_class_names`). The chosen list and its source are logged and kept in the summary.
         labels_dir: ``None`` for an unlabeled (test) split.
         skip_difficult: drop objects with ``difficult > 0``.
         skip_unlabeled: drop images without a label file (they are reported either way).
         return_summary: also return the :class:`DotaLoadSummary`.
         check_images: check each image cheaply (:func:`~sl_detr_hf.data.images.check_image`: PNG chunk CRCs,
-            JPEG at 1/8 scale) and skip unreadable ones with a warning naming the file (counted in the summary);
-            ``False`` reads only the headers.
+            JPEG at 1/8 scale) and skip unreadable ones (named and counted in the summary); ``False`` reads only
+            the headers.
+        max_unknown_fraction: refuse (``ValueError`` naming the classes found) a split where this fraction of the
+            objects or more has classes outside the class list; ``None`` accepts any.
 
-    Objects lying entirely outside their image are skipped as "outside the image" problems.
+    Objects of other classes and objects lying entirely outside their image are skipped as "unknown class" and
+    "outside the image" problems; all skips are logged as one warning per cause with examples.
     """
     root = Path(root)
-    names = find_class_names(root, version, class_names)
-    index = {n: i for i, n in enumerate(names)}
     image_root = root / images_dir
     if not image_root.is_dir():
         raise FileNotFoundError(f"no images folder {image_root}")
@@ -319,66 +471,86 @@ def load_dota(
     labels = {} if label_root is None else {p.stem: p for p in sorted(label_root.glob("*.txt"))}
     summary = DotaLoadSummary()
     summary.labels_without_images = [str(labels[k]) for k in sorted(set(labels) - set(images))]
-    for path in summary.labels_without_images:
-        logger.warning("label file without an image: %s", path)
+    parsed: dict[str, tuple[list[DotaObject], dict]] = {}
+    for image_id, image_path in images.items():
+        if image_id in labels:
+            objects, problems, header = parse_dota_label_file(labels[image_id], log=False)
+            summary.problems.extend(problems)
+            parsed[image_id] = (objects, header)
+        elif label_root is not None:
+            summary.images_without_labels.append(str(image_path))
+    found = Counter(o.class_name for objects, _ in parsed.values() for o in objects)
+    names, summary.class_source = resolve_class_names(root, found, version, class_names)
+    summary.class_names = names
+    logger.info("%s: %d classes (%s): %s", root, len(names), summary.class_source, ", ".join(names))
+    known = set(names)
+    for image_id, (objects, header) in parsed.items():
+        unknown = [o for o in objects if o.class_name not in known]
+        summary.problems.extend(LabelProblem(str(labels[image_id]), o.line, "unknown class", _object_text(o),
+                                             o.class_name) for o in unknown)
+        if unknown:
+            parsed[image_id] = ([o for o in objects if o.class_name in known], header)
+    check_unknown_classes(summary, found, f"DOTA {root}", max_unknown_fraction)
 
     columns: dict[str, list] = {k: [] for k in ("image", "image_id", "width", "height", "gsd", "imagesource",
                                                   "objects")}
     for image_id, image_path in images.items():
-        header: dict = {"imagesource": None, "gsd": None}
-        objects: list[DotaObject] = []
-        if image_id in labels:
-            objects, problems, header = parse_dota_label_file(labels[image_id], names)
-            summary.problems.extend(problems)
-        elif label_root is not None:
-            logger.warning("image without a label file: %s", image_path)
-            summary.images_without_labels.append(str(image_path))
-            if skip_unlabeled:
-                continue
+        if image_id not in parsed and label_root is not None and skip_unlabeled:
+            continue
+        objects, header = parsed.get(image_id, ([], {"imagesource": None, "gsd": None}))
         if skip_difficult:
             objects = [o for o in objects if o.difficult == 0]
-        try:
-            if check_images:
-                width, height = check_image(image_path)
-            else:
-                with pixel_limit(), Image.open(image_path) as im:  # reads the header only
-                    width, height = im.size
-        except (UnreadableImageError, OSError) as err:
-            logger.warning("skipping an unreadable image: %s", err)
-            summary.unreadable_images.append(str(image_path))
+        size = _image_size(image_path, check_images, summary)
+        if size is None:
             continue
-        objects = _inside(objects, width, height, labels.get(image_id), summary)
+        objects, problems = _split_outside(objects, *size, labels.get(image_id))
+        summary.problems.extend(problems)
         columns["image"].append(str(image_path))
         columns["image_id"].append(image_id)
-        columns["width"].append(width)
-        columns["height"].append(height)
+        columns["width"].append(size[0])
+        columns["height"].append(size[1])
         columns["gsd"].append(header["gsd"])
         columns["imagesource"].append(header["imagesource"])
-        columns["objects"].append(_objects_columns(objects, index))
+        columns["objects"].append(_objects_columns(objects, {n: i for i, n in enumerate(names)}))
         summary.num_images += 1
         summary.num_objects += len(objects)
-    if summary.problems or summary.images_without_labels or summary.labels_without_images or \
-            summary.unreadable_images:
-        logger.warning("DOTA %s: %s", root, summary)
+    summary.problems.sort(key=lambda p: (p.path, p.line))
+    summary.log(f"DOTA {root}")
     dataset = datasets.Dataset.from_dict(columns, features=dota_features(names))
     return (dataset, summary) if return_summary else dataset
 
 
-def _inside(objects: list[DotaObject], width: int, height: int, path: Path | None,
-            summary: DotaLoadSummary) -> list[DotaObject]:
-    """Drop (as counted problems) objects whose polygon does not overlap the image ``[0, W] x [0, H]``."""
-    kept = []
+def _object_text(obj: DotaObject) -> str:
+    return " ".join(f"{c:g}" for c in obj.polygon) + f" {obj.class_name} {obj.difficult}"
+
+
+def _image_size(path: Path, check: bool, summary: DotaLoadSummary) -> tuple[int, int] | None:
+    """``(width, height)`` after the cheap check (or from the header); ``None`` (counted) if unreadable."""
+    try:
+        if check:
+            return check_image(path)
+        with pixel_limit(), Image.open(path) as im:  # reads the header only
+            return im.size
+    except (UnreadableImageError, OSError) as err:
+        logger.warning("skipping an unreadable image: %s", err)
+        summary.unreadable_images.append(str(path))
+        return None
+
+
+def _split_outside(objects: list[DotaObject], width: int, height: int, path: str | Path | None
+                  ) -> tuple[list[DotaObject], list[LabelProblem]]:
+    """``(kept, problems)``: objects whose polygon overlaps the image ``[0, W] x [0, H]``, and an "outside the
+    image" problem for each other one."""
+    kept, problems = [], []
     for obj in objects:
         xs, ys = obj.polygon[0::2], obj.polygon[1::2]
         if max(xs) <= 0 or max(ys) <= 0 or min(xs) >= width or min(ys) >= height:
             coords = " ".join(f"{c:g}" for c in obj.polygon)
-            problem = LabelProblem(str(path), obj.line, "outside the image",
-                                   f"{coords} {obj.class_name} ({width}x{height} image)")
-            logger.warning("%s", problem)
-            summary.problems.append(problem)
+            problems.append(LabelProblem(str(path), obj.line, "outside the image",
+                                         f"{coords} {obj.class_name} ({width}x{height} image)"))
         else:
             kept.append(obj)
-    return kept
+    return kept, problems
 
 
 def _objects_columns(objects: list[DotaObject], index: dict[str, int]) -> dict[str, list]:

@@ -18,7 +18,7 @@ import multiprocessing
 import re
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from math import ceil
 from pathlib import Path
@@ -31,7 +31,16 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..rotated_boxes import batched_nms_rotated
-from .dota import CLASSES_FILE, _list_images, parse_dota_label_file, write_dota_labels
+from .dota import (
+    CLASSES_FILE,
+    LabelProblem,
+    _files_line,
+    _list_images,
+    _split_outside,
+    parse_dota_label_file,
+    problem_report_lines,
+    write_dota_labels,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -158,13 +167,15 @@ def _quad(shape) -> np.ndarray:
 
 @dataclass
 class SplitSummary:
-    """Counts of one :func:`split_dota` run (``truncated``: objects written with ``difficult = 2``)."""
+    """Counts of one :func:`split_dota` run (``truncated``: objects written with ``difficult = 2``; ``problems``:
+    the skipped label lines, objects outside their image included)."""
 
     images: int = 0
     patches: int = 0
     objects: int = 0
     patch_objects: int = 0
     truncated: int = 0
+    problems: list[LabelProblem] = field(default_factory=list, repr=False)
 
 
 def split_image(
@@ -190,11 +201,10 @@ def split_image(
     memory beyond the decoded image is one patch.
     """
     image_path, dst_root = Path(image_path), Path(dst_root)
-    objects, header = [], {"imagesource": None, "gsd": None}
+    objects, problems, header = [], [], {"imagesource": None, "gsd": None}
     if label_path is not None:
-        objects, _, header = parse_dota_label_file(label_path, class_names)
-    polygons = np.array([o.polygon for o in objects], dtype=np.float64).reshape(-1, 8)
-    summary = SplitSummary(images=1, objects=len(objects))
+        objects, problems, header = parse_dota_label_file(label_path, class_names, log=False)
+    summary = SplitSummary(images=1, problems=problems)
     write_labels = label_path is not None if write_labels is None else write_labels
     fill = (padding_value,) * 3 if isinstance(padding_value, int) else tuple(int(v) for v in padding_value)
     previous_limit = Image.MAX_IMAGE_PIXELS
@@ -203,6 +213,10 @@ def split_image(
         with Image.open(image_path) as src:
             image = src if src.mode == "RGB" else src.convert("RGB")
             width, height = image.size
+            objects, outside = _split_outside(objects, width, height, label_path)  # they would land in the padding
+            summary.problems.extend(outside)
+            summary.objects = len(objects)
+            polygons = np.array([o.polygon for o in objects], dtype=np.float64).reshape(-1, 8)
             for window in get_windows(width, height, sizes, gaps, rates, img_rate_thr):
                 x0, y0, x1, y1 = window.tolist()
                 patch = image.crop((x0, y0, min(x1, width), min(y1, height)))
@@ -252,8 +266,9 @@ def split_dota(
 
     Single scale (mmrotate ``ss_*.json``): ``sizes=(1024,), gaps=(200,), rates=(1.0,)``; multi-scale
     (``ms_*.json``): ``gaps=(500,), rates=(0.5, 1.0, 1.5)``. One worker process handles one image at a time
-    (``num_workers=0``: in this process); a ``tqdm`` bar counts images. Malformed label lines are skipped
-    with the warnings of :func:`~sl_detr_hf.data.dota.parse_dota_label_file`; ``root/classes.txt`` is copied.
+    (``num_workers=0``: in this process); a ``tqdm`` bar counts images. Malformed label lines and objects lying
+    wholly outside their image are skipped (``summary.problems``) and reported as one warning per cause, as
+    :func:`~sl_detr_hf.data.dota.load_dota` does; ``root/classes.txt`` is copied.
 
     Args:
         labels_dir: ``None`` splits images only (test sets).
@@ -269,13 +284,16 @@ def split_dota(
     if (src_root / CLASSES_FILE).is_file():
         shutil.copyfile(src_root / CLASSES_FILE, dst_root / CLASSES_FILE)
     images = _list_images(src_root / images_dir)
-    items = []
+    items, unlabeled = [], []
     for image_id, path in images.items():
         label = None if labels_dir is None else src_root / labels_dir / f"{image_id}.txt"
         if label is not None and not label.is_file():
-            logger.warning("image without a label file (its patches get empty label files): %s", path)
+            unlabeled.append(str(path))
             label = None
         items.append((path, label))
+    if unlabeled:
+        logger.warning("split %s: %s", src_root,
+                       _files_line("images without a label file (their patches get empty label files)", unlabeled))
     work = partial(_split_one, dst_root=dst_root, sizes=tuple(sizes), gaps=tuple(gaps), rates=tuple(rates),
                    img_rate_thr=img_rate_thr, iof_thr=iof_thr, padding=padding, padding_value=padding_value,
                    ext=ext, class_names=class_names, labels_dir=labels_dir)
@@ -296,6 +314,9 @@ def split_dota(
             _add(total, work(item))
             bar.update()
     bar.close()
+    total.problems.sort(key=lambda p: (p.path, p.line))
+    for line in problem_report_lines(total.problems):
+        logger.warning("split %s: %s", src_root, line)
     logger.info("split %d images into %d patches (%d objects -> %d, %d truncated)", total.images,
                 total.patches, total.objects, total.patch_objects, total.truncated)
     return total
@@ -366,6 +387,7 @@ def _check_destination(src_root: Path, dst_root: Path, images_dir: str, labels_d
 def _add(total: SplitSummary, part: SplitSummary) -> None:
     for name in ("images", "patches", "objects", "patch_objects", "truncated"):
         setattr(total, name, getattr(total, name) + getattr(part, name))
+    total.problems.extend(part.problems)
 
 
 def merge_patch_detections(
