@@ -5,7 +5,7 @@ from __future__ import annotations
 from huggingface_hub.dataclasses import strict
 from transformers import DeformableDetrConfig
 
-__all__ = ["DOTA_CLASSES", "SlDetrConfig"]
+__all__ = ["DOTA_CLASSES", "RHINO_SWITCHES", "SlDetrConfig"]
 
 # DOTA class lists in mmrotate's order (DESIGN.md section 6).
 _DOTA_V10 = (
@@ -23,6 +23,14 @@ _BOX_TYPES = ("rotated", "horizontal")
 _ROTATED_SAMPLING = ("rhino", "geometric", "none")
 _MATCHER_BOX_COSTS = ("l1", "hausdorff")
 BACKBONE_NORMS = ("frozen", "batch_norm")
+# RHINO's (and mmdetection DINO's) numerics, each read in their code (see the fields' docs). The defaults of the
+# fields are the computation of models saved before these switches existed; the paper preset and the checkpoint
+# converters (`sl_detr_hf.convert`) set these values.
+RHINO_SWITCHES: dict = dict(
+    position_embedding_temperature=20, position_embedding_offset=0.0, query_position_temperature=10000,
+    query_position_valid_ratios=True, decoder_output_norm=True, class_aware_topk=True, angle_start=0,
+    decoder_refine_eps=1e-3, mask_invalid_proposal_angle=True, rotated_sampling_in_pixels=False,
+)
 
 
 @strict
@@ -116,6 +124,43 @@ class SlDetrConfig(DeformableDetrConfig):
         Match the selected encoder proposals once and reuse the assignment for every decoder layer (the seed's
         reported head) instead of matching every layer.
 
+    Numerical fidelity to RHINO / mmdetection's DINO (`RHINO_SWITCHES`, DESIGN.md 3.1). The defaults are the
+    computation of SL-DETR models saved before these fields existed (a `config.json` without them loads as it
+    was); `RHINO_SWITCHES` are RHINO's values, set by the paper-size preset and the checkpoint converters
+    (`sl_detr_hf.convert`), with which a converted RHINO / DINO checkpoint computes what it computed there:
+
+    position_embedding_temperature (`float`, defaults to 10000), position_embedding_offset (`float`, defaults to
+    -0.5):
+        The encoder's normalized sine position encoding, `(cumsum + offset) / (total + 1e-6) * 2 pi` over
+        `temperature ** (2 floor(i / 2) / (d_model / 2))` (transformers: 10000 and -0.5; RHINO / DINO: 20 and 0).
+    query_position_temperature (`float`, defaults to 10000):
+        Temperature of the sine embedding of the reference boxes that gives the decoder's query positions
+        (`ref_point_head`; RHINO and DINO keep 10000 there).
+    query_position_valid_ratios (`bool`, defaults to `False`):
+        Build the query position from the reference box scaled by the first level's valid ratios, as DINO /
+        RHINO do (differs from the unscaled box only for padded images).
+    decoder_output_norm (`bool`, defaults to `False`):
+        mmdetection DINO's final decoder LayerNorm (`decoder.norm`): each layer's output is normalized before the
+        class / box heads; the state passed to the next layer and the in-loop box refinement are not.
+    class_aware_topk (`bool`, defaults to `False`):
+        Two-stage: rank the encoder proposals by their best class logit (DINO / RHINO; the encoder loss is then
+        class-aware too) instead of by the first class (Deformable DETR's binary proposal score).
+    angle_start (`float`, defaults to -90):
+        The angle range in degrees (mmrotate's `start_angle`): the model decodes `theta = (a + angle_start / 180)
+        * pi` from its sigmoid-space angle `a`, so its native range is `[angle_start, angle_start + 180)`. -90 is le90
+        (`(a - 0.5) * pi`); RHINO's `width_longer=True, start_angle=0` is 0 (`a * pi`). The proposals start at
+        `a = 0.5`. Targets are brought to the native range for the losses; returned boxes (`pred_boxes`,
+        post-processing) are le90 whatever the range.
+    decoder_refine_eps (`float`, defaults to 1e-5):
+        The inverse-sigmoid clamp of the decoder's in-loop reference refinement (DINO / RHINO: 1e-3); the heads'
+        predictions keep 1e-5.
+    mask_invalid_proposal_angle (`bool`, defaults to `False`):
+        Give padded / border encoder tokens a `+inf` proposal angle logit like their other coordinates (RHINO)
+        instead of the angle head's finite prediction.
+    rotated_sampling_in_pixels (`bool`, defaults to `True`):
+        Rotated decoder sampling turns the offset vector in pixel units (`True`, a rigid rotation on any feature
+        map) or in normalized units (`False`, RHINO's code: equal only on square maps; see `attention_sl_detr.py`).
+
     Backbone training policy (transformers' ResNet backbones; `backbone_sl_detr.py`):
 
     backbone_frozen_stages (`int`, defaults to 1):
@@ -180,6 +225,17 @@ class SlDetrConfig(DeformableDetrConfig):
     matcher_box_cost: str = "l1"
     encoder_loss_on_topk: bool = True
     match_once_per_step: bool = False
+    # numerical fidelity to RHINO / DINO (RHINO_SWITCHES); defaults: the computation before these fields
+    position_embedding_temperature: float | int = 10000
+    position_embedding_offset: float | int = -0.5
+    query_position_temperature: float | int = 10000
+    query_position_valid_ratios: bool = False
+    decoder_output_norm: bool = False
+    class_aware_topk: bool = False
+    angle_start: float | int = -90
+    decoder_refine_eps: float = 1e-5
+    mask_invalid_proposal_angle: bool = False
+    rotated_sampling_in_pixels: bool = True
     # backbone training policy
     backbone_frozen_stages: int = 1
     backbone_norm: str = "frozen"
@@ -199,6 +255,11 @@ class SlDetrConfig(DeformableDetrConfig):
         if self.dynamic_denoising is None:
             return self.box_type == "rotated"
         return self.dynamic_denoising
+
+    @property
+    def angle_offset(self) -> float:
+        """`angle_start` in units of pi: `theta = (a + angle_offset) * pi` (-0.5 for le90, 0 for RHINO)."""
+        return self.angle_start / 180
 
     @property
     def box_dim(self) -> int:
@@ -257,6 +318,13 @@ class SlDetrConfig(DeformableDetrConfig):
                              f"queries (`one_to_many_k` = 1), got `one_to_many_k` = {self.one_to_many_k}")
         if self.query_selection_nms is not None and not 0 < self.query_selection_nms <= 1:
             raise ValueError(f"`query_selection_nms` must be None or in (0, 1], got {self.query_selection_nms!r}")
+        for name in ("position_embedding_temperature", "query_position_temperature"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"`{name}` must be > 0, got {getattr(self, name)!r}")
+        if not 0 < self.decoder_refine_eps < 0.5:
+            raise ValueError(f"`decoder_refine_eps` must be in (0, 0.5), got {self.decoder_refine_eps!r}")
+        if not -90 <= self.angle_start <= 0:
+            raise ValueError(f"`angle_start` must be in [-90, 0] degrees, got {self.angle_start!r}")
         if self.backbone_norm not in BACKBONE_NORMS:
             raise ValueError(f"`backbone_norm` must be one of {BACKBONE_NORMS}, got {self.backbone_norm!r}")
         if self.two_stage and self.two_stage_num_proposals != self.num_queries:

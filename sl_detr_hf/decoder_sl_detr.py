@@ -4,15 +4,19 @@
 (`layers.{i}.self_attn`, `layers.{i}.encoder_attn`, ...), so Deformable DETR checkpoints still load. It adds:
 
 - rotated references: in `"rotated"` mode a reference is `(cx, cy, w, h, a)` in sigmoid space (`theta =
-  (a - 0.5) * pi`); each layer's cross-attention is [`SlDetrRotatedDeformableAttention`], which turns its
-  sampling pattern by theta (`config.rotated_sampling`; `"none"` samples as Deformable DETR does);
-- box AND angle refinement: `ref_l = sigmoid(delta_l + inverse_sigmoid(ref_{l-1}))` on all coordinates, with the
-  angle delta read out of the box head's features (`angle_embed`);
+  (a + config.angle_offset) * pi`: `(a - 0.5) * pi` for le90, `a * pi` for RHINO); each layer's cross-attention
+  is [`SlDetrRotatedDeformableAttention`], which turns its sampling pattern by theta (`config.rotated_sampling`,
+  `config.rotated_sampling_in_pixels`; `"none"` samples as Deformable DETR does);
+- box AND angle refinement: `ref_l = sigmoid(delta_l + inverse_sigmoid(ref_{l-1}, eps))` on all coordinates, with
+  the angle delta read out of the box head's features (`angle_embed`; `eps = config.decoder_refine_eps`);
 - look forward twice (`config.look_forward_twice`): the refined references it returns keep their gradient, so
   that layer `l`'s prediction (made on `ref_{l-1}`) trains layer `l - 1` too; the reference passed on to the next
   layer is always detached;
 - a self-attention mask (denoising queries, see `denoising_sl_detr.py`);
-- the query position embedding from the current reference box (`ref_point_head`, DINO), when set.
+- the query position embedding from the current reference box (`ref_point_head`, DINO), when set, optionally
+  from the box scaled by the first level's valid ratios (`config.query_position_valid_ratios`, DINO / RHINO);
+- mmdetection DINO's final LayerNorm (`norm`, `config.decoder_output_norm`) on every layer's returned output (what
+  the heads see); the state passed on and the in-loop refinement use the layer's output before it.
 
 Ships with `trust_remote_code` checkpoints: imports only its sibling files, torch and transformers.
 """
@@ -72,14 +76,16 @@ def refine_boxes(
     reference: torch.Tensor,
     bbox_head: DeformableDetrMLPPredictionHead,
     angle_head: nn.Module | None,
+    eps: float = 1e-5,
 ) -> torch.Tensor:
-    """One refinement step: `sigmoid(delta + inverse_sigmoid(reference))` in sigmoid space.
+    """One refinement step: `sigmoid(delta + inverse_sigmoid(reference, eps))` in sigmoid space.
 
     Args:
         hidden_states (`(B, Q, d_model)`): the layer's output.
         reference (`(B, Q, 2 | 4 | 5)`): the reference the layer started from. Missing coordinates have logit 0:
             a 2-d point's size is the delta's (Deformable DETR), a 4-d box's angle starts at `a = 0.5`.
         bbox_head: the 4-d box delta head; angle_head: the angle delta read-out of its features (rotated models).
+        eps: the inverse sigmoid's clamp (DINO / RHINO: 1e-3 in the decoder's loop, 1e-5 in the heads).
 
     Returns:
         `(B, Q, 4)`, or `(B, Q, 5)` with an angle head.
@@ -90,7 +96,7 @@ def refine_boxes(
     width = reference.shape[-1]
     if width not in (2, 4, 5) or width > delta.shape[-1]:
         raise ValueError(f"the reference's last dim must be 2, 4 or 5 (with an angle head), got {width}")
-    reference_logits = inverse_sigmoid(reference)
+    reference_logits = inverse_sigmoid(reference, eps)
     if width < delta.shape[-1]:
         reference_logits = nn.functional.pad(reference_logits, (0, delta.shape[-1] - width))
     return (delta + reference_logits).sigmoid()
@@ -102,18 +108,23 @@ class SlDetrDecoder(DeformableDetrDecoder):
     Like Deformable DETR's, its heads are set by the owning model: `bbox_embed` (per layer, box refinement),
     `class_embed` (two-stage) and, new, `angle_embed` (per layer, `"rotated"` with box refinement) and
     `ref_point_head` (the query position from the reference box; `None` keeps the position embeddings passed in).
+    `norm` is DINO's output LayerNorm (`config.decoder_output_norm`), else `None`.
     """
 
     def __init__(self, config: SlDetrConfig):
         super().__init__(config)
         self.look_forward_twice = bool(config.look_forward_twice)
+        self.angle_offset = float(config.angle_offset)
+        self.refine_eps = float(config.decoder_refine_eps)
+        self.query_position_valid_ratios = bool(config.query_position_valid_ratios)
         self.angle_embed = None
         self.ref_point_head = None
+        self.norm = nn.LayerNorm(config.d_model) if config.decoder_output_norm else None
         if config.box_type == "rotated":
             # the same parameters (already initialized), a module that also samples around 5-d references
             for layer in self.layers:
                 layer.encoder_attn = SlDetrRotatedDeformableAttention.from_deformable(
-                    layer.encoder_attn, config.rotated_sampling
+                    layer.encoder_attn, config.rotated_sampling, config.rotated_sampling_in_pixels
                 )
 
     @torch.no_grad()
@@ -123,18 +134,20 @@ class SlDetrDecoder(DeformableDetrDecoder):
         init_marked_module(module)
 
     @staticmethod
-    def attention_input(reference: torch.Tensor, valid_ratios: torch.Tensor) -> torch.Tensor:
+    def attention_input(
+        reference: torch.Tensor, valid_ratios: torch.Tensor, angle_offset: float = -0.5
+    ) -> torch.Tensor:
         """Per-level references for the cross-attention: `(B, Q, D)` -> `(B, Q, n_levels, D)`.
 
         `cx, cy, w, h` are scaled by the levels' valid ratios (as Deformable DETR does); a 5-d reference's angle
-        goes from sigmoid space to radians, `theta = (a - 0.5) * pi`, the unit the rotated attention takes.
+        goes from sigmoid space to radians, `theta = (a + angle_offset) * pi`, the unit the rotated attention takes.
         """
         if reference.shape[-1] == 2:
             return reference[:, :, None] * valid_ratios[:, None]
         boxes = reference[:, :, None, :4] * torch.cat([valid_ratios, valid_ratios], -1)[:, None]
         if reference.shape[-1] == 4:
             return boxes
-        theta = (reference[..., 4:] - 0.5) * math.pi
+        theta = (reference[..., 4:] + angle_offset) * math.pi
         return torch.cat([boxes, theta[:, :, None].expand(-1, -1, boxes.shape[2], -1)], dim=-1)
 
     @merge_with_config_defaults
@@ -166,7 +179,8 @@ class SlDetrDecoder(DeformableDetrDecoder):
         Returns:
             `DeformableDetrDecoderOutput` with `intermediate_hidden_states (B, L, Q, d_model)` and
             `intermediate_reference_points (B, L, Q, D)`: layer `l`'s refined reference (sigmoid space), with its
-            gradient when `look_forward_twice`, else detached (Deformable DETR).
+            gradient when `look_forward_twice`, else detached (Deformable DETR). With `norm`, the hidden states
+            (intermediate and last) are the normalized outputs.
         """
         hidden_states = inputs_embeds
         if self_attention_mask is not None:
@@ -180,10 +194,13 @@ class SlDetrDecoder(DeformableDetrDecoder):
         intermediate = ()
         intermediate_reference_points = ()
         for idx, decoder_layer in enumerate(self.layers):
-            reference_points_input = self.attention_input(reference_points, valid_ratios)
+            reference_points_input = self.attention_input(reference_points, valid_ratios, self.angle_offset)
             query_position = object_queries_position_embeddings
             if self.ref_point_head is not None:
-                query_position = self.ref_point_head(reference_points)
+                # DINO / RHINO embed the box scaled by the first level's valid ratios (the angle is not used)
+                query_position = self.ref_point_head(
+                    reference_points_input[:, :, 0] if self.query_position_valid_ratios else reference_points
+                )
             hidden_states = decoder_layer(
                 hidden_states,
                 query_position,
@@ -198,13 +215,14 @@ class SlDetrDecoder(DeformableDetrDecoder):
             refined = reference_points
             if self.bbox_embed is not None:
                 angle_head = self.angle_embed[idx] if self.angle_embed is not None else None
-                refined = refine_boxes(hidden_states, reference_points, self.bbox_embed[idx], angle_head)
+                refined = refine_boxes(hidden_states, reference_points, self.bbox_embed[idx], angle_head,
+                                       self.refine_eps)
                 reference_points = refined.detach()
-            intermediate += (hidden_states,)
+            intermediate += (hidden_states if self.norm is None else self.norm(hidden_states),)
             intermediate_reference_points += (refined if self.look_forward_twice else reference_points,)
 
         return DeformableDetrDecoderOutput(
-            last_hidden_state=hidden_states,
+            last_hidden_state=intermediate[-1],
             intermediate_hidden_states=torch.stack(intermediate, dim=1),
             intermediate_reference_points=torch.stack(intermediate_reference_points, dim=1),
         )

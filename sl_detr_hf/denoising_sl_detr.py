@@ -28,14 +28,16 @@ RHINO subclasses; RHINO's R50 DOTA configs):
   reuse RT-DETR's generator, and DINO's DN was tuned with it).
 - Angle: not noised by default (RHINO's choice: the DN query's angle is the ground truth's). With
   ``angle_noise_scale = s > 0`` the angle moves by ``r * s * pi / 2`` with the same positive / negative ``r``
-  ranges as the box, then is wrapped into le90 ``[-pi/2, pi/2)`` (the width / height are not swapped).
+  ranges as the box, then is wrapped into the native range (le90 ``[-pi/2, pi/2)`` by default; the width / height
+  are not swapped).
 - Attention mask (``True`` = blocked): matching queries cannot see any DN query, and each DN group cannot see
   the other groups; DN queries CAN see the matching queries. This is DINO's / mmdet's / RT-DETR's mask (the
   matching queries carry no ground-truth information, so nothing leaks).
 
 The reference is returned in the model's sigmoid space: ``cx, cy, w, h`` in ``[0, 1]`` (RT-DETR's clipped
 boxes, round-tripped through its ``inverse_sigmoid``, so values are within ``1e-5`` of the clip bounds) and, for
-``box_dim = 5``, the angle as ``a = theta / pi + 0.5`` in ``[0, 1)`` (theta le90 radians).
+``box_dim = 5``, the angle as ``a = theta / pi - angle_offset`` in ``[0, 1)`` (theta in the model's native range
+``[angle_offset * pi, (angle_offset + 1) * pi)``, ``config.angle_offset``: le90 for -0.5, RHINO's ``[0, pi)`` for 0).
 
 Usage (for the model integration)::
 
@@ -69,7 +71,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 from transformers.models.rt_detr.modeling_rt_detr import get_contrastive_denoising_training_group
 
-from .rotated_boxes import _wrap_angle
+from .rotated_boxes import _wrap_angle, wrap_angle_range
 
 __all__ = ["DenoisingGroup", "build_denoising_queries", "make_denoising_group", "num_denoising_groups"]
 
@@ -78,7 +80,7 @@ class DenoisingGroup(NamedTuple):
     """The noised queries before embedding.
 
     labels: ``(B, N)`` int64, noised labels (``num_labels`` at padding entries).
-    reference: ``(B, N, D)`` in sigmoid space (``cx, cy, w, h`` in ``[0, 1]``, ``a = theta / pi + 0.5``).
+    reference: ``(B, N, D)`` in sigmoid space (``cx, cy, w, h`` in ``[0, 1]``, ``a = theta / pi - angle_offset``).
     valid: ``(B, N)`` bool, ``False`` at padding entries.
     attn_mask: ``(N + Q, N + Q)`` bool, ``True`` = blocked.
     dn_meta: ``{"num_groups": G, "max_objects": M}``.
@@ -126,18 +128,20 @@ def make_denoising_group(
     box_noise_scale: float = 1.0,
     angle_noise_scale: float = 0.0,
     box_dim: int = 5,
+    angle_offset: float = -0.5,
 ) -> DenoisingGroup | None:
     """Noised DN labels and reference boxes, the attention mask and the layout (see the module docstring).
 
     Args:
         targets: per image ``{"class_labels": (n_b,) int64, "boxes": (n_b, box_dim) normalized}``
-            (``cx, cy, w, h[, theta]``, theta in radians, le90).
+            (``cx, cy, w, h[, theta]``, theta in radians in the native range of ``angle_offset``).
         num_labels: number of classes ``C``. num_queries: number of matching queries ``Q``.
         num_denoising: about this many DN queries per image; 0 turns denoising off.
         max_groups: cap on the number of groups.
         label_noise_ratio, box_noise_scale, angle_noise_scale: see the module docstring
             (``angle_noise_scale`` in units of ``pi / 2``; ignored for ``box_dim = 4``).
         box_dim: 5 (rotated) or 4 (horizontal).
+        angle_offset: ``theta = (a + angle_offset) * pi`` (``config.angle_offset``; -0.5 = le90).
     Returns:
         A [`DenoisingGroup`], or ``None`` when ``num_denoising == 0`` or no image has a target.
     """
@@ -173,8 +177,9 @@ def make_denoising_group(
             negative = (torch.arange(theta.shape[1], device=device) // max_objects) % 2 == 1
             magnitude = torch.rand_like(theta) + negative.to(theta.dtype)  # pos [0, 1), neg [1, 2)
             sign = torch.randint_like(theta, 0, 2) * 2.0 - 1.0
-            theta = _wrap_angle(theta + sign * magnitude * angle_noise_scale * math.pi / 2)
-        angle = torch.where(valid, theta / math.pi + 0.5, torch.full_like(theta, 0.5))
+            theta = theta + sign * magnitude * angle_noise_scale * math.pi / 2
+            theta = _wrap_angle(theta) if angle_offset == -0.5 else wrap_angle_range(theta, angle_offset * math.pi)
+        angle = torch.where(valid, theta / math.pi - angle_offset, torch.full_like(theta, 0.5))
         reference = torch.cat([reference, angle[..., None].to(reference.dtype)], dim=-1)
 
     labels = labels.long()  # RT-DETR keeps padding at num_labels and never flips it
@@ -193,6 +198,7 @@ def build_denoising_queries(
     box_noise_scale: float = 1.0,
     angle_noise_scale: float = 0.0,
     box_dim: int = 5,
+    angle_offset: float = -0.5,
 ) -> tuple[Tensor, Tensor, Tensor, dict[str, int]] | None:
     """DN content queries, reference boxes, self-attention mask and layout for the decoder.
 
@@ -207,7 +213,7 @@ def build_denoising_queries(
         raise ValueError(f"denoising_sl_detr: label_embedding must have num_labels + 1 = {num_labels + 1} rows, "
                          f"got {label_embedding.num_embeddings}")
     group = make_denoising_group(targets, num_labels, num_queries, num_denoising, max_groups, label_noise_ratio,
-                                 box_noise_scale, angle_noise_scale, box_dim)
+                                 box_noise_scale, angle_noise_scale, box_dim, angle_offset)
     if group is None:
         return None
     return label_embedding(group.labels), group.reference, group.attn_mask, group.dn_meta

@@ -248,8 +248,8 @@ class SlDetrLoss(nn.Module):
     the plain KLD / GIoU loss. Each is summed over matched pairs and divided by ``num_boxes`` (the batch's
     target count, averaged over processes, ``>= 1``). Layers: the last decoder layer (no prefix), every
     auxiliary layer ``i`` (prefix ``d{i}.``), the two-stage encoder output (prefix ``enc.``, class-agnostic as in
-    Deformable DETR, ``enc_class_agnostic``) and the denoising queries of every decoder layer (prefixes ``dn.`` and
-    ``d{i}.dn.``).
+    Deformable DETR, ``enc_class_agnostic``, unless ``config.class_aware_topk`` as in DINO) and the denoising
+    queries of every decoder layer (prefixes ``dn.`` and ``d{i}.dn.``).
 
     One step: the matching costs of all layers (decoder layers, encoder proposals, the positive DN queries of
     dynamic denoising) are computed in one batched pass and copied to the host once; scipy solves each
@@ -279,6 +279,8 @@ class SlDetrLoss(nn.Module):
     def __init__(self, config: SlDetrConfig):
         super().__init__()
         self.config = config
+        # proposals ranked by their best class (DINO / RHINO) are trained on the classes, as DINO's encoder loss
+        self.enc_class_agnostic = not getattr(config, "class_aware_topk", False)
         self.matcher = SlDetrHungarianMatcher(config)
         self.weight_dict = {
             "loss_cls": config.cls_loss_coefficient,

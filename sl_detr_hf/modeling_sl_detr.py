@@ -14,6 +14,11 @@ file wires in what SL-DETR changes, each part in its own module next to this one
   denoising queries at training time (``denoising_sl_detr.py``, ``config.num_denoising``) and look forward twice
   (``config.look_forward_twice``); optionally a proposal NMS in the query selection (``config.query_selection_nms``)
   and H-DETR's one-to-many hybrid queries at training time (``hybrid_sl_detr.py``, ``config.num_hybrid_queries``);
+- RHINO's / mmdetection DINO's numerics as config switches, each in the module of its part
+  (`configuration_sl_detr.RHINO_SWITCHES`): the encoder's sine encoding (``position_embedding_sl_detr.py``), the
+  decoder's output norm, in-loop eps and query-position input (``decoder_sl_detr.py``), class-aware proposal
+  ranking (``query_selection_sl_detr.py``), the angle range (``config.angle_start``), the proposal angle of padded
+  tokens and the rotated sampling's units (``attention_sl_detr.py``);
 - Deformable DETR's original head initialization (class bias at the focal prior, last box layer zero);
 - the backbone's frozen stages and batch norms as a config choice (``backbone_sl_detr.py``), so that a backbone
   trained from scratch can train whole with learning batch norms;
@@ -52,13 +57,15 @@ from .decoder_sl_detr import SlDetrDecoder, init_marked_module, refine_boxes
 from .denoising_sl_detr import build_denoising_queries
 from .hybrid_sl_detr import hybrid_attention_mask
 from .loss_sl_detr import SlDetrLoss
+from .position_embedding_sl_detr import SlDetrSinePositionEmbedding
 from .query_selection_sl_detr import (
     SlDetrBoxPositionEmbedding,
     SlDetrMixedQuerySelection,
     gather_queries,
+    proposal_scores,
     select_proposals,
 )
-from .rotated_boxes import regularize_rboxes
+from .rotated_boxes import _wrap_angle, regularize_rboxes, wrap_angle_range
 
 logger = logging.get_logger(__name__)
 
@@ -83,15 +90,17 @@ _CONFIG_META_FIELDS = ("model_type", "transformers_version", "architectures", "a
 # The DINO / RHINO switches, all off: a converted Deformable DETR then computes exactly what it computed before.
 DEFORMABLE_DETR_SWITCHES = dict(
     num_denoising=0, mixed_query_selection=False, look_forward_twice=False, rotated_sampling="none",
-    encoder_loss_on_topk=False,
+    encoder_loss_on_topk=False, position_embedding_temperature=10000, position_embedding_offset=-0.5,
+    query_position_valid_ratios=False, decoder_output_norm=False, class_aware_topk=False, decoder_refine_eps=1e-5,
 )
 # Focal prior of the class biases (Deformable DETR's original init): sigmoid(bias) = 0.01.
 _CLASS_BIAS_PRIOR = -math.log((1 - 0.01) / 0.01)
 
 
-def angle_from_sigmoid(angle: torch.Tensor) -> torch.Tensor:
-    """Map the angle in sigmoid space, ``a in (0, 1)``, to radians: ``theta = (a - 0.5) * pi`` in ``(-pi/2, pi/2)``."""
-    return (angle - 0.5) * math.pi
+def angle_from_sigmoid(angle: torch.Tensor, offset: float = -0.5) -> torch.Tensor:
+    """Map the angle in sigmoid space, ``a in (0, 1)``, to radians: ``theta = (a + offset) * pi``
+    (``config.angle_offset``: -0.5 gives le90 ``(-pi/2, pi/2)``, RHINO's 0 gives ``(0, pi)``)."""
+    return (angle + offset) * math.pi
 
 
 @dataclass
@@ -114,9 +123,10 @@ class SlDetrModelOutput(DeformableDetrModelOutput):
     enc_outputs_class (`(B, S, C)`, two-stage only): class logits of every encoder token (proposal).
     enc_outputs_coord_logits (`(B, S, D)`, two-stage only):
         Proposals in inverse-sigmoid space: `(cx, cy, w, h)` logits and, for `"rotated"`, the angle logit `z`
-        (`theta = (sigmoid(z) - 0.5) * pi`). Padding / invalid tokens have `+inf` box logits, as in Deformable DETR.
+        (`theta = (sigmoid(z) + config.angle_offset) * pi`, le90: `(sigmoid(z) - 0.5) * pi`). Padding / invalid
+        tokens have `+inf` box logits, as in Deformable DETR (and angle logits with `mask_invalid_proposal_angle`).
     init_reference_angles (`(B, Q, 1)`, `"rotated"` only):
-        Initial angle of the queries in sigmoid space (`0.5` is `theta = 0`): the selected encoder proposals'
+        Initial angle of the queries in sigmoid space (`0.5` is `theta = 0` in le90): the selected encoder proposals'
         angles (detached) with two-stage, else `0.5`.
     intermediate_reference_angles (`(B, L, Q, 1)`, `"rotated"` with box refinement): the refined angles.
     enc_topk_indices (`(B, Q)`, two-stage only): the encoder tokens the matching queries start from (query `i`
@@ -147,7 +157,9 @@ class SlDetrObjectDetectionOutput(DeformableDetrObjectDetectionOutput):
     logits (`(B, Q, C)`): classification logits of the last decoder layer (sigmoid / focal style, no no-object).
     pred_boxes (`(B, Q, D)`):
         Normalized boxes of the last decoder layer: `(cx, cy, w, h)` in `[0, 1]` relative to the image's own
-        (unpadded) size and, for `"rotated"`, `theta` in radians in `(-pi/2, pi/2)` (DESIGN.md section 2).
+        (unpadded) size and, for `"rotated"`, `theta` in radians in `[-pi/2, pi/2)` (DESIGN.md section 2) whatever
+        `config.angle_start` (`auxiliary_outputs` too; `dn_outputs`, `hybrid_outputs` and `layer_predictions` keep
+        the native range the losses use).
     auxiliary_outputs (`list[dict]`, when `labels` are given and `config.auxiliary_loss`):
         `{"logits": (B, Q, C), "pred_boxes": (B, Q, D)}` for decoder layers `0 .. L - 2`.
     dn_outputs (`list[dict]`, training with denoising only): `{"logits": (B, N, C), "pred_boxes": (B, N, D)}` of
@@ -334,6 +346,10 @@ class SlDetrModel(SlDetrPreTrainedModel, DeformableDetrModel):
     def __init__(self, config: SlDetrConfig):
         super().__init__(config)
         apply_backbone_policy(self.backbone, config)
+        if config.position_embedding_type == "sine":  # no parameters: the same module with RHINO's numbers as options
+            self.position_embedding = SlDetrSinePositionEmbedding(
+                config.d_model // 2, config.position_embedding_temperature, config.position_embedding_offset
+            )
         self.decoder = SlDetrDecoder(config)
         if not config.two_stage and (config.mixed_query_selection or config.num_denoising > 0):
             logger.info("SL-DETR: mixed query selection and denoising need two_stage=True; single-stage model "
@@ -349,12 +365,12 @@ class SlDetrModel(SlDetrPreTrainedModel, DeformableDetrModel):
         self.query_selection = None
         if _uses_query_selection(config):
             self.query_selection = SlDetrMixedQuerySelection(config.num_queries, config.d_model,
-                                                             config.query_selection_nms)
+                                                             config.query_selection_nms, config.angle_offset)
             # Deformable DETR's content / position from the proposals is replaced (no parameters left unused)
             self.pos_trans = self.pos_trans_norm = None
         if _uses_query_selection(config) or _uses_denoising(config):
             # Denoising queries need a position built from their box, as DINO's queries
-            self.decoder.ref_point_head = SlDetrBoxPositionEmbedding(config.d_model)
+            self.decoder.ref_point_head = SlDetrBoxPositionEmbedding(config.d_model, config.query_position_temperature)
         # H-DETR's one-to-many queries start as the matching queries do, from proposals without the NMS
         self.hybrid_queries = (SlDetrMixedQuerySelection(config.num_hybrid_queries, config.d_model)
                                if _uses_hybrid(config) else None)
@@ -382,15 +398,20 @@ class SlDetrModel(SlDetrPreTrainedModel, DeformableDetrModel):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Deformable DETR's encoder proposals; in `"rotated"` mode with an angle.
 
-        The proposal angle logit is `0 + enc_angle_embed(object_query)`: the initial angle `a = 0.5` (`theta = 0`)
-        plus the encoder head's angle delta (the box head adds a zero delta to it, see `SlDetrProposalBoxHead`).
+        The proposal angle logit is `0 + enc_angle_embed(object_query)`: the initial angle `a = 0.5` (`theta = 0` in
+        le90, `pi / 2` in RHINO's range) plus the encoder head's angle delta (the box head adds a zero delta to it,
+        see `SlDetrProposalBoxHead`). With `config.mask_invalid_proposal_angle`, padded / border tokens get `+inf`
+        like their other coordinates (RHINO).
 
         Returns:
             object_query (`(B, S, d_model)`) and output_proposals (`(B, S, D)`, inverse-sigmoid space).
         """
         object_query, output_proposals = super().gen_encoder_output_proposals(enc_output, padding_mask, spatial_shapes)
         if self.enc_angle_embed is not None:
-            output_proposals = torch.cat([output_proposals, self.enc_angle_embed(object_query)], dim=-1)
+            angle = self.enc_angle_embed(object_query)
+            if self.config.mask_invalid_proposal_angle:
+                angle = angle.masked_fill(torch.isinf(output_proposals[..., :1]), float("inf"))
+            output_proposals = torch.cat([output_proposals, angle], dim=-1)
         return object_query, output_proposals
 
     def _encoder_inputs(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> _EncoderInputs:
@@ -446,12 +467,13 @@ class SlDetrModel(SlDetrPreTrainedModel, DeformableDetrModel):
         # a detection head on every encoder token (Deformable DETR's two-stage, A.4 of its paper)
         enc_outputs_class = self.decoder.class_embed[-1](object_query)
         enc_outputs_coord_logits = self.decoder.bbox_embed[-1](object_query) + output_proposals
+        scores = proposal_scores(enc_outputs_class, self.config.class_aware_topk)
         if self.query_selection is not None:
-            target, reference, topk = self.query_selection(enc_outputs_class[..., 0], enc_outputs_coord_logits)
+            target, reference, topk = self.query_selection(scores, enc_outputs_coord_logits)
             position = None
         else:
-            topk = select_proposals(enc_outputs_class[..., 0], self.config.two_stage_num_proposals,
-                                    enc_outputs_coord_logits, self.config.query_selection_nms)
+            topk = select_proposals(scores, self.config.two_stage_num_proposals, enc_outputs_coord_logits,
+                                    self.config.query_selection_nms, self.config.angle_offset)
             topk_coords_logits = gather_queries(enc_outputs_coord_logits, topk).detach()
             reference = topk_coords_logits.sigmoid()
             proposal_position = self.get_proposal_pos_embed(topk_coords_logits[..., :4])
@@ -508,7 +530,7 @@ class SlDetrModel(SlDetrPreTrainedModel, DeformableDetrModel):
                 num_queries=content.shape[1], num_denoising=self.config.num_denoising,
                 max_groups=self.config.max_denoising_groups, label_noise_ratio=self.config.label_noise_ratio,
                 box_noise_scale=self.config.box_noise_scale, angle_noise_scale=self.config.angle_noise_scale,
-                box_dim=self.config.box_dim,
+                box_dim=self.config.box_dim, angle_offset=self.config.angle_offset,
             )
             if denoising is not None:
                 dn_content, dn_reference, self_attention_mask, dn_meta = denoising
@@ -517,7 +539,8 @@ class SlDetrModel(SlDetrPreTrainedModel, DeformableDetrModel):
         num_hybrid = None
         if self.training and labels is not None and self.hybrid_queries is not None:
             hybrid_content, hybrid_reference, _ = self.hybrid_queries(
-                queries.enc_outputs_class[..., 0], queries.enc_outputs_coord_logits)
+                proposal_scores(queries.enc_outputs_class, self.config.class_aware_topk),
+                queries.enc_outputs_coord_logits)
             num_hybrid = hybrid_content.shape[1]
             self_attention_mask = hybrid_attention_mask(self_attention_mask, content.shape[1], num_hybrid,
                                                         content.device)
@@ -672,22 +695,7 @@ class SlDetrForObjectDetection(SlDetrPreTrainedModel, DeformableDetrForObjectDet
             return_dict=True,
             **kwargs,
         )
-        hidden_states = outputs.intermediate_hidden_states
-        references = _full_reference(outputs.intermediate_reference_points, outputs.intermediate_reference_angles)
-        reference = _full_reference(outputs.init_reference_points, outputs.init_reference_angles)
-
-        outputs_classes, outputs_coords = [], []
-        for level in range(hidden_states.shape[1]):
-            # layer l predicts on the reference it started from: the initial one, or layer l - 1's refinement
-            # (which keeps its gradient with look forward twice)
-            if level > 0:
-                reference = references[:, level - 1]
-            angle_head = self.angle_embed[level] if self.angle_embed is not None else None
-            outputs_coord = refine_boxes(hidden_states[:, level], reference, self.bbox_embed[level], angle_head)
-            if angle_head is not None:
-                outputs_coord = torch.cat([outputs_coord[..., :4], angle_from_sigmoid(outputs_coord[..., 4:])], -1)
-            outputs_classes.append(self.class_embed[level](hidden_states[:, level]))
-            outputs_coords.append(outputs_coord)
+        outputs_classes, outputs_coords = self.layer_predictions(outputs)
 
         # denoising queries come first (training only): split them off
         num_dn = 0 if outputs.dn_meta is None else 2 * outputs.dn_meta["num_groups"] * outputs.dn_meta["max_objects"]
@@ -719,6 +727,11 @@ class SlDetrForObjectDetection(SlDetrPreTrainedModel, DeformableDetrForObjectDet
                  "dn_meta": outputs.dn_meta, "hybrid_outputs": hybrid_outputs},
                 targets,
             )
+        # the losses saw the model's native angle range; what it returns is le90 (DESIGN.md 2)
+        pred_boxes = self._le90_boxes(pred_boxes)
+        if auxiliary_outputs is not None and self.config.angle_offset != -0.5:
+            auxiliary_outputs = [{"logits": aux["logits"], "pred_boxes": self._le90_boxes(aux["pred_boxes"])}
+                                 for aux in auxiliary_outputs]
 
         return SlDetrObjectDetectionOutput(
             loss=loss,
@@ -743,6 +756,36 @@ class SlDetrForObjectDetection(SlDetrPreTrainedModel, DeformableDetrForObjectDet
             dn_meta=outputs.dn_meta,
             hybrid_outputs=hybrid_outputs,
         )
+
+    def layer_predictions(self, outputs: SlDetrModelOutput) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Every decoder layer's class logits `(B, N, C)` and boxes `(B, N, D)` (all `N` queries, denoising and
+        hybrid ones included), the boxes normalized with theta in the model's native range
+        (`[angle_start, angle_start + 180)` degrees; `forward` returns `pred_boxes` in le90).
+
+        Layer `l` predicts on the reference it started from: the initial one, or layer `l - 1`'s refinement (which
+        keeps its gradient with look forward twice); the heads' inverse sigmoid keeps eps 1e-5 (DINO / RHINO).
+        """
+        hidden_states = outputs.intermediate_hidden_states
+        references = _full_reference(outputs.intermediate_reference_points, outputs.intermediate_reference_angles)
+        reference = _full_reference(outputs.init_reference_points, outputs.init_reference_angles)
+        outputs_classes, outputs_coords = [], []
+        for level in range(hidden_states.shape[1]):
+            if level > 0:
+                reference = references[:, level - 1]
+            angle_head = self.angle_embed[level] if self.angle_embed is not None else None
+            outputs_coord = refine_boxes(hidden_states[:, level], reference, self.bbox_embed[level], angle_head)
+            if angle_head is not None:
+                theta = angle_from_sigmoid(outputs_coord[..., 4:], self.config.angle_offset)
+                outputs_coord = torch.cat([outputs_coord[..., :4], theta], -1)
+            outputs_classes.append(self.class_embed[level](hidden_states[:, level]))
+            outputs_coords.append(outputs_coord)
+        return outputs_classes, outputs_coords
+
+    def _le90_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
+        """`(..., D)` boxes with theta in the native range -> theta in le90 `[-pi/2, pi/2)` (the same rectangles)."""
+        if boxes.shape[-1] != 5 or self.config.angle_offset == -0.5:
+            return boxes
+        return torch.cat([boxes[..., :4], _wrap_angle(boxes[..., 4:])], dim=-1)
 
     def _encoder_loss_outputs(self, outputs: SlDetrModelOutput) -> dict | None:
         """The two-stage proposals the encoder loss sees: the selected top-k (`config.encoder_loss_on_topk`, in the
@@ -772,14 +815,17 @@ class SlDetrForObjectDetection(SlDetrPreTrainedModel, DeformableDetrForObjectDet
         """Two-stage proposal logits `(B, S, D)` -> normalized boxes `(B, S, D)` in the `pred_boxes` convention."""
         boxes = coord_logits[..., :4].sigmoid()
         if self.config.box_type == "rotated":
-            boxes = torch.cat([boxes, angle_from_sigmoid(coord_logits[..., 4:5].sigmoid())], dim=-1)
+            boxes = torch.cat([boxes, angle_from_sigmoid(coord_logits[..., 4:5].sigmoid(), self.config.angle_offset)],
+                              dim=-1)
         return boxes
 
     def _prepare_targets(
         self, labels: list[Mapping], pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None
     ) -> list[dict]:
         """Validate `labels` and move them to the model's device; fill a missing `"size"` (see `forward`); bring
-        rotated boxes to le90 (`w >= h` in pixels, `theta` in `[-pi/2, pi/2)`), the one convention of DESIGN.md 2."""
+        rotated boxes to le90 (`w >= h` in pixels, `theta` in `[-pi/2, pi/2)`), the one convention of DESIGN.md 2,
+        then theta into the model's native range (`config.angle_start`; RHINO's `[0, pi)`), where its losses compare
+        angles."""
         batch_size, _, height, width = pixel_values.shape
         if not isinstance(labels, (list, tuple)) or len(labels) != batch_size:
             raise ValueError(
@@ -828,7 +874,12 @@ class SlDetrForObjectDetection(SlDetrPreTrainedModel, DeformableDetrForObjectDet
                 prepared["size"] = torch.stack([valid.any(1).sum(), valid.any(0).sum()])
             else:
                 prepared["size"] = torch.tensor([height, width], device=device)
-            prepared["boxes"] = _le90_normalized(boxes, prepared["size"]) if box_dim == 5 else boxes
+            if box_dim == 5:
+                boxes = _le90_normalized(boxes, prepared["size"])
+                if self.config.angle_offset != -0.5:  # the losses compare angles in the model's native range
+                    theta = wrap_angle_range(boxes[:, 4:], self.config.angle_offset * math.pi)
+                    boxes = torch.cat([boxes[:, :4], theta], dim=-1)
+            prepared["boxes"] = boxes
             targets.append(prepared)
         return targets
 

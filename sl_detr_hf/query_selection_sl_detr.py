@@ -1,5 +1,7 @@
 """Two-stage query selection of SL-DETR (DESIGN.md 3.1): which encoder proposals start the decoder, and with what.
 
+- [`proposal_scores`]: what ranks the encoder proposals: the first class logit (Deformable DETR's binary score) or
+  the best class logit (DINO / RHINO, `config.class_aware_topk`);
 - [`select_proposals`]: the indices of the top-k encoder proposals, `k = min(num_queries, S)` so that an image
   with fewer encoder tokens than queries still works (the decoder then runs `S` queries); optionally after a
   fixed-shape NMS of the candidates (`config.query_selection_nms`, [`proposal_nms_order`]), so that the decoder's
@@ -28,6 +30,7 @@ __all__ = [
     "box_sine_embedding",
     "pairwise_prob_iou",
     "proposal_nms_order",
+    "proposal_scores",
     "select_proposals",
 ]
 
@@ -35,17 +38,18 @@ __all__ = [
 NMS_CANDIDATE_FACTOR = 4
 
 
-def pairwise_prob_iou(boxes: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+def pairwise_prob_iou(boxes: torch.Tensor, eps: float = 1e-7, angle_offset: float = -0.5) -> torch.Tensor:
     """ProbIoU (1 - Hellinger distance of the boxes' Gaussians) of every pair: `(B, M, 4 | 5)` -> `(B, M, M)`.
 
-    Boxes are `(cx, cy, w, h[, a])` in sigmoid space (`theta = (a - 0.5) * pi`); a box is the Gaussian of its
+    Boxes are `(cx, cy, w, h[, a])` in sigmoid space (`theta = (a + angle_offset) * pi`, `config.angle_offset`);
+    a box is the Gaussian of its
     uniform density (mean the centre, covariance `R diag(w^2, h^2) R^T / 12`). Rotation-aware, differentiable,
     a handful of elementwise operations (the exact rotated IoU is not): what the proposal NMS needs. Identical
     boxes give 1 (up to `eps`), far apart ones 0.
     """
     boxes = boxes.float()
     cx, cy, w, h = boxes[..., :4].unbind(-1)
-    theta = (boxes[..., 4] - 0.5) * math.pi if boxes.shape[-1] > 4 else torch.zeros_like(w)
+    theta = (boxes[..., 4] + angle_offset) * math.pi if boxes.shape[-1] > 4 else torch.zeros_like(w)
     # the uniform density's covariance is a third of the KLD's half-side one (w^2 / 12 against w^2 / 4)
     a, b, c = (v / 3 for v in _gaussian_covariance(w, h, theta))
     a, b = a + eps, b + eps
@@ -61,7 +65,7 @@ def pairwise_prob_iou(boxes: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
 
 
 def proposal_nms_order(scores: torch.Tensor, coord_logits: torch.Tensor, num_queries: int,
-                       iou_threshold: float) -> torch.Tensor:
+                       iou_threshold: float, angle_offset: float = -0.5) -> torch.Tensor:
     """Fixed-shape NMS of the encoder proposals: `scores (B, S)`, `coord_logits (B, S, 4 | 5)` (inverse-sigmoid
     space) -> `(B, k)` indices.
 
@@ -74,7 +78,8 @@ def proposal_nms_order(scores: torch.Tensor, coord_logits: torch.Tensor, num_que
     candidates = min(scores.shape[1], NMS_CANDIDATE_FACTOR * k)
     candidate_scores, candidate_index = torch.topk(scores, candidates, dim=1)
     with torch.no_grad():
-        overlap = pairwise_prob_iou(gather_queries(coord_logits.detach(), candidate_index).sigmoid())
+        overlap = pairwise_prob_iou(gather_queries(coord_logits.detach(), candidate_index).sigmoid(),
+                                    angle_offset=angle_offset)
         # overlap[b, j, i] with j < i: candidate j scores higher than candidate i
         suppressed = (overlap.triu(diagonal=1) > iou_threshold).any(dim=1)
         rank = torch.arange(candidates, device=scores.device).expand_as(suppressed)
@@ -82,19 +87,28 @@ def proposal_nms_order(scores: torch.Tensor, coord_logits: torch.Tensor, num_que
     return torch.gather(candidate_index, 1, order)
 
 
+def proposal_scores(class_logits: torch.Tensor, class_aware: bool = False) -> torch.Tensor:
+    """The score that ranks the encoder proposals: `(B, S, C)` class logits -> `(B, S)`.
+
+    `class_aware=False`: the first class's logit (Deformable DETR, whose encoder head is trained class-agnostic);
+    `True`: the best class's logit (DINO / RHINO, whose encoder head is trained on the classes).
+    """
+    return class_logits.max(-1)[0] if class_aware else class_logits[..., 0]
+
+
 def select_proposals(scores: torch.Tensor, num_queries: int, coord_logits: torch.Tensor | None = None,
-                     nms_threshold: float | None = None) -> torch.Tensor:
+                     nms_threshold: float | None = None, angle_offset: float = -0.5) -> torch.Tensor:
     """Indices of the best-scoring proposals: `scores (B, S)` -> `(B, min(num_queries, S))`, best first.
 
     Taking at most `S` proposals keeps images with fewer encoder tokens than queries working (a 64 px image with
     100 queries); `S` is a shape, so the eager and the exported graphs take the same path. With `nms_threshold`
     and the proposal boxes `coord_logits (B, S, 4 | 5)` (inverse-sigmoid space), overlapping proposals give way
-    to others ([`proposal_nms_order`]).
+    to others ([`proposal_nms_order`]; `angle_offset` decodes their angle).
     """
     if nms_threshold is not None:
         if coord_logits is None:
             raise ValueError("select_proposals: nms_threshold needs the proposal boxes (coord_logits)")
-        return proposal_nms_order(scores, coord_logits, num_queries, nms_threshold)
+        return proposal_nms_order(scores, coord_logits, num_queries, nms_threshold, angle_offset)
     return torch.topk(scores, min(num_queries, scores.shape[1]), dim=1)[1]
 
 
@@ -121,17 +135,18 @@ def box_sine_embedding(boxes: torch.Tensor, d_model: int, temperature: float = 1
 class SlDetrBoxPositionEmbedding(nn.Module):
     """Query position embedding from a reference box: `(B, Q, >= 4)` sigmoid space -> `(B, Q, d_model)`.
 
-    An MLP (`2 * d_model -> d_model -> d_model`) on the sine embedding of `(cx, cy, w, h)`; an angle (fifth
-    coordinate) is not used (DESIGN.md 3.1).
+    An MLP (`2 * d_model -> d_model -> d_model`) on the sine embedding of `(cx, cy, w, h)` (`temperature`:
+    `config.query_position_temperature`); an angle (fifth coordinate) is not used (DESIGN.md 3.1). DINO's
+    `ref_point_head` is the same MLP on `(cy, cx, w, h)` blocks: a converter permutes its first layer's columns.
     """
 
-    def __init__(self, d_model: int):
+    def __init__(self, d_model: int, temperature: float = 10000.0):
         super().__init__()
-        self.d_model = d_model
+        self.d_model, self.temperature = d_model, temperature
         self.mlp = DeformableDetrMLPPredictionHead(2 * d_model, d_model, d_model, num_layers=2)
 
     def forward(self, reference_boxes: torch.Tensor) -> torch.Tensor:
-        return self.mlp(box_sine_embedding(reference_boxes[..., :4], self.d_model))
+        return self.mlp(box_sine_embedding(reference_boxes[..., :4], self.d_model, self.temperature))
 
 
 class SlDetrMixedQuerySelection(nn.Module):
@@ -141,9 +156,10 @@ class SlDetrMixedQuerySelection(nn.Module):
     (the `i`-th best) with content `content_embed.weight[i]`.
     """
 
-    def __init__(self, num_queries: int, d_model: int, nms_threshold: float | None = None):
+    def __init__(self, num_queries: int, d_model: int, nms_threshold: float | None = None,
+                 angle_offset: float = -0.5):
         super().__init__()
-        self.num_queries, self.nms_threshold = num_queries, nms_threshold
+        self.num_queries, self.nms_threshold, self.angle_offset = num_queries, nms_threshold, angle_offset
         self.content_embed = nn.Embedding(num_queries, d_model)
         self.content_embed._sl_detr_normal_std = 1.0  # DINO's init (see `decoder_sl_detr.init_marked_module`)
 
@@ -152,14 +168,14 @@ class SlDetrMixedQuerySelection(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """
         Args:
-            scores (`(B, S)`): proposal scores (encoder class logit).
+            scores (`(B, S)`): proposal scores ([`proposal_scores`]).
             coord_logits (`(B, S, D)`): proposal boxes in inverse-sigmoid space.
 
         Returns:
             content (`(B, K, d_model)`), reference boxes (`(B, K, D)`, sigmoid space, detached) and the selected
             indices (`(B, K)`), `K = min(num_queries, S)`.
         """
-        indices = select_proposals(scores, self.num_queries, coord_logits, self.nms_threshold)
+        indices = select_proposals(scores, self.num_queries, coord_logits, self.nms_threshold, self.angle_offset)
         reference = gather_queries(coord_logits, indices).detach().sigmoid()
         content = self.content_embed.weight[: indices.shape[1]].unsqueeze(0).expand(scores.shape[0], -1, -1)
         return content, reference, indices

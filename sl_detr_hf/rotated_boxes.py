@@ -38,6 +38,7 @@ __all__ = [
     "rboxes_from_torchvision",
     "rboxes_to_torchvision",
     "regularize_rboxes",
+    "wrap_angle_range",
 ]
 
 EPS = 1e-6
@@ -68,6 +69,12 @@ def _wrap_angle(theta: Tensor) -> Tensor:
     wrapped = torch.remainder(theta + _PI / 2, _PI) - _PI / 2
     # remainder can return exactly pi for tiny negative inputs in floating point; fold it back.
     return torch.where(wrapped >= _PI / 2, wrapped - _PI, wrapped)
+
+
+def wrap_angle_range(theta: Tensor, start: float = -_PI / 2) -> Tensor:
+    """Wrap angles into ``[start, start + pi)`` (radians; ``start = -pi/2`` is le90, as ``_wrap_angle``)."""
+    wrapped = torch.remainder(theta - start, _PI) + start
+    return torch.where(wrapped >= start + _PI, wrapped - _PI, wrapped)
 
 
 def regularize_rboxes(boxes: Tensor) -> Tensor:
