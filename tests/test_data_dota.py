@@ -296,3 +296,28 @@ def test_an_image_that_fails_during_training_names_its_file(tmp_path):
     assert prepared[0]["pixel_values"].shape[0] == 3  # the good image still works
     with pytest.raises(UnreadableImageError, match=r"cannot read image .*b\.png"):
         prepared[1]
+
+
+def test_cli_train_on_own_classes_and_the_error_for_a_mostly_unknown_split(tmp_path, caplog):
+    """`sl-detr train --data_format dota` on a folder of other classes: the model's id2label holds them; the
+    validation split uses the training list; asking for DOTA's list stops with the classes found."""
+    import json
+
+    from sl_detr_hf.cli import main
+
+    labels = {"a": "10 10 50 10 50 30 10 30 airplane 0\n60 40 90 40 90 60 60 60 truck 0\n",
+              "b": "20 20 70 20 70 35 20 35 airplane 0\n"}
+    train = _make_root(tmp_path / "train", labels, {"a": (100, 80), "b": (100, 80)})
+    val = _make_root(tmp_path / "val", {"c": "10 10 50 10 50 30 10 30 airplane 0\n10 10 50 10 50 30 10 30 boat 0\n"
+                                              "60 40 90 40 90 60 60 60 truck 0\n"}, {"c": (100, 80)})
+    common = ["train", "--data_format", "dota", "--train_dir", str(train), "--image_size", "64", "--max_steps", "1",
+              "--per_device_train_batch_size", "2", "--use_cpu", "--report_to", "none", "--save_strategy", "no",
+              "--dataloader_num_workers", "0"]
+    out = tmp_path / "run"
+    assert main([*common, "--val_dir", str(val), "--do_train", "--do_eval", "--output_dir", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["id2label"] == {"0": "airplane", "1": "truck"}
+    assert "label lines skipped, unknown class (boat: 1): 1: " in caplog.text  # the validation object of no class
+    with pytest.raises(SystemExit, match=r"--train_dir: .*3 of 3 objects .* --class_names airplane,truck"):
+        main([*common, "--dota_version", "1.0", "--output_dir", str(tmp_path / "run2")])
+    ok = main([*common, "--class_names", "truck,airplane", "--output_dir", str(tmp_path / "run3")])
+    assert ok == 0 and json.loads((tmp_path / "run3" / "config.json").read_text())["id2label"]["0"] == "truck"

@@ -36,13 +36,20 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    data_format: str = field(default="synthetic", metadata={"help": "synthetic | dota | coco | hf"})
+    data_format: str = field(default="synthetic", metadata={"help": "synthetic | dota | yolo_obb | coco | hf"})
     train_dir: str | None = field(default=None, metadata={
-        "help": "dota: a DOTA folder (images/, labelTxt/); coco: an images folder; hf: a save_to_disk folder"})
-    val_dir: str | None = field(default=None, metadata={"help": "same, for evaluation"})
+        "help": "dota: a DOTA folder (images/, labelTxt/); yolo_obb: the images folder (D/images/train, labels in "
+                "D/labels/train, names in D/data.yaml); coco: an images folder; hf: a save_to_disk folder"})
+    val_dir: str | None = field(default=None, metadata={
+        "help": "same, for evaluation (read with the training class list; objects of other classes are counted)"})
     train_annotations: str | None = field(default=None, metadata={"help": "coco: instances JSON (train)"})
     val_annotations: str | None = field(default=None, metadata={"help": "coco: instances JSON (val)"})
-    dota_version: str = field(default="1.0", metadata={"help": "1.0 | 1.5 | 2.0"})
+    class_names: str | None = field(default=None, metadata={
+        "help": "dota / yolo_obb: the class list, comma-separated (a,b,c; yolo_obb: in class-index order). Default: "
+                "dota: --dota_version's list if given, else classes.txt in --train_dir, else the names in the "
+                "training labels (sorted; DOTA's list when they are mostly DOTA classes); yolo_obb: data.yaml"})
+    dota_version: str | None = field(default=None, metadata={
+        "help": "dota: use DOTA's class list 1.0 | 1.5 | 2.0 (mmrotate order); default: see --class_names"})
     split_patches: bool = field(default=False, metadata={
         "help": "dota: split images into 1024 px patches (200 px gap) before training"})
     image_size: int = field(default=1024, metadata={"help": "resize so that the image fits in this square"})
@@ -54,8 +61,11 @@ class DataArguments:
         "help": "IoU threshold of the evaluation mAP (0.5: the DOTA mAP50; 0.75: mAP75)"})
 
 
-def _load_split(data: DataArguments, which: str, work_dir: Path):
+def _load_split(data: DataArguments, which: str, work_dir: Path, class_names: Sequence[str] | None = None):
+    """One split as a dataset; ``class_names``: the training split's list, used for the validation split."""
     from ..data import load_coco, load_dota, make_synthetic_dota, split_dota_cached
+    from ..data.dota import find_class_names
+    from ..data.yolo_obb import load_yolo_obb
 
     folder = getattr(data, f"{which}_dir")
     if data.data_format == "synthetic":
@@ -67,12 +77,30 @@ def _load_split(data: DataArguments, which: str, work_dir: Path):
         return None
     if not Path(folder).exists():
         raise SystemExit(f"error: --{which}_dir {folder} does not exist")
-    if data.data_format == "dota":
-        if data.split_patches:
-            patches = work_dir / "patches" / which
-            split_dota_cached(folder, patches)  # re-split unless made from these very files and settings
-            folder = patches
-        return load_dota(folder, version=data.dota_version)
+    if class_names is None and data.class_names is not None:
+        class_names = [n.strip() for n in data.class_names.split(",") if n.strip()]
+    try:
+        if data.data_format == "dota":
+            if data.split_patches:
+                class_names = find_class_names(folder, data.dota_version, class_names)  # of the whole images
+                patches = work_dir / "patches" / which
+                split_dota_cached(folder, patches)  # re-split unless made from these very files and settings
+                folder = patches
+            dataset, summary = load_dota(folder, version=data.dota_version, class_names=class_names,
+                                         return_summary=True)
+        elif data.data_format == "yolo_obb":
+            dataset, summary = load_yolo_obb(folder, class_names=class_names, return_summary=True)
+        else:
+            dataset = summary = None
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"error: --{which}_dir: {err}") from None
+    if summary is not None:
+        logger.info("%s split: %d images, %d objects of %d classes (%s): %s", which, summary.num_images,
+                    summary.num_objects, len(summary.class_names), summary.class_source,
+                    ", ".join(summary.class_names))
+        if which == "train" and summary.num_objects == 0:
+            raise SystemExit(f"error: --train_dir {folder}: no objects to train on ({summary})")
+        return dataset
     if data.data_format == "coco":
         annotations = getattr(data, f"{which}_annotations")
         if annotations is None:
@@ -82,7 +110,7 @@ def _load_split(data: DataArguments, which: str, work_dir: Path):
         import datasets
 
         return datasets.load_from_disk(folder)
-    raise SystemExit(f"error: unknown --data_format {data.data_format!r} (synthetic | dota | coco | hf)")
+    raise SystemExit(f"error: unknown --data_format {data.data_format!r} (synthetic | dota | yolo_obb | coco | hf)")
 
 
 def last_complete_checkpoint(output_dir: str | Path) -> str | None:
@@ -176,7 +204,7 @@ def run_train(model_args: ModelArguments, data: DataArguments, training_args) ->
     train_raw = _load_split(data, "train", work_dir)
     if train_raw is None:
         raise SystemExit("error: --train_dir is required unless --data_format synthetic")
-    val_raw = _load_split(data, "val", work_dir)
+    val_raw = _load_split(data, "val", work_dir, train_raw.features["objects"]["category"].feature.names)
     names = train_raw.features["objects"]["category"].feature.names
     id2label = dict(enumerate(names))
     model = build_model(model_args, list(names), training_args.seed)

@@ -1,4 +1,4 @@
-"""Data: DOTA / COCO readers, large-image splitting and merging, the synthetic dataset, augmentation, collation."""
+"""Data: DOTA / YOLO-OBB / COCO readers, large-image splitting and merging, synthetic data, augmentation, collation."""
 
 from .coco import CocoLoadSummary, load_coco
 from .collate import SlDetrCollator, collate_fn
@@ -22,6 +22,7 @@ from .split import (
 )
 from .synthetic import SYNTHETIC_CLASSES, SyntheticDotaConfig, make_synthetic_dota
 from .transforms import RotatedDetectionAugment, visible_fraction
+from .yolo_obb import load_yolo_obb
 
 __all__ = [
     "SYNTHETIC_CLASSES",
@@ -39,6 +40,7 @@ __all__ = [
     "get_windows",
     "load_coco",
     "load_dota",
+    "load_yolo_obb",
     "make_synthetic_dota",
     "merge_patch_detections",
     "parse_dota_label_file",

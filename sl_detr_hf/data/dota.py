@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import shutil
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -45,6 +47,7 @@ __all__ = [
     "parse_dota_label_file",
     "problem_report_lines",
     "resolve_class_names",
+    "write_dota_folder",
     "write_dota_labels",
 ]
 
@@ -306,6 +309,44 @@ def write_dota_labels(
     Path(path).write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
 
 
+def dota_class_token(name: str) -> str:
+    """A class name as one DOTA label field: whitespace runs joined by ``_`` (``"small car"`` -> ``small_car``)."""
+    return "_".join(name.split())
+
+
+def write_dota_folder(dataset: datasets.Dataset, root: str | Path) -> Path:
+    """Write a dataset of :func:`load_dota`'s schema (e.g. from a YOLO-OBB folder) as a DOTA folder under ``root``:
+    ``images/`` (links to the image files, copies where links fail; encoded bytes written out), ``labelTxt/``
+    (polygons, classes as :func:`dota_class_token`, difficult flags, header lines) and ``classes.txt``.
+
+    Raises:
+        FileExistsError: ``root/images`` or ``root/labelTxt`` already holds files.
+    """
+    root = Path(root)
+    for sub in ("images", "labelTxt"):
+        if (root / sub).is_dir() and any((root / sub).iterdir()):
+            raise FileExistsError(f"{root / sub} is not empty")
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    tokens = [dota_class_token(n) for n in dataset.features["objects"]["category"].feature.names]
+    for row in dataset.cast_column("image", datasets.Image(decode=False)):
+        image, image_id = row["image"], row["image_id"]
+        suffix = Path(image["path"]).suffix if image.get("path") else ".png"
+        target = root / "images" / f"{image_id}{suffix}"
+        if image.get("bytes") is not None:
+            target.write_bytes(image["bytes"])
+        else:
+            try:
+                os.symlink(Path(image["path"]).resolve(), target)
+            except OSError:
+                shutil.copyfile(image["path"], target)
+        objects = row["objects"]
+        write_dota_labels(root / "labelTxt" / f"{image_id}.txt", objects["polygon"],
+                          [tokens[c] for c in objects["category"]], objects["difficult"],
+                          imagesource=row.get("imagesource"), gsd=row.get("gsd"))
+    (root / CLASSES_FILE).write_text("\n".join(tokens) + "\n", encoding="utf-8")
+    return root
+
+
 def _read_classes_file(path: Path) -> tuple[str, ...]:
     return tuple(n.strip() for n in path.read_text(encoding="utf-8-sig").splitlines() if n.strip())
 
@@ -524,13 +565,21 @@ def _object_text(obj: DotaObject) -> str:
     return " ".join(f"{c:g}" for c in obj.polygon) + f" {obj.class_name} {obj.difficult}"
 
 
+EXIF_TRANSPOSED = (5, 6, 7, 8)
+"""EXIF orientations that swap width and height (the decoded image is turned upright, ``to_rgb``)."""
+
+
 def _image_size(path: Path, check: bool, summary: DotaLoadSummary) -> tuple[int, int] | None:
-    """``(width, height)`` after the cheap check (or from the header); ``None`` (counted) if unreadable."""
+    """``(width, height)`` of the upright image (EXIF orientation applied, as the images are decoded) after the
+    cheap check (or from the header); ``None`` (counted) if unreadable."""
     try:
         if check:
-            return check_image(path)
+            check_image(path)
         with pixel_limit(), Image.open(path) as im:  # reads the header only
-            return im.size
+            width, height = im.size
+            if im.getexif().get(0x0112) in EXIF_TRANSPOSED:
+                width, height = height, width
+            return width, height
     except (UnreadableImageError, OSError) as err:
         logger.warning("skipping an unreadable image: %s", err)
         summary.unreadable_images.append(str(path))
