@@ -224,3 +224,39 @@ def test_cli_train_on_a_yolo_obb_folder(tmp_path, capsys):
     config = json.loads((out / "config.json").read_text())
     assert config["id2label"] == {"0": "airplane", "1": "small car", "2": "tank"}
     assert "eval_mAP" in json.loads((out / "final_metrics.json").read_text())
+
+
+def test_cli_evaluate_a_yolo_obb_split_scores_as_its_dota_twin(tmp_path):
+    """`sl-detr evaluate --data_format yolo_obb` splits, predicts, merges and scores the same as the DOTA folder."""
+    from sl_detr_hf import SlDetrConfig, SlDetrForObjectDetection, SlDetrImageProcessor
+    from sl_detr_hf.cli import main
+    from sl_detr_hf.commands._common import tiny_config_kwargs
+
+    dota = _dota_root(tmp_path / "dota")
+    images = _to_yolo(dota, tmp_path / "yolo", "val")
+    torch.manual_seed(0)
+    id2label = dict(enumerate(NAMES))
+    model = SlDetrForObjectDetection(SlDetrConfig(**tiny_config_kwargs(3, id2label, d_model=32, layers=1,
+                                                                       num_queries=20)))
+    model.save_pretrained(tmp_path / "model")
+    SlDetrImageProcessor(size={"shortest_edge": 64, "longest_edge": 64}).save_pretrained(tmp_path / "model")
+    common = ["evaluate", "--model", str(tmp_path / "model"), "--patch_size", "128", "--gap", "28", "--device", "cpu"]
+    assert main([*common, "--data_format", "yolo_obb", "--data_dir", str(images),
+                 "--output_dir", str(tmp_path / "eval_yolo")]) == 0
+    yolo = json.loads((tmp_path / "eval_yolo" / "metrics.json").read_text())
+    # the DOTA twin names "small car" small_car: evaluate it with those names
+    (tmp_path / "model_dota").mkdir()
+    model.config.id2label = {0: "airplane", 1: "small_car", 2: "tank"}
+    model.config.label2id = {v: k for k, v in model.config.id2label.items()}
+    model.save_pretrained(tmp_path / "model_dota")
+    SlDetrImageProcessor(size={"shortest_edge": 64, "longest_edge": 64}).save_pretrained(tmp_path / "model_dota")
+    common[2] = str(tmp_path / "model_dota")
+    assert main([*common, "--data_dir", str(dota), "--output_dir", str(tmp_path / "eval_dota")]) == 0
+    twin = json.loads((tmp_path / "eval_dota" / "metrics.json").read_text())
+    assert list(yolo["AP"]) == list(NAMES) and 0.0 <= yolo["mAP"] <= 1.0
+    assert yolo["mAP"] == pytest.approx(twin["mAP"], abs=1e-6)
+    detections = {run: sorted(p.read_text() for p in (tmp_path / run / "task1").iterdir())
+                  for run in ("eval_yolo", "eval_dota")}
+    assert detections["eval_yolo"] == detections["eval_dota"]  # the same patches, predictions and merge
+    lines = [line.split() for text in detections["eval_yolo"] for line in text.splitlines()]
+    assert lines and {parts[0] for parts in lines} <= set(SIZES)

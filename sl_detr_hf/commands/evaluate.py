@@ -1,9 +1,14 @@
-"""``sl-detr evaluate``: full-size DOTA evaluation: split, predict patches, merge, DOTA mAP, Task1 files."""
+"""``sl-detr evaluate``: full-size DOTA evaluation: split, predict patches, merge, DOTA mAP, Task1 files.
+
+A YOLO-OBB split (``--data_format yolo_obb``) is read with :func:`~sl_detr_hf.data.load_yolo_obb` and written as
+a DOTA folder (image links) under the output folder first; the rest is the same.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,14 +23,18 @@ def run_evaluate(argv: Sequence[str]) -> dict:
     from tqdm.auto import tqdm
 
     from .. import SlDetrForObjectDetection
-    from ..data import load_dota, merge_patch_detections, split_dota_cached
+    from ..data import load_dota, load_yolo_obb, merge_patch_detections, split_dota_cached
+    from ..data.dota import write_dota_folder
     from ..data.images import to_rgb
     from ..evaluation import evaluate_dota, write_task1_submission
     from ..image_processing_sl_detr import SlDetrImageProcessor
 
     parser = argparse.ArgumentParser(prog="sl-detr evaluate", description=run_evaluate.__doc__)
     parser.add_argument("--model", required=True, help="SL-DETR folder or Hub id")
-    parser.add_argument("--data_dir", required=True, help="DOTA folder with full-size images/ and labelTxt/")
+    parser.add_argument("--data_dir", required=True, help="dota: a folder with full-size images/ and labelTxt/; "
+                        "yolo_obb: the images folder (D/images/val, labels in D/labels/val)")
+    parser.add_argument("--data_format", default="dota", choices=("dota", "yolo_obb"),
+                        help="the format of --data_dir (default dota); the classes are the model's, in its id order")
     parser.add_argument("--output_dir", default="outputs/evaluate")
     parser.add_argument("--patch_size", type=int, default=1024)
     parser.add_argument("--gap", type=int, default=200)
@@ -33,7 +42,7 @@ def run_evaluate(argv: Sequence[str]) -> dict:
     parser.add_argument("--threshold", type=float, default=0.001)
     parser.add_argument("--nms_iou", type=float, default=0.1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dota_version", default="1.0")
+    parser.add_argument("--dota_version", default=None, help="unused: the class list is the model's id2label")
     args = parser.parse_args(argv)
     if not Path(args.data_dir).is_dir():
         parser.error(f"--data_dir {args.data_dir} is not a folder")
@@ -46,13 +55,24 @@ def run_evaluate(argv: Sequence[str]) -> dict:
     processor = SlDetrImageProcessor.from_pretrained(args.model)
     names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     # The ground truth first: unreadable or oversized images are found before the long split / predict work.
-    full, summary = load_dota(args.data_dir, class_names=names, return_summary=True)
+    try:
+        if args.data_format == "yolo_obb":
+            full, summary = load_yolo_obb(args.data_dir, class_names=names, return_summary=True)
+        else:
+            full, summary = load_dota(args.data_dir, class_names=names, return_summary=True)
+    except (ValueError, FileNotFoundError) as err:
+        parser.error(f"--data_dir {err}")
     if summary.unreadable_images:
         parser.error(f"{len(summary.unreadable_images)} image(s) of --data_dir cannot be read (fix or remove them, "
                      f"the mAP would silently leave them out): {', '.join(summary.unreadable_images)}")
+    dota_dir = Path(args.data_dir)
+    if args.data_format == "yolo_obb":  # as a DOTA folder for the splitter: links to the images, DOTA labels
+        dota_dir = out / "dota"
+        shutil.rmtree(dota_dir, ignore_errors=True)
+        write_dota_folder(full, dota_dir)
     patches_root = out / "patches"
-    split_dota_cached(args.data_dir, patches_root, sizes=(args.patch_size,), gaps=(args.gap,))
-    patches = load_dota(patches_root, class_names=names)
+    split_dota_cached(dota_dir, patches_root, sizes=(args.patch_size,), gaps=(args.gap,))
+    patches = load_dota(patches_root, class_names=names, labels_dir=None)  # the patch images; truth is `full`
     patch_dets = []
     for start in tqdm(range(0, len(patches), args.batch_size), desc="predict patches"):
         rows = patches[start:start + args.batch_size]
