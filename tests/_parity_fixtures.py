@@ -1,0 +1,84 @@
+"""Reading the reference fixtures of RHINO / mmdetection DINO (written by `scripts/make_rhino_reference.py` with the
+original code; read here without any mm package) and running a converted SL-DETR model on their inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from sl_detr_hf.convert import parse_config_text
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def available(kind: str, case: str | None = None) -> bool:
+    """Whether the fixture `kind` ('rhino' / 'mmdet_dino') has its weights, config and `case`."""
+    folder = FIXTURES / kind
+    files = ["weights.safetensors", "model.json"] + ([f"{case}.json", f"{case}.safetensors"] if case else [])
+    return all((folder / name).is_file() for name in files)
+
+
+def load_weights(kind: str) -> dict[str, torch.Tensor]:
+    """The source state dict in float32, dequantized as the fixture's metadata says (int4 / int8 codes times a
+    power of two: exactly the weights the original model ran with)."""
+    path = FIXTURES / kind / "weights.safetensors"
+    with safe_open(str(path), "pt") as handle:
+        metadata = handle.metadata() or {}
+    tensors = load_file(str(path))
+    fmt = metadata.get("format", "float32")
+    scales = json.loads(metadata.get("scales_log2", "{}"))
+    shapes = json.loads(metadata.get("shapes", "{}"))
+    out = {}
+    for key, stored in tensors.items():
+        if key not in scales or fmt == "float32":
+            out[key] = stored
+            continue
+        if fmt == "int8-pow2":
+            codes = stored.to(torch.float32)
+        elif fmt == "int4-pow2-packed":
+            nibbles = torch.stack([stored & 0xF, stored >> 4], dim=-1).flatten().to(torch.int16)
+            codes = torch.where(nibbles >= 8, nibbles - 16, nibbles).to(torch.float32)
+            numel = int(np.prod(shapes[key]))
+            codes = codes[:numel].reshape(shapes[key])
+        else:
+            raise ValueError(f"unknown fixture weight format {fmt!r}")
+        out[key] = codes * 2.0 ** scales[key]
+    return out
+
+
+def load_model_json(kind: str) -> dict:
+    return json.loads((FIXTURES / kind / "model.json").read_text())
+
+
+def source_config(kind: str) -> dict:
+    """The source model's config, parsed from its checkpoint `meta['cfg']` text (no mm package)."""
+    return parse_config_text(load_model_json(kind)["checkpoint_meta"]["cfg"])
+
+
+def load_case(kind: str, case: str) -> tuple[dict, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """`(case_json, reference_tensors, pixel_values (B, 3, H, W), pixel_mask (B, H, W))`.
+
+    The input is the fixture's recipe: the resized PNG as RGB float32, `(x - mean) / std` on the 0-255 scale,
+    zero-padded at the bottom / right to the batch's input shape (mask 1 on the image, 0 on the padding).
+    """
+    folder = FIXTURES / kind
+    info = json.loads((folder / f"{case}.json").read_text())
+    reference = load_file(str(folder / f"{case}.safetensors"))
+    height, width = info["batch_input_shape"]
+    mean = torch.tensor(info["mean"], dtype=torch.float32)[:, None, None]
+    std = torch.tensor(info["std"], dtype=torch.float32)[:, None, None]
+    pixels = torch.zeros(len(info["images"]), 3, height, width)
+    mask = torch.zeros(len(info["images"]), height, width, dtype=torch.long)
+    for b, image in enumerate(info["images"]):
+        rgb = np.array(Image.open(folder / image["resized_png"]).convert("RGB"))
+        h, w = image["meta"]["img_shape"]
+        assert rgb.shape[:2] == (h, w), (rgb.shape, h, w)
+        pixels[b, :, :h, :w] = (torch.from_numpy(rgb).permute(2, 0, 1).float() - mean) / std
+        mask[b, :h, :w] = 1
+    return info, reference, pixels, mask
