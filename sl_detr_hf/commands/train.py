@@ -95,9 +95,8 @@ def _load_split(data: DataArguments, which: str, work_dir: Path, class_names: Se
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"error: --{which}_dir: {err}") from None
     if summary is not None:
-        logger.info("%s split: %d images, %d objects of %d classes (%s): %s", which, summary.num_images,
-                    summary.num_objects, len(summary.class_names), summary.class_source,
-                    ", ".join(summary.class_names))
+        logger.info("%s split: %d images, %d objects of %d classes", which, summary.num_images, summary.num_objects,
+                    len(summary.class_names))
         if which == "train" and summary.num_objects == 0:
             raise SystemExit(f"error: --train_dir {folder}: no objects to train on ({summary})")
         return dataset

@@ -400,13 +400,14 @@ def find_class_names(root: str | Path, version: str | None = None, class_names: 
     """Class list of a DOTA folder: ``class_names`` if given, else DOTA's ``version`` list if given, else
     ``root/classes.txt`` if present, else inferred from the names in ``root/labels_dir`` (:func:`infer_class_names`).
     """
-    names, _ = given_class_names(root, version, class_names)
-    if names is not None:
-        return names
-    found: Counter = Counter()
-    for path in sorted((Path(root) / labels_dir).glob("*.txt")):
-        found.update(o.class_name for o in parse_dota_label_file(path, log=False)[0])
-    return infer_class_names(found)[0]
+    names, source = given_class_names(root, version, class_names)
+    if names is None:
+        found: Counter = Counter()
+        for path in sorted((Path(root) / labels_dir).glob("*.txt")):
+            found.update(o.class_name for o in parse_dota_label_file(path, log=False)[0])
+        names, source = infer_class_names(found)
+    logger.info("%s: %d classes (%s): %s", root, len(names), source, ", ".join(names))
+    return names
 
 
 def check_unknown_classes(summary: DotaLoadSummary, found: Mapping[str, int], where: str,
