@@ -1,0 +1,90 @@
+"""Parity with mmdetection 3.0's DINO: a DINO checkpoint converted by `sl_detr_hf.convert` computes what mmdetection
+computed (horizontal SL-DETR).
+
+The fixture (`tests/fixtures/mmdet_dino`, written by `scripts/make_rhino_reference.py --model dino` in a separate
+environment) is a reduced `dino-4scale_r50_8xb2-12e_coco` model with deterministic weights, its checkpoint
+`meta['cfg']`, and mmdetection's intermediate and final outputs on a square image, a non-square one and a padded
+batch. No mm package is needed here.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _parity_fixtures import available, load_case, load_weights, source_config
+from torchvision.ops import box_iou
+
+from sl_detr_hf.convert import convert_mmdet_dino_checkpoint
+
+KIND = "mmdet_dino"
+CASES = ("square", "wide", "batch2_padded")
+TOLERANCE = 1e-4
+
+pytestmark = pytest.mark.skipif(not available(KIND), reason="mmdetection DINO reference fixture not present")
+
+
+@pytest.fixture(scope="module")
+def converted():
+    return convert_mmdet_dino_checkpoint(load_weights(KIND), config=source_config(KIND))
+
+
+@pytest.fixture(scope="module", params=[c for c in CASES if available(KIND, c)])
+def case(request, converted):
+    info, reference, pixels, mask = load_case(KIND, request.param)
+    model = converted.model
+    with torch.no_grad():
+        outputs = model.model(pixels, pixel_mask=mask, return_dict=True)
+        logits, boxes = model.layer_predictions(outputs)
+        detection = model(pixels, pixel_mask=mask)
+    return info, reference, pixels, outputs, logits, boxes, detection
+
+
+def test_conversion_accounts_for_every_key(converted):
+    state = load_weights(KIND)
+    assert set(converted.used) | set(converted.ignored) == set(state)
+    assert all(key.endswith("num_batches_tracked") for key in converted.ignored)
+    config = converted.model.config
+    assert config.box_type == "horizontal" and config.class_aware_topk and config.decoder_output_norm
+    assert config.num_labels == 80 and config.id2label[0] == "person"
+
+
+def test_inputs_follow_the_fixture_recipe(case):
+    _, reference, pixels, *_ = case
+    torch.testing.assert_close(pixels.double().sum(dim=(1, 2, 3)), reference["inputs_sum"], rtol=1e-9, atol=1e-6)
+    torch.testing.assert_close(pixels[:, :, 0], reference["inputs_row0"], rtol=0, atol=0)
+
+
+def test_query_selection_matches(case):
+    _, reference, _, outputs, *_ = case
+    torch.testing.assert_close(outputs.enc_outputs_class.max(-1)[0], reference["enc_class_max"], rtol=0,
+                               atol=TOLERANCE)
+    assert torch.equal(outputs.enc_topk_indices, reference["enc_topk_index"])
+    torch.testing.assert_close(outputs.init_reference_points, reference["dec_references"][0], rtol=0, atol=TOLERANCE)
+    torch.testing.assert_close(outputs.intermediate_reference_points.transpose(0, 1), reference["dec_references"][1:],
+                               rtol=0, atol=TOLERANCE)
+
+
+def test_every_decoder_layer_matches(case):
+    _, reference, _, _, logits, boxes, _ = case
+    for layer, (layer_logits, layer_boxes) in enumerate(zip(logits, boxes)):
+        torch.testing.assert_close(layer_logits, reference["dec_logits"][layer], rtol=0, atol=TOLERANCE)
+        torch.testing.assert_close(layer_boxes, reference["dec_coords"][layer], rtol=0, atol=TOLERANCE)
+
+
+def test_final_detections_match(case, converted):
+    info, reference, _, _, _, _, detection = case
+    sizes = [image["meta"]["ori_shape"] for image in info["images"]]
+    results = converted.processor.post_process_object_detection(
+        detection, threshold=0.0, target_sizes=sizes, top_k=info["max_per_img"])
+    for b, (result, (height, width)) in enumerate(zip(results, sizes)):
+        ref_scores, ref_labels, ref_boxes = (reference[f"det_{name}"][b] for name in ("scores", "labels", "bboxes"))
+        torch.testing.assert_close(result["scores"], ref_scores, rtol=0, atol=TOLERANCE)
+        # mmdetection clips its boxes to the image; SL-DETR's post-processing does not
+        ours = torch.stack([result["boxes"][:, 0].clamp(0, width), result["boxes"][:, 1].clamp(0, height),
+                            result["boxes"][:, 2].clamp(0, width), result["boxes"][:, 3].clamp(0, height)], -1)
+        iou = box_iou(ref_boxes.double(), ours.double())
+        partner = ((ref_labels[:, None] == result["labels"][None]) & (iou >= 0.999)
+                   & ((ref_scores[:, None] - result["scores"][None]).abs() <= TOLERANCE))
+        boundary = float(ref_scores[-1]) + TOLERANCE  # ties with the last kept score may trade places at the cut
+        assert bool((partner.any(1) | (ref_scores <= boundary)).all())
+        assert bool((partner.any(0) | (result["scores"] <= boundary)).all())
