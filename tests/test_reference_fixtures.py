@@ -1,0 +1,134 @@
+"""The RHINO / mmdetection-DINO reference fixtures are self-consistent and follow the documented conventions.
+
+The fixtures come from the original code (`scripts/make_rhino_reference.py`); the parity of SL-DETR with them is
+tested in `test_rhino_parity.py`. Here: the files load without any mm package, the input tensor is rebuilt exactly
+from the PNGs, and the recorded intermediates chain into the recorded detections by the formulas that
+/work/notes/rhino_harness.md (and the parity code) rely on.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tests._reference_fixtures import (
+    CASES,
+    DINO_FIXTURES,
+    RHINO_FIXTURES,
+    case_inputs,
+    load_case,
+    load_state_dict,
+    write_mmengine_checkpoint,
+)
+
+FOLDERS = {"rhino": RHINO_FIXTURES, "dino": DINO_FIXTURES}
+PARAMS = [(kind, case) for kind in FOLDERS for case in CASES]
+
+
+def _inverse_sigmoid(x: torch.Tensor, eps: float) -> torch.Tensor:
+    x = x.clamp(0, 1)
+    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
+
+
+@pytest.mark.parametrize("kind", list(FOLDERS))
+def test_state_dict_loads_exactly(kind, tmp_path):
+    import json
+
+    folder = FOLDERS[kind]
+    model = json.loads((folder / "model.json").read_text())
+    state_dict = load_state_dict(folder)
+    assert list(state_dict) == list(model["state_dict"])
+    for key, t in state_dict.items():
+        assert list(t.shape) == model["state_dict"][key]["shape"], key
+        assert str(t.dtype).replace("torch.", "") == model["state_dict"][key]["dtype"], key
+        if t.dtype.is_floating_point:
+            assert torch.isfinite(t).all() and t.abs().sum() > 0, f"{key} is trivially zero"
+    assert model["num_tensors"] == len(state_dict)
+    # the head's 5-d (rotated) or 4-d box branches, one per decoder layer plus the encoder's
+    box_dim = 5 if kind == "rhino" else 4
+    layers = model["reduced"]["decoder_layers"]
+    assert state_dict[f"bbox_head.reg_branches.{layers}.4.weight"].shape == (box_dim, 256)
+    # a checkpoint as mmengine writes it loads with weights_only
+    path = write_mmengine_checkpoint(folder, tmp_path / "model.pth")
+    checkpoint = torch.load(path, weights_only=True)
+    assert "cfg" in checkpoint["meta"] and torch.equal(checkpoint["state_dict"]["level_embed"],
+                                                       state_dict["level_embed"])
+
+
+@pytest.mark.parametrize(("kind", "case"), PARAMS)
+def test_inputs_rebuild_exactly(kind, case):
+    tensors, side = load_case(FOLDERS[kind], case)
+    inputs = case_inputs(FOLDERS[kind], case)
+    assert torch.equal(inputs[:, :, 0, :], tensors["inputs_row0"])
+    assert torch.equal(inputs.double().sum(dim=(1, 2, 3)), tensors["inputs_sum"])
+
+
+@pytest.mark.parametrize(("kind", "case"), PARAMS)
+def test_decoder_chain(kind, case):
+    t, side = load_case(FOLDERS[kind], case)
+    box_dim = 5 if kind == "rhino" else 4
+    num_layers, batch, num_queries = t["dec_logits"].shape[:3]
+    assert t["dec_coords"].shape == (num_layers, batch, num_queries, box_dim)
+    assert num_queries == side["num_queries"] and num_layers == side["num_decoder_layers"]
+    # top-k of the class-aware encoder head (max over classes), references start at its boxes
+    top_values = t["enc_class_max"].sort(dim=1, descending=True)[0][:, :num_queries]
+    assert torch.equal(torch.gather(t["enc_class_max"], 1, t["enc_topk_index"]), top_values)
+    assert torch.equal(t["enc_topk_logits"].max(-1)[0], top_values)
+    assert torch.equal(t["dec_references"][0], t["enc_topk_coords"])
+    if kind == "rhino":  # the angle starts at sigmoid-space 0.5 (+ the encoder's delta): not all zero
+        assert t["enc_topk_coords"][..., 4].std() > 0
+    # the head: sigmoid of its pre-sigmoid boxes
+    torch.testing.assert_close(t["dec_coords_unact"].sigmoid(), t["dec_coords"], rtol=0, atol=1e-7)
+    # the in-loop refinement: eps 1e-3 and the UN-normed layer output (dec_refine_delta)
+    for layer in range(num_layers):
+        refined = (t["dec_refine_delta"][layer] + _inverse_sigmoid(t["dec_references"][layer], 1e-3)).sigmoid()
+        torch.testing.assert_close(refined, t["dec_references"][layer + 1], rtol=0, atol=1e-6)
+    # the heads' boxes are not the refined references (decoder.norm + eps 1e-5 vs 1e-3)
+    assert not torch.allclose(t["dec_coords"], t["dec_references"][1:], atol=1e-4)
+
+
+@pytest.mark.parametrize(("kind", "case"), PARAMS)
+def test_detections_follow_from_last_layer(kind, case):
+    t, side = load_case(FOLDERS[kind], case)
+    logits, coords = t["dec_logits"][-1], t["dec_coords"][-1]
+    num_classes = logits.shape[-1]
+    k = side["max_per_img"]
+    for b, image in enumerate(side["images"]):
+        meta = image["meta"]
+        height, width = meta["img_shape"]
+        sx, sy = meta["scale_factor"]
+        scores, index = logits[b].sigmoid().flatten().topk(k)
+        torch.testing.assert_close(t["det_scores"][b], scores, rtol=0, atol=0)
+        assert torch.equal(t["det_labels"][b], index % num_classes)
+        query = index // num_classes
+        assert torch.equal(t["det_query_index"][b], query)
+        box = coords[b][query].clone()
+        if kind == "rhino":
+            box = box * torch.tensor([width, height, width, height, math.pi])
+            box[:, [0, 2]] = box[:, [0, 2]].clamp(0, width)  # cx and w (RHINO clamps w, h too)
+            box[:, [1, 3]] = box[:, [1, 3]].clamp(0, height)
+            box = box / torch.tensor([sx, sy, sx, sy, 1.0])
+            assert (t["det_bboxes"][b][:, 4] >= 0).all() and (t["det_bboxes"][b][:, 4] < math.pi).all()
+        else:
+            cx, cy, w, h = box.unbind(-1)
+            box = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
+            box = box * torch.tensor([width, height, width, height])
+            box[:, 0::2] = box[:, 0::2].clamp(0, width)
+            box[:, 1::2] = box[:, 1::2].clamp(0, height)
+            box = box / torch.tensor([sx, sy, sx, sy])
+        torch.testing.assert_close(t["det_bboxes"][b], box, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", list(FOLDERS))
+def test_padded_batch(kind):
+    """Image 0 of the padded batch is the batch's largest (no padding): it repeats the single-image case; image 1 is
+    padded (384 -> 512 rows), its valid ratio < 1 and its results differ from the unpadded run."""
+    single, _ = load_case(FOLDERS[kind], "square")
+    wide, _ = load_case(FOLDERS[kind], "wide")
+    batch, side = load_case(FOLDERS[kind], "batch2_padded")
+    torch.testing.assert_close(batch["dec_logits"][:, 0], single["dec_logits"][:, 0], rtol=0, atol=1e-4)
+    assert side["images"][1]["meta"]["img_shape"] == [384, 512] and side["batch_input_shape"] == [512, 512]
+    assert not batch["enc_output_proposals_finite"][1].all()
+    assert (batch["dec_logits"][:, 1] - wide["dec_logits"][:, 0]).abs().max() > 1e-3
