@@ -321,3 +321,20 @@ def test_cli_train_on_own_classes_and_the_error_for_a_mostly_unknown_split(tmp_p
         main([*common, "--dota_version", "1.0", "--output_dir", str(tmp_path / "run2")])
     ok = main([*common, "--class_names", "truck,airplane", "--output_dir", str(tmp_path / "run3")])
     assert ok == 0 and json.loads((tmp_path / "run3" / "config.json").read_text())["id2label"]["0"] == "truck"
+
+
+def test_a_real_style_scene_rgba_with_header_lines_trains_as_rgb(tmp_path):
+    """dota-samples' shapes: an RGBA PNG whose label file opens with imagesource / gsd lines reads, and prepares
+    for training as 3 channels with its boxes."""
+    from sl_detr_hf.image_processing_sl_detr import SlDetrImageProcessor
+    from sl_detr_hf.training import prepare_dataset
+
+    root = _make_root(tmp_path, {"P9": "imagesource:GoogleEarth\ngsd:0.139152881468\n" + GOOD +
+                                       "\n60 40 90 40 90 60 60 60 ship 0\n"}, {})
+    Image.new("RGBA", (100, 80), (40, 80, 120, 255)).save(root / "images" / "P9.png")
+    ds = load_dota(root, class_names=None)
+    assert ds[0]["gsd"] == pytest.approx(0.139152881468) and ds[0]["imagesource"] == "GoogleEarth"
+    assert ds.features["objects"]["category"].feature.names == ["plane", "ship"]  # 2 DOTA names: only these
+    example = prepare_dataset(ds, SlDetrImageProcessor(size={"shortest_edge": 64, "longest_edge": 64}))[0]
+    assert example["pixel_values"].shape == (3, 51, 64)
+    assert example["labels"]["boxes"].shape == (2, 5) and example["labels"]["class_labels"].tolist() == [0, 1]
