@@ -89,6 +89,10 @@ def _load_split(data: DataArguments, which: str, work_dir: Path, class_names: Se
             dataset, summary = load_dota(folder, version=data.dota_version, class_names=class_names,
                                          return_summary=True)
         elif data.data_format == "yolo_obb":
+            if data.split_patches:
+                raise SystemExit("error: --split_patches splits DOTA folders only: for big YOLO-OBB images, write "
+                                 "the split as a DOTA folder (sl_detr_hf.data.dota.write_dota_folder) and train on "
+                                 "that with --data_format dota")
             dataset, summary = load_yolo_obb(folder, class_names=class_names, return_summary=True)
         else:
             dataset = summary = None
