@@ -33,7 +33,7 @@ Output (``--out``, default ``tests/fixtures/rhino`` or ``tests/fixtures/mmdet_di
   (value = k * 2 ** scales_log2[key], k in [-7, 7]), stored packed, two per byte (uint8 ``low nibble = element
   2i``, two's complement nibbles, padded to an even count; shapes and scales in the safetensors metadata). The
   model ran with exactly these values (the weights were put on that grid before the forward), so unpacking gives
-  the float32 weights RHINO ran with, bit for bit: ``tests/_reference_fixtures.py::load_state_dict``. 1-d tensors
+  the float32 weights RHINO ran with, bit for bit: ``tests/_parity_fixtures.py::load_weights``. 1-d tensors
   are float32, ``num_batches_tracked`` int64. ``--float32-weights`` stores plain float32 (7x larger).
 - ``model.json``: the (reduced) config as mmengine's ``pretty_text`` (what ``meta['cfg']`` of a checkpoint holds),
   the mmengine checkpoint ``meta``, the key list with shapes and dtypes, versions, the RHINO commit.

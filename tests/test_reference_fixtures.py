@@ -1,9 +1,9 @@
 """The RHINO / mmdetection-DINO reference fixtures are self-consistent and follow the documented conventions.
 
-The fixtures come from the original code (`scripts/make_rhino_reference.py`); the parity of SL-DETR with them is
-tested in `test_rhino_parity.py`. Here: the files load without any mm package, the input tensor is rebuilt exactly
-from the PNGs, and the recorded intermediates chain into the recorded detections by the formulas that
-/work/notes/rhino_harness.md (and the parity code) rely on.
+The fixtures come from the original code (`scripts/make_rhino_reference.py`); SL-DETR's parity with them is tested
+in `test_rhino_parity.py` / `test_mmdet_dino_parity.py` (reader: `_parity_fixtures.py`). Here: the files load
+without any mm package, the input tensor is rebuilt exactly from the PNGs, and the recorded intermediates chain
+into the recorded detections by the formulas the parity code relies on (notes: the harness script's docstring).
 """
 
 from __future__ import annotations
@@ -12,19 +12,16 @@ import math
 
 import pytest
 import torch
+from _parity_fixtures import load_case, load_model_json, load_weights
 
-from tests._reference_fixtures import (
-    CASES,
-    DINO_FIXTURES,
-    RHINO_FIXTURES,
-    case_inputs,
-    load_case,
-    load_state_dict,
-    write_mmengine_checkpoint,
-)
+KINDS = ("rhino", "mmdet_dino")
+CASES = ("square", "wide", "batch2_padded")
+PARAMS = [(kind, case) for kind in KINDS for case in CASES]
 
-FOLDERS = {"rhino": RHINO_FIXTURES, "dino": DINO_FIXTURES}
-PARAMS = [(kind, case) for kind in FOLDERS for case in CASES]
+
+def _case(kind: str, case: str) -> tuple[dict[str, torch.Tensor], dict]:
+    info, reference, _, _ = load_case(kind, case)
+    return reference, info
 
 
 def _inverse_sigmoid(x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -32,14 +29,11 @@ def _inverse_sigmoid(x: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
 
 
-@pytest.mark.parametrize("kind", list(FOLDERS))
+@pytest.mark.parametrize("kind", KINDS)
 def test_state_dict_loads_exactly(kind, tmp_path):
-    import json
-
-    folder = FOLDERS[kind]
-    model = json.loads((folder / "model.json").read_text())
-    state_dict = load_state_dict(folder)
-    assert list(state_dict) == list(model["state_dict"])
+    model = load_model_json(kind)
+    state_dict = load_weights(kind)
+    assert set(state_dict) == set(model["state_dict"])
     for key, t in state_dict.items():
         assert list(t.shape) == model["state_dict"][key]["shape"], key
         assert str(t.dtype).replace("torch.", "") == model["state_dict"][key]["dtype"], key
@@ -51,7 +45,8 @@ def test_state_dict_loads_exactly(kind, tmp_path):
     layers = model["reduced"]["decoder_layers"]
     assert state_dict[f"bbox_head.reg_branches.{layers}.4.weight"].shape == (box_dim, 256)
     # a checkpoint as mmengine writes it loads with weights_only
-    path = write_mmengine_checkpoint(folder, tmp_path / "model.pth")
+    path = tmp_path / "model.pth"
+    torch.save({"meta": model["checkpoint_meta"], "state_dict": state_dict}, path)
     checkpoint = torch.load(path, weights_only=True)
     assert "cfg" in checkpoint["meta"] and torch.equal(checkpoint["state_dict"]["level_embed"],
                                                        state_dict["level_embed"])
@@ -59,15 +54,14 @@ def test_state_dict_loads_exactly(kind, tmp_path):
 
 @pytest.mark.parametrize(("kind", "case"), PARAMS)
 def test_inputs_rebuild_exactly(kind, case):
-    tensors, side = load_case(FOLDERS[kind], case)
-    inputs = case_inputs(FOLDERS[kind], case)
+    _, tensors, inputs, _ = load_case(kind, case)
     assert torch.equal(inputs[:, :, 0, :], tensors["inputs_row0"])
     assert torch.equal(inputs.double().sum(dim=(1, 2, 3)), tensors["inputs_sum"])
 
 
 @pytest.mark.parametrize(("kind", "case"), PARAMS)
 def test_decoder_chain(kind, case):
-    t, side = load_case(FOLDERS[kind], case)
+    t, side = _case(kind, case)
     box_dim = 5 if kind == "rhino" else 4
     num_layers, batch, num_queries = t["dec_logits"].shape[:3]
     assert t["dec_coords"].shape == (num_layers, batch, num_queries, box_dim)
@@ -91,7 +85,7 @@ def test_decoder_chain(kind, case):
 
 @pytest.mark.parametrize(("kind", "case"), PARAMS)
 def test_detections_follow_from_last_layer(kind, case):
-    t, side = load_case(FOLDERS[kind], case)
+    t, side = _case(kind, case)
     logits, coords = t["dec_logits"][-1], t["dec_coords"][-1]
     num_classes = logits.shape[-1]
     k = side["max_per_img"]
@@ -121,13 +115,13 @@ def test_detections_follow_from_last_layer(kind, case):
         torch.testing.assert_close(t["det_bboxes"][b], box, rtol=0, atol=1e-4)
 
 
-@pytest.mark.parametrize("kind", list(FOLDERS))
+@pytest.mark.parametrize("kind", KINDS)
 def test_padded_batch(kind):
     """Image 0 of the padded batch is the batch's largest (no padding): it repeats the single-image case; image 1 is
     padded (384 -> 512 rows), its valid ratio < 1 and its results differ from the unpadded run."""
-    single, _ = load_case(FOLDERS[kind], "square")
-    wide, _ = load_case(FOLDERS[kind], "wide")
-    batch, side = load_case(FOLDERS[kind], "batch2_padded")
+    single, _ = _case(kind, "square")
+    wide, _ = _case(kind, "wide")
+    batch, side = _case(kind, "batch2_padded")
     torch.testing.assert_close(batch["dec_logits"][:, 0], single["dec_logits"][:, 0], rtol=0, atol=1e-4)
     assert side["images"][1]["meta"]["img_shape"] == [384, 512] and side["batch_input_shape"] == [512, 512]
     assert not batch["enc_output_proposals_finite"][1].all()
