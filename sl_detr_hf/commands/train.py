@@ -185,9 +185,11 @@ def build_model(model_args: ModelArguments, names: list[str], seed: int):
         return SlDetrForObjectDetection(SlDetrConfig(**tiny_config_kwargs(len(names), id2label, box_type=box_type),
                                                      use_sync_loc=not model_args.no_sync,
                                                      use_quality_cls=not model_args.no_sync))
-    if model_args.size == "paper":
+    if model_args.size == "paper":  # RHINO's numerics (RHINO_SWITCHES): the paper's base model
+        from ..configuration_sl_detr import RHINO_SWITCHES
+
         return SlDetrForObjectDetection(SlDetrConfig(
-            backbone=model_args.backbone, use_timm_backbone=True,
+            **RHINO_SWITCHES, backbone=model_args.backbone, use_timm_backbone=True,
             use_pretrained_backbone=model_args.use_pretrained_backbone, num_labels=len(names), id2label=id2label,
             **_backbone_policy(model_args.use_pretrained_backbone),
             label2id={v: k for k, v in id2label.items()}, box_type=box_type,
