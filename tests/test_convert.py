@@ -1,0 +1,194 @@
+"""The RHINO / DINO checkpoint converters (`sl_detr_hf.convert`): configs read without running them, checkpoints
+read with `weights_only` (or refused with the reason), every key accounted for, unsupported variants refused by
+name, the command line writing a `from_pretrained` folder, and the converted model fine-tuning through `Trainer`
+with the synchronized loss. The model-level parity is in `test_rhino_parity.py` / `test_mmdet_dino_parity.py`."""
+
+from __future__ import annotations
+
+import copy
+import sys
+import textwrap
+
+import pytest
+import torch
+from _parity_fixtures import available, load_model_json, load_weights, source_config
+
+from sl_detr_hf import SlDetrForObjectDetection, SlDetrImageProcessor
+from sl_detr_hf.convert import (
+    CheckpointError,
+    convert_mmdet_dino_checkpoint,
+    convert_rhino_checkpoint,
+    load_checkpoint,
+    load_config,
+    parse_config_text,
+)
+from sl_detr_hf.convert.rhino import main as rhino_main
+
+needs_rhino = pytest.mark.skipif(not available("rhino"), reason="RHINO reference fixture not present")
+
+
+# -------------------------------------------------------------------------------------------------- configs
+
+
+def test_config_text_is_read_without_running_it():
+    text = textwrap.dedent("""
+        import os
+        base = 3
+        angle_cfg = dict(width_longer=True, start_angle=0)
+        model = dict(type='RHINO', sizes=[base * 2, -1.5], pair=(1, 2), raw={'a b': None}, angle=angle_cfg,
+                     merged=dict(dict(p=1), q=True), neg=-base)
+        side_effect = os.remove('/nonexistent')
+        """)
+    cfg = parse_config_text(text)
+    assert cfg["model"] == {"type": "RHINO", "sizes": [6, -1.5], "pair": (1, 2), "raw": {"a b": None},
+                            "angle": {"width_longer": True, "start_angle": 0}, "merged": {"p": 1, "q": True},
+                            "neg": -3}
+    assert "side_effect" not in cfg  # a call of anything but a builtin constructor is never evaluated
+
+
+def test_config_files_inherit_their_bases(tmp_path):
+    (tmp_path / "_base_").mkdir()
+    (tmp_path / "_base_" / "data.py").write_text("test_pipeline = [dict(type='Resize', scale=(800, 800))]\n"
+                                                 "model = dict(neck=dict(num_outs=4, norm=dict(type='GN')), x=1)\n")
+    (tmp_path / "child.py").write_text("_base_ = ['_base_/data.py']\n"
+                                       "model = dict(neck=dict(num_outs=5), x=dict(_delete_=True, y=2))\n")
+    cfg = load_config(tmp_path / "child.py")
+    assert cfg["model"] == {"neck": {"num_outs": 5, "norm": {"type": "GN"}}, "x": {"y": 2}}
+    assert cfg["test_pipeline"][0]["scale"] == (800, 800)
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+
+def test_plain_checkpoints_load_with_weights_only(tmp_path):
+    path = tmp_path / "plain.pth"
+    torch.save({"meta": {"cfg": "a = 1"}, "state_dict": {"module.w": torch.ones(2)}}, path)
+    state, meta = load_checkpoint(path)
+    assert list(state) == ["w"] and meta["cfg"] == "a = 1"
+
+
+def test_pickled_objects_need_trust_and_missing_classes_become_placeholders(tmp_path, monkeypatch):
+    module = tmp_path / "fake_mmengine_hub.py"
+    module.write_text("class HistoryBuffer:\n    def __init__(self):\n        self.values = [1.0]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import fake_mmengine_hub
+
+    path = tmp_path / "runner.pth"
+    torch.save({"meta": {"cfg": "a = 1"}, "state_dict": {"w": torch.ones(2)},
+                "message_hub": {"log_scalars": {"loss": fake_mmengine_hub.HistoryBuffer()}}}, path)
+    with pytest.raises(CheckpointError, match="--trust-checkpoint") as err:
+        load_checkpoint(path)
+    assert "HistoryBuffer" in str(err.value)
+    monkeypatch.delitem(sys.modules, "fake_mmengine_hub")
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path)])  # "mmengine is not installed"
+    state, meta = load_checkpoint(path, trust_checkpoint=True)
+    assert torch.equal(state["w"], torch.ones(2)) and meta["cfg"] == "a = 1"
+
+
+# ------------------------------------------------------------------------------------ keys and variants
+
+
+@needs_rhino
+def test_a_key_without_a_place_is_named():
+    state = load_weights("rhino")
+    state["bbox_head.extra_branch.weight"] = torch.zeros(3)
+    with pytest.raises(CheckpointError, match="bbox_head.extra_branch.weight"):
+        convert_rhino_checkpoint(state, config=source_config("rhino"))
+
+
+@needs_rhino
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m.update(version="v4"), "version 'v4'"),
+    (lambda m: m.update(backbone={"type": "mmdet.SwinTransformer"}), "Swin"),
+    (lambda m: m["bbox_head"].update(angle_cfg={"width_longer": False, "start_angle": 0}), "width_longer"),
+    (lambda m: m["backbone"].update(style="caffe"), "style='caffe'"),
+    (lambda m: m.update(type="DINO"), "not a RHINO model"),
+])
+def test_unsupported_variants_are_refused_by_name(change, message):
+    cfg = copy.deepcopy(source_config("rhino"))
+    change(cfg["model"])
+    with pytest.raises(CheckpointError, match=message):
+        convert_rhino_checkpoint(load_weights("rhino"), config=cfg)
+
+
+@needs_rhino
+def test_a_rhino_checkpoint_is_not_a_dino_one():
+    with pytest.raises(CheckpointError, match="not a mmdetection DINO model"):
+        convert_mmdet_dino_checkpoint(load_weights("rhino"), config=source_config("rhino"))
+
+
+@needs_rhino
+def test_a_bgr_model_takes_rgb_after_conversion():
+    cfg = copy.deepcopy(source_config("rhino"))
+    cfg["model"]["data_preprocessor"]["bgr_to_rgb"] = False
+    state = load_weights("rhino")
+    converted = convert_rhino_checkpoint(state, config=cfg)
+    stem = converted.model.model.backbone.model.embedder.embedder.convolution.weight
+    assert torch.equal(stem, state["backbone.conv1.weight"].flip(1))
+    assert list(converted.processor.image_mean) == [103.53, 116.28, 123.675]
+
+
+# ------------------------------------------------------------------------------------- command line, folder
+
+
+@needs_rhino
+def test_command_line_writes_a_folder_that_loads(tmp_path, capsys):
+    meta = load_model_json("rhino")["checkpoint_meta"]
+    path = tmp_path / "rhino.pth"
+    torch.save({"meta": meta, "state_dict": load_weights("rhino"),
+                "message_hub": {"runtime_info": {"epoch": 12}}}, path)
+    out = tmp_path / "converted"
+    assert rhino_main([str(path), str(out)]) == 0
+    assert "RHINO -> SL-DETR (rotated, 15 classes, 200 queries" in capsys.readouterr().out
+    model = SlDetrForObjectDetection.from_pretrained(out).eval()
+    processor = SlDetrImageProcessor.from_pretrained(out)
+    assert processor.do_rescale is False and list(processor.image_mean) == [123.675, 116.28, 103.53]
+    assert processor.size["longest_edge"] == 1024 and processor.max_detections == 500
+    assert model.config.id2label[14] == "helicopter" and model.config.angle_start == 0
+    direct = convert_rhino_checkpoint(load_weights("rhino"), config=source_config("rhino")).model
+    pixels = torch.randn(1, 3, 96, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(model(pixels).logits, direct(pixels).logits)
+
+
+@needs_rhino
+def test_missing_config_and_refused_pickles_exit_with_a_message(tmp_path, capsys, monkeypatch):
+    module = tmp_path / "fake_mmengine_logging.py"
+    module.write_text("class HistoryBuffer:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import fake_mmengine_logging
+
+    path = tmp_path / "runner.pth"
+    torch.save({"meta": load_model_json("rhino")["checkpoint_meta"], "state_dict": load_weights("rhino"),
+                "message_hub": {"log_scalars": {"loss": fake_mmengine_logging.HistoryBuffer()}}}, path)
+    with pytest.raises(SystemExit) as exit_info:
+        rhino_main([str(path), str(tmp_path / "out")])
+    assert exit_info.value.code == 2 and "--trust-checkpoint" in capsys.readouterr().err
+    assert rhino_main([str(path), str(tmp_path / "out"), "--trust-checkpoint"]) == 0
+
+
+# ------------------------------------------------------------------------------------------ fine-tuning
+
+
+@needs_rhino
+def test_converted_model_fine_tunes_through_trainer_with_the_synchronized_loss(tmp_path):
+    from sl_detr_hf.data import load_dota, make_synthetic_dota
+    from sl_detr_hf.training import SlDetrTrainer, make_collator, paper_training_arguments, prepare_dataset
+
+    converted = convert_rhino_checkpoint(load_weights("rhino"), config=source_config("rhino"))
+    model = converted.model.train()
+    assert model.config.use_sync_loc and model.config.use_quality_cls
+    root = tmp_path / "data"
+    make_synthetic_dota(root, num_images=4, image_size=128, seed=3)
+    processor = SlDetrImageProcessor(**{**converted.processor.to_dict(), "size": {"shortest_edge": 128,
+                                                                                  "longest_edge": 128}})
+    data = prepare_dataset(load_dota(root), processor)
+    args = paper_training_arguments(str(tmp_path / "run"), per_device_train_batch_size=2, max_steps=3,
+                                    learning_rate=1e-3, logging_steps=1, save_strategy="no", use_cpu=True,
+                                    disable_tqdm=True, seed=0, report_to=[])
+    trainer = SlDetrTrainer(model=model, args=args, train_dataset=data, data_collator=make_collator(),
+                            processing_class=processor)
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+    assert len(set(losses)) > 1
