@@ -69,7 +69,15 @@ def test_plain_checkpoints_load_with_weights_only(tmp_path):
 
 def test_pickled_objects_need_trust_and_missing_classes_become_placeholders(tmp_path, monkeypatch):
     module = tmp_path / "fake_mmengine_hub.py"
-    module.write_text("class HistoryBuffer:\n    def __init__(self):\n        self.values = [1.0]\n")
+    module.write_text(textwrap.dedent("""
+        class HistoryBuffer:
+            def __init__(self):
+                self.values = [1.0]
+                self.methods = {"min": HistoryBuffer.min}  # pickled as getattr(HistoryBuffer, "min")
+
+            def min(self):
+                return min(self.values)
+        """))
     monkeypatch.syspath_prepend(str(tmp_path))
     import fake_mmengine_hub
 

@@ -54,7 +54,17 @@ class CheckpointError(ValueError):
 # ------------------------------------------------------------------------------------------------ checkpoints
 
 
-class _Placeholder:
+class _PlaceholderMeta(type):
+    """Attribute look-ups on a placeholder class (pickles of methods, `getattr(HistoryBuffer, 'min')`) give
+    further placeholders."""
+
+    def __getattr__(cls, name: str) -> type:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _PlaceholderMeta(name, (_Placeholder,), {"__module__": f"{cls.__module__}.{cls.__name__}"})
+
+
+class _Placeholder(metaclass=_PlaceholderMeta):
     """Stands in for a pickled object of a class that cannot be imported here (e.g. mmengine's HistoryBuffer):
     keeps its arguments and state, runs nothing."""
 
