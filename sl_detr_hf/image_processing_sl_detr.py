@@ -58,10 +58,12 @@ _GEOMETRY_LENGTHS = {"polygon": 8, "rbox": 5, "bbox": 4}
 
 
 class SlDetrImageProcessorKwargs(ImagesKwargs, total=False):
-    """Extra keyword arguments: ``box_type`` ("rotated" | "horizontal"), ``max_detections`` (default top-k)."""
+    """Extra keyword arguments: ``box_type`` ("rotated" | "horizontal"), ``max_detections`` (default top-k),
+    ``clip_boxes`` (clip the axis-aligned ``boxes`` of the post-processing to the image, as mmdetection does)."""
 
     box_type: str
     max_detections: int
+    clip_boxes: bool
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -287,6 +289,9 @@ class SlDetrImageProcessor(TorchvisionBackend):
     ``do_normalize``, ``image_mean``, ``image_std``, ``do_pad``, ``pad_size``):
         box_type: ``"rotated"`` (labels ``(N, 5)``) or ``"horizontal"`` (labels ``(N, 4)``).
         max_detections: default ``top_k`` of :meth:`post_process_object_detection`.
+        clip_boxes: clip the post-processing's axis-aligned ``boxes`` to the image (``target_sizes``), as
+            mmdetection's DETR heads do (default ``False``; set by the DINO checkpoint converter). Rotated
+            ``rboxes`` are never clipped.
     """
 
     valid_kwargs = SlDetrImageProcessorKwargs
@@ -301,6 +306,7 @@ class SlDetrImageProcessor(TorchvisionBackend):
     default_to_square = False
     box_type = "rotated"
     max_detections = 500
+    clip_boxes = False
     model_input_names = ["pixel_values", "pixel_mask"]
 
     def __init__(self, **kwargs: Unpack[SlDetrImageProcessorKwargs]) -> None:
@@ -435,7 +441,11 @@ class SlDetrImageProcessor(TorchvisionBackend):
             if nms_iou_threshold is not None:
                 kept = batched_nms_rotated(rb, s, lab, float(nms_iou_threshold))
                 s, lab, rb = s[kept], lab[kept], rb[kept]
-            result = {"scores": s, "labels": lab, "boxes": rbox_to_hbox(rb)}
+            hbox = rbox_to_hbox(rb)
+            if self.clip_boxes and sizes is not None:
+                limit = sizes[b].flip(0).repeat(2)  # (W, H, W, H)
+                hbox = torch.minimum(hbox.clamp_min(0), limit)
+            result = {"scores": s, "labels": lab, "boxes": hbox}
             if rotated:
                 rb = regularize_rboxes(rb)
                 result["rboxes"] = rb

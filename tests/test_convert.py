@@ -200,3 +200,11 @@ def test_converted_model_fine_tunes_through_trainer_with_the_synchronized_loss(t
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
     assert len(set(losses)) > 1
+
+
+def test_processor_clips_axis_aligned_boxes_when_asked():
+    outputs = {"logits": torch.tensor([[[3.0]]]), "pred_boxes": torch.tensor([[[0.9, 0.5, 0.5, 0.2]]])}
+    for clip, right in ((False, 115.0), (True, 100.0)):
+        processor = SlDetrImageProcessor(box_type="horizontal", clip_boxes=clip)
+        boxes = processor.post_process_object_detection(outputs, threshold=0.0, target_sizes=[[50, 100]])[0]["boxes"]
+        torch.testing.assert_close(boxes[0], torch.tensor([65.0, 20.0, right, 30.0]))

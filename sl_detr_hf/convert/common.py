@@ -797,6 +797,7 @@ def convert_checkpoint(
     backbone = backbone_settings(reader, model_cfg)
     transformer = transformer_settings(reader, model_cfg)
     processor = processor_settings(cfg)
+    processor["clip_boxes"] = not spec.rotated  # mmdetection's DETR heads clip axis-aligned boxes to the image
     out: dict[str, torch.Tensor] = {}
     map_resnet(reader, out, processor["bgr_input"])
     map_channel_mapper(reader, out, transformer["num_feature_levels"])
