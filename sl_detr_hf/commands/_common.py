@@ -12,8 +12,8 @@ from pathlib import Path
 
 logger = logging.getLogger("sl_detr_hf")
 
-__all__ = ["TimeLimitCallback", "check_model_folder", "default_num_workers", "parse_dataclasses",
-           "plot_training_curves", "tiny_config_kwargs"]
+__all__ = ["TimeLimitCallback", "check_model_folder", "default_num_workers", "parse_config_overrides",
+           "parse_dataclasses", "plot_training_curves", "tiny_config_kwargs"]
 
 
 # ProbIoU above which the tiny models' query selection drops a proposal (BENCHMARKS.md, "Proposal NMS")
@@ -104,6 +104,31 @@ def plot_training_curves(log_history: list[dict], path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def parse_config_overrides(text: str) -> dict:
+    """``"a=1,b=none,c=True"`` -> ``{"a": 1, "b": "none", "c": True}`` (ints, floats, booleans, None, strings)."""
+    overrides: dict = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"error: --config entries must be KEY=VALUE, got {item!r}")
+        raw = raw.strip()
+        lowered = raw.lower()
+        if lowered in ("true", "false"):
+            value: object = lowered == "true"
+        elif lowered == "null" or raw == "None":
+            value = None
+        else:
+            try:
+                value = int(raw)
+            except ValueError:
+                try:
+                    value = float(raw)
+                except ValueError:
+                    value = raw
+        overrides[key.strip()] = value
+    return overrides
 
 
 def parse_dataclasses(prog: str, classes: tuple, argv: Sequence[str]):
