@@ -91,8 +91,8 @@ def run_demo(args: DemoArguments) -> dict:
 
     from ..data import load_dota, make_synthetic_dota
     from ..hub import save_for_hub
-    from ..training.allocator import keep_freed_memory
     from ..training import DetectionMetrics, SlDetrTrainer, make_collator, paper_training_arguments, prepare_dataset
+    from ..training.allocator import keep_freed_memory
 
     if args.lr_schedule not in ("time", "steps"):
         raise SystemExit(f"error: --lr_schedule must be 'time' or 'steps', got {args.lr_schedule!r}")
