@@ -302,15 +302,20 @@ def run_train(model_args: ModelArguments, data: DataArguments, training_args) ->
     augment = RotatedDetectionAugment() if data.augment and box_type == "rotated" else None
     train_ds = prepare_dataset(train_raw, processor, box_type, augment)
     val_ds = prepare_dataset(val_raw, processor, box_type) if val_raw is not None else None
-    callbacks = [TimeLimitCallback(data.max_minutes)] if data.max_minutes else []
+    by_time = bool(data.max_minutes) and training_args.max_steps <= 0  # the step count is not known
+    callbacks = [TimeLimitCallback(data.max_minutes, progress=by_time)] if data.max_minutes else []
     trainer = SlDetrTrainer(
         model=model, args=training_args, train_dataset=train_ds, eval_dataset=val_ds,
         data_collator=make_collator(box_type), processing_class=processor,
         compute_metrics=DetectionMetrics(processor, id2label=id2label, iou_threshold=data.eval_iou_threshold),
         callbacks=callbacks, ema_decay=model_args.ema_decay, ema_warmup_steps=model_args.ema_warmup_steps,
         low_lr_multiplier=_low_lr_multiplier(model_args),
-        time_budget_minutes=data.max_minutes if data.max_minutes and training_args.max_steps <= 0 else None,
+        time_budget_minutes=data.max_minutes if by_time else None,
     )
+    if by_time and not training_args.disable_tqdm:
+        from transformers.trainer_callback import ProgressCallback
+
+        trainer.remove_callback(ProgressCallback)  # its bar would count to the placeholder epoch limit
     resume = training_args.resume_from_checkpoint
     if resume == "last" or (resume is None and training_args.do_train):
         resume = last_complete_checkpoint(training_args.output_dir)
@@ -321,6 +326,7 @@ def run_train(model_args: ModelArguments, data: DataArguments, training_args) ->
         result = trainer.train(resume_from_checkpoint=resume)
         metrics.update(result.metrics)
         trainer.save_model()
+        trainer.save_state()  # trainer_state.json: steps, batch size, the log history
         processor.save_pretrained(training_args.output_dir)
     if val_ds is not None:
         metrics.update(trainer.evaluate())
