@@ -176,7 +176,7 @@ def train_yolo(data_yaml: Path, out: Path, minutes: float, image_size: int, seed
             counter["start"] = time.monotonic()
 
     def on_train_batch_end(trainer):
-        counter["images"] += int(trainer.batch["img"].shape[0])
+        counter["images"] += int(trainer.batch_size)  # the last batch of an epoch may hold fewer
         counter["end"] = time.monotonic()
 
     model.add_callback("on_train_batch_start", on_train_batch_start)
