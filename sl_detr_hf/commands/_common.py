@@ -53,15 +53,17 @@ def tiny_config_kwargs(num_labels: int, id2label: dict[int, str], d_model: int =
 
 
 class TimeLimitCallback:
-    """Stops training after ``max_minutes`` of wall-clock time (checked every step); then evaluates and saves
-    unless ``evaluate_on_stop=False`` (the caller evaluates itself).
+    """Stops training after ``max_minutes`` of wall-clock time (checked every step); then evaluates unless
+    ``evaluate_on_stop=False`` (the caller evaluates itself, or there is nothing to evaluate on) and saves a
+    checkpoint unless ``save_on_stop=False`` (default: as ``evaluate_on_stop``).
 
     With ``progress=True`` it also draws the progress bar over the time budget (minutes, step, last loss) and prints
     the log lines: replace `Trainer`'s step-count bar with it when the step count is not known in advance
     (``trainer.remove_callback(ProgressCallback)``).
     """
 
-    def __new__(cls, max_minutes: float, evaluate_on_stop: bool = True, progress: bool = False):
+    def __new__(cls, max_minutes: float, evaluate_on_stop: bool = True, progress: bool = False,
+                save_on_stop: bool | None = None):
         from tqdm.auto import tqdm
         from transformers import TrainerCallback
 
@@ -87,7 +89,7 @@ class TimeLimitCallback:
                     logger.info("time limit of %.1f minutes reached at step %d", max_minutes, state.global_step)
                     control.should_training_stop = True
                     control.should_evaluate = evaluate_on_stop
-                    control.should_save = evaluate_on_stop
+                    control.should_save = evaluate_on_stop if save_on_stop is None else save_on_stop
                 return control
 
             def on_log(self, args, state, control, logs=None, **kwargs):

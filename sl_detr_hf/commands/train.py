@@ -303,7 +303,8 @@ def run_train(model_args: ModelArguments, data: DataArguments, training_args) ->
     train_ds = prepare_dataset(train_raw, processor, box_type, augment)
     val_ds = prepare_dataset(val_raw, processor, box_type) if val_raw is not None else None
     by_time = bool(data.max_minutes) and training_args.max_steps <= 0  # the step count is not known
-    callbacks = ([TimeLimitCallback(data.max_minutes, progress=by_time and not training_args.disable_tqdm)]
+    callbacks = ([TimeLimitCallback(data.max_minutes, evaluate_on_stop=val_ds is not None, save_on_stop=True,
+                                    progress=by_time and not training_args.disable_tqdm)]
                  if data.max_minutes else [])
     trainer = SlDetrTrainer(
         model=model, args=training_args, train_dataset=train_ds, eval_dataset=val_ds,
