@@ -12,8 +12,8 @@ from pathlib import Path
 
 logger = logging.getLogger("sl_detr_hf")
 
-__all__ = ["TimeLimitCallback", "check_model_folder", "default_num_workers", "parse_dataclasses",
-           "plot_training_curves", "tiny_config_kwargs"]
+__all__ = ["TimeLimitCallback", "check_model_folder", "default_num_workers", "parse_config_overrides",
+           "parse_dataclasses", "plot_training_curves", "tiny_config_kwargs"]
 
 
 # ProbIoU above which the tiny models' query selection drops a proposal (BENCHMARKS.md, "Proposal NMS")
@@ -53,26 +53,53 @@ def tiny_config_kwargs(num_labels: int, id2label: dict[int, str], d_model: int =
 
 
 class TimeLimitCallback:
-    """Stops training after ``max_minutes`` of wall-clock time (checked every step); then evaluates and saves
-    unless ``evaluate_on_stop=False`` (the caller evaluates itself)."""
+    """Stops training after ``max_minutes`` of wall-clock time (checked every step); then evaluates unless
+    ``evaluate_on_stop=False`` (the caller evaluates itself, or there is nothing to evaluate on) and saves a
+    checkpoint unless ``save_on_stop=False`` (default: as ``evaluate_on_stop``).
 
-    def __new__(cls, max_minutes: float, evaluate_on_stop: bool = True):
+    With ``progress=True`` it also draws the progress bar over the time budget (minutes, step, last loss) and prints
+    the log lines: replace `Trainer`'s step-count bar with it when the step count is not known in advance
+    (``trainer.remove_callback(ProgressCallback)``).
+    """
+
+    def __new__(cls, max_minutes: float, evaluate_on_stop: bool = True, progress: bool = False,
+                save_on_stop: bool | None = None):
+        from tqdm.auto import tqdm
         from transformers import TrainerCallback
 
         class _TimeLimit(TrainerCallback):
             def __init__(self) -> None:
                 self.deadline = None
+                self.started = None
+                self.bar = None
 
             def on_train_begin(self, args, state, control, **kwargs):
-                self.deadline = time.monotonic() + max_minutes * 60
+                self.started = time.monotonic()
+                self.deadline = self.started + max_minutes * 60
+                if progress and state.is_world_process_zero:
+                    self.bar = tqdm(total=round(max_minutes * 60), unit="s", desc="training (time budget)",
+                                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s {postfix}")
 
             def on_step_end(self, args, state, control, **kwargs):
-                if self.deadline is not None and time.monotonic() > self.deadline:
+                now = time.monotonic()
+                if self.bar is not None:
+                    self.bar.update(min(round(now - self.started), self.bar.total) - self.bar.n)
+                    self.bar.set_postfix_str(f"step {state.global_step}", refresh=True)
+                if self.deadline is not None and now > self.deadline:
                     logger.info("time limit of %.1f minutes reached at step %d", max_minutes, state.global_step)
                     control.should_training_stop = True
                     control.should_evaluate = evaluate_on_stop
-                    control.should_save = evaluate_on_stop
+                    control.should_save = evaluate_on_stop if save_on_stop is None else save_on_stop
                 return control
+
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if self.bar is not None and logs:
+                    self.bar.write(str({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in logs.items()}))
+
+            def on_train_end(self, args, state, control, **kwargs):
+                if self.bar is not None:
+                    self.bar.close()
+                    self.bar = None
 
         return _TimeLimit()
 
@@ -104,6 +131,31 @@ def plot_training_curves(log_history: list[dict], path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def parse_config_overrides(text: str) -> dict:
+    """``"a=1,b=none,c=True"`` -> ``{"a": 1, "b": "none", "c": True}`` (ints, floats, booleans, None, strings)."""
+    overrides: dict = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"error: --config entries must be KEY=VALUE, got {item!r}")
+        raw = raw.strip()
+        lowered = raw.lower()
+        if lowered in ("true", "false"):
+            value: object = lowered == "true"
+        elif lowered == "null" or raw == "None":
+            value = None
+        else:
+            try:
+                value = int(raw)
+            except ValueError:
+                try:
+                    value = float(raw)
+                except ValueError:
+                    value = raw
+        overrides[key.strip()] = value
+    return overrides
 
 
 def parse_dataclasses(prog: str, classes: tuple, argv: Sequence[str]):

@@ -10,7 +10,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._common import TimeLimitCallback, default_num_workers, parse_dataclasses, plot_training_curves, tiny_config_kwargs
+from ._common import (
+    TimeLimitCallback,
+    default_num_workers,
+    parse_config_overrides,
+    parse_dataclasses,
+    plot_training_curves,
+    tiny_config_kwargs,
+)
 
 __all__ = ["DemoArguments", "demo_parts", "draw_demo_predictions", "main", "parse_config_overrides", "run_demo"]
 
@@ -53,31 +60,6 @@ class DemoArguments:
         "help": "comma-separated SlDetrConfig overrides, e.g. 'num_denoising=0,rotated_sampling=none' (ablations)"})
 
 
-def parse_config_overrides(text: str) -> dict:
-    """``"a=1,b=none,c=True"`` -> ``{"a": 1, "b": "none", "c": True}`` (ints, floats, booleans, None, strings)."""
-    overrides: dict = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise SystemExit(f"error: --config entries must be KEY=VALUE, got {item!r}")
-        raw = raw.strip()
-        lowered = raw.lower()
-        if lowered in ("true", "false"):
-            value: object = lowered == "true"
-        elif lowered == "null" or raw == "None":
-            value = None
-        else:
-            try:
-                value = int(raw)
-            except ValueError:
-                try:
-                    value = float(raw)
-                except ValueError:
-                    value = raw
-        overrides[key.strip()] = value
-    return overrides
-
-
 def demo_parts(args: DemoArguments, id2label: dict[int, str]):
     """The demo's model (random init), image processor and training augmentation for ``args``.
 
@@ -110,6 +92,7 @@ def run_demo(args: DemoArguments) -> dict:
     from ..data import load_dota, make_synthetic_dota
     from ..hub import save_for_hub
     from ..training import DetectionMetrics, SlDetrTrainer, make_collator, paper_training_arguments, prepare_dataset
+    from ..training.allocator import keep_freed_memory
 
     if args.lr_schedule not in ("time", "steps"):
         raise SystemExit(f"error: --lr_schedule must be 'time' or 'steps', got {args.lr_schedule!r}")
@@ -117,6 +100,7 @@ def run_demo(args: DemoArguments) -> dict:
         raise SystemExit(f"error: --num_train and --num_val must be >= 1, got {args.num_train} and {args.num_val}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    keep_freed_memory()
     set_seed(args.seed)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._common import TimeLimitCallback, check_model_folder, default_num_workers, parse_dataclasses, tiny_config_kwargs
+from ._common import (
+    TimeLimitCallback,
+    check_model_folder,
+    default_num_workers,
+    parse_config_overrides,
+    parse_dataclasses,
+    tiny_config_kwargs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +40,17 @@ class ModelArguments:
         "help": "keep an exponential moving average of the weights (e.g. 0.9999, as RT-DETR / D-FINE): evaluation "
                 "scores it, checkpoints hold it (ema.pt), the saved model is the average; None: off"})
     ema_warmup_steps: int = field(default=2000, metadata={"help": "the average's decay ramps up over these steps"})
+    num_queries: int | None = field(default=None, metadata={
+        "help": "size=tiny: decoder queries and detections per image; None: max(100, 1.2 x the most objects in one "
+                "training image)"})
+    backbone_stages: str = field(default="stage3,stage4", metadata={
+        "help": "size=tiny: ResNet stages fed to the encoder (stage2/3/4: strides 8/16/32); stride 16 and 32 find "
+                "objects from about 12 px up at a quarter of the cost of adding stride 8"})
+    config: str = field(default="", metadata={
+        "help": "size=tiny: comma-separated SlDetrConfig overrides, e.g. 'num_denoising=50,d_model=192'"})
+    low_lr_multiplier: float | None = field(default=None, metadata={
+        "help": "learning-rate factor of the backbone and the sampling offsets; None: 1.0 when the backbone is "
+                "trained from scratch, 0.1 (the paper) when it starts from pretrained weights"})
 
 
 @dataclass
@@ -163,8 +182,12 @@ def _backbone_policy(pretrained: bool) -> dict:
     return {"backbone_frozen_stages": -1, "backbone_norm": "batch_norm"}
 
 
-def build_model(model_args: ModelArguments, names: list[str], seed: int):
-    """The model to train: fine-tuned from a folder, converted from Deformable DETR, or new (seeded first)."""
+def build_model(model_args: ModelArguments, names: list[str], seed: int, most_objects: int = 0):
+    """The model to train: fine-tuned from a folder, converted from Deformable DETR, or new (seeded first).
+
+    ``most_objects`` (the most objects in one training image) sizes the tiny model's queries when
+    ``model_args.num_queries`` is None: DETR's one-to-one matching needs more queries than objects.
+    """
     from transformers import set_seed
 
     from .. import SlDetrConfig, SlDetrForObjectDetection
@@ -182,9 +205,14 @@ def build_model(model_args: ModelArguments, names: list[str], seed: int):
     if model_args.from_deformable_detr:
         return SlDetrForObjectDetection.from_deformable_detr(model_args.from_deformable_detr, box_type=box_type)
     if model_args.size == "tiny":
-        return SlDetrForObjectDetection(SlDetrConfig(**tiny_config_kwargs(len(names), id2label, box_type=box_type),
-                                                     use_sync_loc=not model_args.no_sync,
-                                                     use_quality_cls=not model_args.no_sync))
+        queries = model_args.num_queries or max(100, math.ceil(1.2 * most_objects))
+        stages = [stage.strip() for stage in model_args.backbone_stages.split(",") if stage.strip()]
+        base = tiny_config_kwargs(len(names), id2label, num_queries=queries, box_type=box_type,
+                                  backbone_stages=stages)
+        overrides = {"use_sync_loc": not model_args.no_sync, "use_quality_cls": not model_args.no_sync,
+                     **parse_config_overrides(model_args.config)}
+        logger.info("tiny SL-DETR: %d queries, backbone stages %s", queries, ",".join(stages))
+        return SlDetrForObjectDetection(SlDetrConfig(**{**base, **overrides}))
     if model_args.size == "paper":  # RHINO's numerics (RHINO_SWITCHES): the paper's base model
         from ..configuration_sl_detr import RHINO_SWITCHES
 
@@ -195,6 +223,61 @@ def build_model(model_args: ModelArguments, names: list[str], seed: int):
             label2id={v: k for k, v in id2label.items()}, box_type=box_type,
             use_sync_loc=not model_args.no_sync, use_quality_cls=not model_args.no_sync))
     raise SystemExit(f"error: --size must be tiny or paper, got {model_args.size!r}")
+
+
+def trains_from_scratch(model_args: ModelArguments) -> bool:
+    """A new model whose backbone starts from random weights (no folder, no conversion, no ImageNet weights)."""
+    return not (model_args.model_name_or_path or model_args.from_deformable_detr or model_args.use_pretrained_backbone)
+
+
+def _low_lr_multiplier(model_args: ModelArguments) -> float:
+    if model_args.low_lr_multiplier is not None:
+        return model_args.low_lr_multiplier
+    return 1.0 if trains_from_scratch(model_args) else 0.1
+
+
+def most_objects_per_image(dataset) -> int:
+    """The most objects in one example of a detection `datasets.Dataset` (``objects.category`` lengths)."""
+    import pyarrow.compute as pc
+
+    if len(dataset) == 0:
+        return 0
+    objects = dataset.data.column("objects").combine_chunks()
+    categories = objects.field("category") if hasattr(objects, "field") else pc.list_flatten(objects)
+    return int(pc.max(pc.list_value_length(categories)).as_py() or 0)
+
+
+FROM_SCRATCH_RECIPE = {"learning_rate": 1e-3, "per_device_train_batch_size": 4, "warmup_steps": 100}
+"""`TrainingArguments` for a tiny model trained from scratch, unless given on the command line (BENCHMARKS.md,
+"Real images"): DETR's 1e-4 suits a pretrained backbone and 12-36 epochs, not a random one and minutes."""
+
+PAPER_OPTIMIZER = {"max_grad_norm": 0.1, "weight_decay": 1e-4, "logging_steps": 25}
+"""The paper's gradient clip and weight decay (every model), and a log line every 25 steps."""
+
+
+def apply_recipe(argv: Sequence[str], model_args: ModelArguments, data: DataArguments, training_args) -> dict:
+    """Fill the training arguments the command line left out; returns what was set.
+
+    - every run: :data:`PAPER_OPTIMIZER`;
+    - a tiny model trained from scratch: :data:`FROM_SCRATCH_RECIPE`;
+    - ``--max_minutes`` without ``--max_steps`` / ``--num_train_epochs``: the time limit ends training (no epoch
+      limit) and the learning rate follows a cosine over that time (`TimeBudgetSchedule`), so a time-limited run
+      ends at a low rate; otherwise a cosine over the steps.
+    """
+    given = {a[2:].split("=", 1)[0] for a in argv if a.startswith("--")}
+    chosen = dict(PAPER_OPTIMIZER)
+    if model_args.size == "tiny" and trains_from_scratch(model_args):
+        chosen.update(FROM_SCRATCH_RECIPE)
+    if data.max_minutes and not given & {"max_steps", "num_train_epochs"}:
+        chosen["num_train_epochs"] = 1_000_000
+    else:
+        chosen["lr_scheduler_type"] = "cosine"
+    chosen = {key: value for key, value in chosen.items() if key not in given}
+    for key, value in chosen.items():
+        setattr(training_args, key, value)
+    if chosen:
+        logger.info("training recipe: %s", ", ".join(f"{k}={v}" for k, v in chosen.items()))
+    return chosen
 
 
 def run_train(model_args: ModelArguments, data: DataArguments, training_args) -> dict:
@@ -212,20 +295,29 @@ def run_train(model_args: ModelArguments, data: DataArguments, training_args) ->
     val_raw = _load_split(data, "val", work_dir, train_raw.features["objects"]["category"].feature.names)
     names = train_raw.features["objects"]["category"].feature.names
     id2label = dict(enumerate(names))
-    model = build_model(model_args, list(names), training_args.seed)
+    model = build_model(model_args, list(names), training_args.seed, most_objects=most_objects_per_image(train_raw))
     box_type = model.config.box_type
     processor = SlDetrImageProcessor(size={"shortest_edge": data.image_size, "longest_edge": data.image_size},
                                      box_type=box_type, max_detections=model.config.max_detections)
     augment = RotatedDetectionAugment() if data.augment and box_type == "rotated" else None
     train_ds = prepare_dataset(train_raw, processor, box_type, augment)
     val_ds = prepare_dataset(val_raw, processor, box_type) if val_raw is not None else None
-    callbacks = [TimeLimitCallback(data.max_minutes)] if data.max_minutes else []
+    by_time = bool(data.max_minutes) and training_args.max_steps <= 0  # the step count is not known
+    callbacks = ([TimeLimitCallback(data.max_minutes, evaluate_on_stop=val_ds is not None, save_on_stop=True,
+                                    progress=by_time and not training_args.disable_tqdm)]
+                 if data.max_minutes else [])
     trainer = SlDetrTrainer(
         model=model, args=training_args, train_dataset=train_ds, eval_dataset=val_ds,
         data_collator=make_collator(box_type), processing_class=processor,
         compute_metrics=DetectionMetrics(processor, id2label=id2label, iou_threshold=data.eval_iou_threshold),
         callbacks=callbacks, ema_decay=model_args.ema_decay, ema_warmup_steps=model_args.ema_warmup_steps,
+        low_lr_multiplier=_low_lr_multiplier(model_args),
+        time_budget_minutes=data.max_minutes if by_time else None,
     )
+    if by_time and not training_args.disable_tqdm:
+        from transformers.trainer_callback import ProgressCallback
+
+        trainer.remove_callback(ProgressCallback)  # its bar would count to the placeholder epoch limit
     resume = training_args.resume_from_checkpoint
     if resume == "last" or (resume is None and training_args.do_train):
         resume = last_complete_checkpoint(training_args.output_dir)
@@ -236,6 +328,7 @@ def run_train(model_args: ModelArguments, data: DataArguments, training_args) ->
         result = trainer.train(resume_from_checkpoint=resume)
         metrics.update(result.metrics)
         trainer.save_model()
+        trainer.save_state()  # trainer_state.json: steps, batch size, the log history
         processor.save_pretrained(training_args.output_dir)
     if val_ds is not None:
         metrics.update(trainer.evaluate())
@@ -249,10 +342,14 @@ def main(argv: Sequence[str]) -> int:
     """``sl-detr train [options]`` (or a single JSON / YAML file of them)."""
     from transformers import TrainingArguments
 
+    from ..training.allocator import keep_freed_memory
+
     model_args, data_args, training_args = parse_dataclasses(
         "sl-detr train", (ModelArguments, DataArguments, TrainingArguments), argv)
     training_args.remove_unused_columns = False
     training_args.label_names = ["labels"]
+    apply_recipe(argv, model_args, data_args, training_args)
+    keep_freed_memory()
     if not any(a.startswith("--dataloader_num_workers") for a in argv):  # decode / augment beside the training
         training_args.dataloader_num_workers = default_num_workers()
     if not any(a.startswith("--dataloader_pin_memory") for a in argv):

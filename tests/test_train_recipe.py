@@ -1,0 +1,94 @@
+"""`sl-detr train`'s defaults for a model trained from scratch: the recipe, the query count, the time budget."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from transformers import TrainingArguments
+
+from sl_detr_hf.commands._common import TimeLimitCallback
+from sl_detr_hf.commands.train import (
+    FROM_SCRATCH_RECIPE,
+    DataArguments,
+    ModelArguments,
+    apply_recipe,
+    build_model,
+    most_objects_per_image,
+)
+from sl_detr_hf.data import load_dota, make_synthetic_dota
+
+
+def _args(tmp_path, argv):
+    from sl_detr_hf.commands._common import parse_dataclasses
+
+    return parse_dataclasses("t", (ModelArguments, DataArguments, TrainingArguments),
+                             ["--output_dir", str(tmp_path), *argv])
+
+
+def test_from_scratch_recipe_fills_only_what_the_command_line_left_out(tmp_path):
+    argv = ["--max_minutes", "15", "--learning_rate", "3e-4"]
+    model_args, data_args, training_args = _args(tmp_path, argv)
+    chosen = apply_recipe(argv, model_args, data_args, training_args)
+    assert training_args.learning_rate == 3e-4 and "learning_rate" not in chosen  # given: kept
+    assert training_args.per_device_train_batch_size == FROM_SCRATCH_RECIPE["per_device_train_batch_size"] == 4
+    assert (training_args.warmup_steps, training_args.max_grad_norm, training_args.weight_decay) == (100, 0.1, 1e-4)
+    # --max_minutes without a step or epoch limit: time ends training, the cosine spans the time (not the epochs)
+    assert training_args.num_train_epochs >= 1e6 and "lr_scheduler_type" not in chosen
+
+
+def test_a_fine_tune_keeps_transformers_rate_and_a_step_limit_keeps_a_step_cosine(tmp_path):
+    argv = ["--model_name_or_path", "some/folder", "--max_steps", "50", "--max_minutes", "5"]
+    model_args, data_args, training_args = _args(tmp_path, argv)
+    chosen = apply_recipe(argv, model_args, data_args, training_args)
+    assert "learning_rate" not in chosen and training_args.per_device_train_batch_size == 8
+    assert chosen["lr_scheduler_type"] == "cosine" and training_args.max_steps == 50
+    assert training_args.num_train_epochs == 3.0
+
+
+def test_tiny_queries_follow_the_most_crowded_training_image(tmp_path):
+    make_synthetic_dota(tmp_path / "d", num_images=6, image_size=128, seed=0)
+    dataset = load_dota(tmp_path / "d")
+    most = most_objects_per_image(dataset)
+    assert most == max(len(row["objects"]["category"]) for row in dataset) > 0
+    assert build_model(ModelArguments(), ["a"], seed=0, most_objects=most).config.num_queries == 100
+    crowded = build_model(ModelArguments(), ["a"], seed=0, most_objects=95).config
+    assert crowded.num_queries == crowded.two_stage_num_proposals == crowded.max_detections == math.ceil(1.2 * 95)
+    assert build_model(ModelArguments(num_queries=30), ["a"], seed=0, most_objects=95).config.num_queries == 30
+
+
+def test_tiny_model_stages_and_config_overrides():
+    config = build_model(ModelArguments(), ["a"], seed=0).config
+    assert config.num_feature_levels == 2 and config.backbone_config.out_features == ["stage3", "stage4"]
+    config = build_model(ModelArguments(backbone_stages="stage2,stage3,stage4", config="num_denoising=20,d_model=64"),
+                         ["a"], seed=0).config
+    assert config.num_feature_levels == 3 and (config.num_denoising, config.d_model) == (20, 64)
+
+
+@pytest.mark.parametrize(("pretrained", "given", "expected"),
+                         [(False, None, 1.0), (True, None, 0.1), (False, 0.5, 0.5)])
+def test_backbone_rate_is_full_from_scratch(pretrained, given, expected):
+    from sl_detr_hf.commands.train import _low_lr_multiplier
+
+    assert _low_lr_multiplier(ModelArguments(use_pretrained_backbone=pretrained, low_lr_multiplier=given)) == expected
+
+
+def test_time_limited_run_shows_the_time_budget_and_writes_its_state(tmp_path, capsys):
+    from sl_detr_hf.cli import main
+
+    make_synthetic_dota(tmp_path / "train", num_images=4, image_size=96, seed=1)
+    out = tmp_path / "run"
+    assert main(["train", "--data_format", "dota", "--train_dir", str(tmp_path / "train"), "--image_size", "96",
+                 "--max_minutes", "0.02", "--output_dir", str(out), "--save_strategy", "no",
+                 "--config", "d_model=32,num_denoising=10", "--num_queries", "10"]) == 0
+    err = capsys.readouterr().err
+    assert "training (time budget)" in err and "/1 s" in err  # the bar counts seconds of the budget, not epochs
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] >= 1 and state["train_batch_size"] == 4
+    assert (out / "model.safetensors").is_file()
+
+
+def test_time_limit_callback_without_progress_draws_nothing():
+    callback = TimeLimitCallback(1.0)
+    assert callback.bar is None
