@@ -12,7 +12,11 @@ mmrotate expose the same two choices as `frozen_stages` and `norm_cfg=dict(type=
 - ``config.backbone_norm``: ``"frozen"`` (default) keeps the frozen batch norms; ``"batch_norm"`` makes the
   batch norms of the trained (unfrozen) part ordinary `nn.BatchNorm2d` layers (batch statistics in training,
   running statistics in evaluation, learned affine terms), starting from the frozen values. Those of frozen
-  stages stay frozen.
+  stages stay frozen. ``"eval_batch_norm"`` keeps every norm frozen but computes it with torch's batch-norm
+  kernel in evaluation mode ([`SlDetrEvalBatchNorm2d`]), as mmdetection's ``norm_eval`` ResNets do: the same
+  function as ``"frozen"`` (which folds the statistics into a scale and a shift first), equal to theirs bit for
+  bit instead of in the last bits, so that converted RHINO / DINO checkpoints rank their proposals exactly as
+  the original does (`sl_detr_hf.convert`).
 
 Both apply to transformers' and timm's ResNets (other backbones keep what transformers does with them).
 This file ships with ``trust_remote_code`` checkpoints: it imports only torch and transformers.
@@ -24,7 +28,7 @@ import torch
 from torch import nn
 from transformers.models.deformable_detr.modeling_deformable_detr import DeformableDetrFrozenBatchNorm2d
 
-__all__ = ["apply_backbone_policy", "frozen_backbone_prefixes"]
+__all__ = ["SlDetrEvalBatchNorm2d", "apply_backbone_policy", "frozen_backbone_prefixes"]
 
 _RESNET_STAGES = 4
 
@@ -69,6 +73,38 @@ def _trainable_batch_norm(frozen: DeformableDetrFrozenBatchNorm2d) -> nn.BatchNo
     return norm
 
 
+class SlDetrEvalBatchNorm2d(DeformableDetrFrozenBatchNorm2d):
+    """A frozen batch norm computed as `nn.BatchNorm2d` in evaluation mode: `(B, C, H, W) -> (B, C, H, W)`.
+
+    The same buffers (`weight`, `bias`, `running_mean`, `running_var`, eps 1e-5) as the parent, so the same
+    state dict; torch's batch-norm kernel instead of the parent's folded `x * scale + shift`.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                        training=False, momentum=0.0, eps=1e-5)
+
+
+def _eval_batch_norm(frozen: DeformableDetrFrozenBatchNorm2d) -> SlDetrEvalBatchNorm2d:
+    """``frozen``'s buffers in an [`SlDetrEvalBatchNorm2d`] (shared, not copied)."""
+    norm = SlDetrEvalBatchNorm2d.__new__(SlDetrEvalBatchNorm2d)
+    nn.Module.__init__(norm)
+    for key in ("weight", "bias", "running_mean", "running_var"):
+        norm.register_buffer(key, getattr(frozen, key))
+    return norm
+
+
+def _use_eval_batch_norms(module: nn.Module) -> None:
+    """Swap every frozen batch norm below ``module`` for an [`SlDetrEvalBatchNorm2d`] (idempotent)."""
+    for name, child in module.named_children():
+        if isinstance(child, SlDetrEvalBatchNorm2d):
+            continue
+        if isinstance(child, DeformableDetrFrozenBatchNorm2d):
+            module._modules[name] = _eval_batch_norm(child)
+        else:
+            _use_eval_batch_norms(child)
+
+
 def _replace_frozen_norms(module: nn.Module, prefix: str, frozen: tuple[str, ...]) -> None:
     """Swap the frozen batch norms below ``module`` whose names do not start with a ``frozen`` prefix."""
     for name, child in module.named_children():
@@ -97,5 +133,7 @@ def apply_backbone_policy(conv_encoder: nn.Module, config) -> None:
     backbone = conv_encoder.model
     if config.backbone_norm == "batch_norm":
         _replace_frozen_norms(backbone, "", frozen)
+    elif config.backbone_norm == "eval_batch_norm":
+        _use_eval_batch_norms(backbone)
     for name, parameter in backbone.named_parameters():
         parameter.requires_grad_(not name.startswith(frozen))

@@ -22,7 +22,7 @@ DOTA_CLASSES: dict[str, tuple[str, ...]] = {
 _BOX_TYPES = ("rotated", "horizontal")
 _ROTATED_SAMPLING = ("rhino", "geometric", "none")
 _MATCHER_BOX_COSTS = ("l1", "hausdorff")
-BACKBONE_NORMS = ("frozen", "batch_norm")
+BACKBONE_NORMS = ("frozen", "batch_norm", "eval_batch_norm")
 # RHINO's (and mmdetection DINO's) numerics, each read in their code (see the fields' docs). The defaults of the
 # fields are the computation of models saved before these switches existed; the paper preset and the checkpoint
 # converters (`sl_detr_hf.convert`) set these values.
@@ -169,7 +169,8 @@ class SlDetrConfig(DeformableDetrConfig):
     backbone_norm (`str`, defaults to `"frozen"`):
         `"frozen"`: Deformable DETR's frozen batch norms (right for a pretrained backbone). `"batch_norm"`: the
         batch norms of the unfrozen stages learn (batch statistics while training), which a backbone trained
-        from scratch needs: its frozen norms would be identities.
+        from scratch needs: its frozen norms would be identities. `"eval_batch_norm"`: frozen, computed by torch's
+        batch-norm kernel as mmdetection's `norm_eval` ResNets (bit for bit; the converters set it).
     """
 
     model_type = "sl_detr"

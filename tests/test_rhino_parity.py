@@ -43,6 +43,7 @@ def test_conversion_accounts_for_every_key(converted):
     config = converted.model.config
     assert (config.box_type, config.num_labels, config.num_queries, config.decoder_layers) == ("rotated", 15, 200, 2)
     assert config.id2label[0] == "plane" and config.angle_start == 0 and config.class_aware_topk
+    assert config.backbone_norm == "eval_batch_norm"  # mmdet's norm_eval ResNet, bit for bit
 
 
 def test_inputs_follow_the_fixture_recipe(case):

@@ -264,3 +264,29 @@ def test_rhino_denoising_reference_angles_are_in_its_range(monkeypatch):
     model(images(), labels=rotated_labels())
     theta = seen["targets"][0]["boxes"][0, 4]
     assert seen["reference"][0, 0, 4].item() == pytest.approx((theta / math.pi).item(), abs=1e-6)  # a = theta / pi
+
+
+def test_eval_batch_norm_is_torchs_kernel_and_keeps_the_state_dict(tmp_path):
+    from sl_detr_hf.backbone_sl_detr import SlDetrEvalBatchNorm2d
+
+    reference = torch.nn.BatchNorm2d(6).eval()
+    with torch.no_grad():
+        for tensor in (reference.weight, reference.bias, reference.running_mean):
+            tensor.normal_()
+        reference.running_var.uniform_(0.5, 2.0)
+    ours = SlDetrEvalBatchNorm2d(6)
+    ours.load_state_dict(reference.state_dict())  # num_batches_tracked dropped, as the frozen norm does
+    x = torch.randn(2, 6, 5, 7)
+    assert torch.equal(ours(x), reference(x))
+
+    frozen = SlDetrForObjectDetection(tiny_config()).eval()
+    exact = SlDetrForObjectDetection(tiny_config(backbone_norm="eval_batch_norm")).eval()
+    assert exact.load_state_dict(frozen.state_dict()) is not None and set(exact.state_dict()) == set(
+        frozen.state_dict())
+    norms = [m for m in exact.model.backbone.modules() if isinstance(m, SlDetrEvalBatchNorm2d)]
+    assert norms and not any(p.requires_grad for m in norms for p in m.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(exact(images()).logits, frozen(images()).logits, rtol=0, atol=1e-4)
+    exact.save_pretrained(tmp_path)
+    loaded = SlDetrForObjectDetection.from_pretrained(tmp_path)
+    assert sum(isinstance(m, SlDetrEvalBatchNorm2d) for m in loaded.model.backbone.modules()) == len(norms)

@@ -830,7 +830,7 @@ def convert_checkpoint(
     config_kwargs = dict(
         backbone_config=backbone_config, backbone=None, use_timm_backbone=False, use_pretrained_backbone=False,
         backbone_frozen_stages=backbone["frozen_stages"],
-        backbone_norm="frozen" if backbone["frozen_norms"] else "batch_norm",
+        backbone_norm="eval_batch_norm" if backbone["frozen_norms"] else "batch_norm",
         box_type="rotated" if spec.rotated else "horizontal",
         id2label=id2label, label2id={v: k for k, v in id2label.items()},
         **RHINO_SWITCHES, mixed_query_selection=True, look_forward_twice=True, encoder_loss_on_topk=True,
