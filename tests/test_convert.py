@@ -208,3 +208,17 @@ def test_processor_clips_axis_aligned_boxes_when_asked():
         processor = SlDetrImageProcessor(box_type="horizontal", clip_boxes=clip)
         boxes = processor.post_process_object_detection(outputs, threshold=0.0, target_sizes=[[50, 100]])[0]["boxes"]
         torch.testing.assert_close(boxes[0], torch.tensor([65.0, 20.0, right, 30.0]))
+
+
+@needs_rhino
+def test_a_safetensors_state_dict_converts_with_a_config_file(tmp_path):
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "rhino_state.safetensors"
+    save_file({k: v.contiguous() for k, v in load_weights("rhino").items()}, str(weights))
+    config = tmp_path / "rhino_config.py"
+    config.write_text(load_model_json("rhino")["checkpoint_meta"]["cfg"])
+    out = tmp_path / "converted"
+    assert rhino_main([str(weights), str(out), "--config", str(config)]) == 0
+    assert (out / "model.safetensors").is_file() and (out / "preprocessor_config.json").is_file()
+    assert SlDetrForObjectDetection.from_pretrained(out).config.num_queries == 200
