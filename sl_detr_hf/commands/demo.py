@@ -92,7 +92,6 @@ def run_demo(args: DemoArguments) -> dict:
     from ..data import load_dota, make_synthetic_dota
     from ..hub import save_for_hub
     from ..training import DetectionMetrics, SlDetrTrainer, make_collator, paper_training_arguments, prepare_dataset
-    from ..training.allocator import keep_freed_memory
 
     if args.lr_schedule not in ("time", "steps"):
         raise SystemExit(f"error: --lr_schedule must be 'time' or 'steps', got {args.lr_schedule!r}")
@@ -100,7 +99,6 @@ def run_demo(args: DemoArguments) -> dict:
         raise SystemExit(f"error: --num_train and --num_val must be >= 1, got {args.num_train} and {args.num_val}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    keep_freed_memory()
     set_seed(args.seed)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
