@@ -75,7 +75,9 @@ class DataArguments:
     num_synthetic_train: int = field(default=600)
     num_synthetic_val: int = field(default=100)
     augment: bool = field(default=True, metadata={"help": "flips and 90-degree rotations (rotated only)"})
-    max_minutes: float | None = field(default=None, metadata={"help": "stop training after this many minutes"})
+    max_minutes: float | None = field(default=None, metadata={
+        "help": "stop training after this many minutes; without --max_steps the time also drives the learning rate "
+                "(warmup, then a cosine over the minutes) and no epoch limit applies unless --num_train_epochs"})
     eval_iou_threshold: float = field(default=0.5, metadata={
         "help": "IoU threshold of the evaluation mAP (0.5: the DOTA mAP50; 0.75: mAP75)"})
 
