@@ -114,3 +114,21 @@ def run_model(model, pixels: torch.Tensor, mask: torch.Tensor, reference: dict[s
         logits, boxes = model.layer_predictions(outputs)
         detection = model(pixels, pixel_mask=mask)
     return outputs, logits, boxes, detection, forced
+
+
+def run_case(kind: str, case: str, model, tolerance: float) -> tuple:
+    """Load ``case`` of ``kind`` and run the converted ``model`` on it.
+
+    Returns:
+        ``(info, reference, pixels, outputs, logits, boxes, detection)`` for the parity tests.
+    """
+    info, reference, pixels, mask = load_case(kind, case)
+    outputs, logits, boxes, detection, _ = run_model(model, pixels, mask, reference, tolerance)
+    return info, reference, pixels, outputs, logits, boxes, detection
+
+
+def assert_every_key_accounted(converted, kind: str) -> None:
+    """Every source key was mapped, and the only ones ignored are BatchNorm step counters."""
+    state = load_weights(kind)
+    assert set(converted.used) | set(converted.ignored) == set(state)
+    assert all(key.endswith("num_batches_tracked") for key in converted.ignored)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _parity_fixtures import available, load_case, load_weights, run_model, source_config
+from _parity_fixtures import assert_every_key_accounted, available, load_weights, run_case, source_config
 from torchvision.ops import box_iou
 
 from sl_detr_hf.convert import convert_mmdet_dino_checkpoint
@@ -30,15 +30,11 @@ def converted():
 
 @pytest.fixture(scope="module", params=[c for c in CASES if available(KIND, c)])
 def case(request, converted):
-    info, reference, pixels, mask = load_case(KIND, request.param)
-    outputs, logits, boxes, detection, _ = run_model(converted.model, pixels, mask, reference, TOLERANCE)
-    return info, reference, pixels, outputs, logits, boxes, detection
+    return run_case(KIND, request.param, converted.model, TOLERANCE)
 
 
 def test_conversion_accounts_for_every_key(converted):
-    state = load_weights(KIND)
-    assert set(converted.used) | set(converted.ignored) == set(state)
-    assert all(key.endswith("num_batches_tracked") for key in converted.ignored)
+    assert_every_key_accounted(converted, KIND)
     config = converted.model.config
     assert config.box_type == "horizontal" and config.class_aware_topk and config.decoder_output_norm
     assert config.num_labels == 80 and config.id2label[0] == "person"

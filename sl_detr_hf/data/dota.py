@@ -556,8 +556,14 @@ def load_dota(
         columns["objects"].append(_objects_columns(objects, {n: i for i, n in enumerate(names)}))
         summary.num_images += 1
         summary.num_objects += len(objects)
+    return finish_dataset(columns, names, summary, f"DOTA {root}", return_summary)
+
+
+def finish_dataset(columns: dict[str, list], names: Sequence[str], summary: DotaLoadSummary, where: str,
+                   return_summary: bool):
+    """The readers' last step: problems sorted by file and line, the report logged, the columns as a dataset."""
     summary.problems.sort(key=lambda p: (p.path, p.line))
-    summary.log(f"DOTA {root}")
+    summary.log(where)
     dataset = datasets.Dataset.from_dict(columns, features=dota_features(names))
     return (dataset, summary) if return_summary else dataset
 

@@ -32,7 +32,7 @@ from .dota import (
     _read_text,
     _split_outside,
     check_unknown_classes,
-    dota_features,
+    finish_dataset,
     is_degenerate,
 )
 
@@ -253,7 +253,4 @@ def load_yolo_obb(
         columns["objects"].append(_objects_columns(objects, index))
         summary.num_images += 1
         summary.num_objects += len(objects)
-    summary.problems.sort(key=lambda p: (p.path, p.line))
-    summary.log(f"YOLO-OBB {images_dir}")
-    dataset = datasets.Dataset.from_dict(columns, features=dota_features(names))
-    return (dataset, summary) if return_summary else dataset
+    return finish_dataset(columns, names, summary, f"YOLO-OBB {images_dir}", return_summary)
