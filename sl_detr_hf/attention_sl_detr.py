@@ -1,4 +1,4 @@
-"""Rotated multi-scale deformable attention for the SL-DETR decoder (DESIGN.md section 3.1).
+"""Rotated multi-scale deformable attention for the SL-DETR decoder (docs/architecture.md#rotated-deformable-sampling).
 
 `SlDetrRotatedDeformableAttention` is transformers' `DeformableDetrMultiscaleDeformableAttention` (same
 constructor arguments, parameter names and forward signature, so Deformable DETR checkpoints load unchanged)
@@ -14,7 +14,8 @@ Sampling around a 5-d reference, with `o = sampling_offsets / n_points` (per hea
 
 With `theta = 0` every mode is bit-for-bit the parent's 4-d sampling.
 
-Units. `theta` is in radians in the image's pixel frame (DESIGN.md section 2: positive theta turns +x toward
+Units. `theta` is in radians in the image's pixel frame (docs/boxes.md#pixel-rotated-boxes-le90: positive theta
+turns +x toward
 +y), while `cx, w` are normalized by the width and `cy, h` by the height. A rotation is only a rotation in
 pixel units, so (with `rotate_in_pixels=True`, the default) the vector to rotate is mapped to level-`l` feature
 cells (x times `W_l`, y times `H_l`; `spatial_shapes[l] = (H_l, W_l)`), rotated, and mapped back. Level cells

@@ -7,7 +7,7 @@ from transformers import DeformableDetrConfig
 
 __all__ = ["DOTA_CLASSES", "RHINO_SWITCHES", "SlDetrConfig"]
 
-# DOTA class lists in mmrotate's order (DESIGN.md section 6).
+# DOTA class lists in mmrotate's order (docs/dota.md#class-lists).
 _DOTA_V10 = (
     "plane", "baseball-diamond", "bridge", "ground-track-field", "small-vehicle", "large-vehicle", "ship",
     "tennis-court", "basketball-court", "storage-tank", "soccer-ball-field", "roundabout", "harbor",
@@ -52,19 +52,21 @@ class SlDetrConfig(DeformableDetrConfig):
     focal_alpha, focal_gamma (`float`, defaults 0.25, 2):
         Focal loss parameters (the matcher cost always; the classification loss when `use_quality_cls=False`).
     use_sync_loc (`bool`, defaults to `True`):
-        Synchronize the localization loss with the L1 distance (DESIGN.md 4.1 / 4.2); `False` gives plain
+        Synchronize the localization loss with the L1 distance (docs/losses.md#synchronized-giou,
+        docs/losses.md#synchronized-kld); `False` gives plain
         GIoU / KLD losses.
     use_quality_cls (`bool`, defaults to `True`):
-        Quality-aware classification (dynamic weights, DESIGN.md 4.3); `False` gives the focal loss.
+        Quality-aware classification (dynamic weights, docs/losses.md#quality-aware-classification); `False`
+        gives the focal loss.
     quality_alpha (`float`, defaults to 0.25), quality_gamma (`float`, defaults to 2), quality_min (`float`,
     defaults to 0.01):
         `t = clamp(p^alpha * q^(1 - alpha), min=quality_min)`; negatives weighted by `p^gamma`.
     sync_gain (`float`, defaults to 1.5):
         The gain `k` in the synchronization factor `exp(k * (t - 1))`.
     sync_giou_floor (`float`, defaults to 0.001), sync_giou_t_min / sync_giou_t_max (defaults 0, 1.2):
-        GIoU clamp and `t` clamp range of the synchronized GIoU (DESIGN.md 4.1).
+        GIoU clamp and `t` clamp range of the synchronized GIoU (docs/losses.md#synchronized-giou).
     sync_kld_t_min / sync_kld_t_max (`float`, defaults 0.8, 1.1):
-        `t` clamp range of the synchronized KLD (DESIGN.md 4.2).
+        `t` clamp range of the synchronized KLD (docs/losses.md#synchronized-kld).
     kld_tau (`float`, defaults to 1.0):
         `tau` in the KLD loss `1 - 1 / (tau + ln(1 + d))`.
     one_to_many_k (`int`, defaults to 1), rank_weights (`list[float]`, optional):
@@ -73,7 +75,8 @@ class SlDetrConfig(DeformableDetrConfig):
     max_detections (`int`, defaults to 500):
         Detections kept per image by post-processing.
 
-    DINO / RHINO parts (DESIGN.md 3.1; each a switch so that its effect can be measured alone). Denoising and
+    DINO / RHINO parts (docs/architecture.md#dino-and-rhino-parts; each a switch so that its effect can be
+    measured alone). Denoising and
     mixed query selection need two-stage proposals: single-stage models (`two_stage=False`) ignore them. With
     denoising or mixed query selection the decoder builds every query's position embedding from its current
     reference box (DINO's `ref_point_head`). `SlDetrForObjectDetection.from_deformable_detr` turns all of them off
@@ -124,7 +127,8 @@ class SlDetrConfig(DeformableDetrConfig):
         Match the selected encoder proposals once and reuse the assignment for every decoder layer (the seed's
         reported head) instead of matching every layer.
 
-    Numerical fidelity to RHINO / mmdetection's DINO (`RHINO_SWITCHES`, DESIGN.md 3.1). The defaults are the
+    Numerical fidelity to RHINO / mmdetection's DINO (`RHINO_SWITCHES`, docs/rhino_numerics.md#the-switches).
+    The defaults are the
     computation of SL-DETR models saved before these fields existed (a `config.json` without them loads as it
     was); `RHINO_SWITCHES` are RHINO's values, set by the paper-size preset and the checkpoint converters
     (`sl_detr_hf.convert`), with which a converted RHINO / DINO checkpoint computes what it computed there:
@@ -209,7 +213,7 @@ class SlDetrConfig(DeformableDetrConfig):
     one_to_many_k: int = 1
     rank_weights: list[float] | None = None
     max_detections: int = 500
-    # DINO / RHINO parts (DESIGN.md 3.1)
+    # DINO / RHINO parts (docs/architecture.md#dino-and-rhino-parts)
     num_denoising: int = 100
     max_denoising_groups: int = 30
     label_noise_ratio: float | int = 0.5

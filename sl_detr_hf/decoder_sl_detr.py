@@ -1,4 +1,4 @@
-"""The SL-DETR decoder: Deformable DETR's decoder with 5-d reference boxes (DESIGN.md 3 and 3.1).
+"""The SL-DETR decoder: Deformable DETR's decoder with 5-d reference boxes (docs/architecture.md#decoder).
 
 [`SlDetrDecoder`] subclasses transformers' `DeformableDetrDecoder` and keeps its layers and parameter names
 (`layers.{i}.self_attn`, `layers.{i}.encoder_attn`, ...), so Deformable DETR checkpoints still load. It adds:

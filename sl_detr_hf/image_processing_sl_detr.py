@@ -14,7 +14,7 @@ Annotations (one dict per image, ``annotations=`` of :meth:`SlDetrImageProcessor
 
 When an object carries several geometries, ``box_type="rotated"`` uses ``rbox``, else ``polygon``, else
 ``bbox``; ``box_type="horizontal"`` uses ``bbox``, else the axis-aligned hull of ``rbox`` / ``polygon``.
-Rotated mode turns polygons into their minimum-area rectangle (DESIGN.md section 2).
+Rotated mode turns polygons into their minimum-area rectangle (docs/boxes.md#corners-and-polygons).
 
 Labels (``labels``, one dict per image): ``class_labels (N,)`` int64, ``boxes`` float32 ``(N, 5)``
 normalized ``(cx/W, cy/H, w/W, h/H, theta)`` le90 or ``(N, 4)`` normalized ``(cx, cy, w, h)``, where

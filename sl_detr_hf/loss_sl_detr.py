@@ -1,5 +1,5 @@
 """SL-DETR criterion: the synchronized localization losses, the quality-aware classification loss and the
-batched matching of every prediction layer (DESIGN.md sections 3.1 and 4).
+batched matching of every prediction layer (docs/losses.md#overview).
 
 Boxes are normalized: ``(cx, cy, w, h, theta)`` (``box_type="rotated"``, theta in radians) or
 ``(cx, cy, w, h)`` (``box_type="horizontal"``). Geometry (KLD) is computed on pixel boxes (each image's
@@ -55,7 +55,7 @@ __all__ = [
 
 def _giou_sync_factor(pred: Tensor, target: Tensor, giou: Tensor, gain: float, giou_floor: float,
                       t_min: float, t_max: float) -> Tensor:
-    """``exp(gain * (clamp(2 s / (u + s), t_min, t_max) - 1))`` of DESIGN.md 4.1, ``(N,)``."""
+    """``exp(gain * (clamp(2 s / (u + s), t_min, t_max) - 1))`` of docs/losses.md#synchronized-giou, ``(N,)``."""
     u = giou.clamp(giou_floor, 1)
     s = 1 - (pred[..., :4] - target[..., :4]).square().mean(-1)
     t = 2 * s / (u + s).clamp_min(EPS)
@@ -64,7 +64,8 @@ def _giou_sync_factor(pred: Tensor, target: Tensor, giou: Tensor, gain: float, g
 
 def sync_giou_loss(pred: Tensor, target: Tensor, gain: float = 1.5, giou_floor: float = 0.001,
                    t_min: float = 0.0, t_max: float = 1.2) -> Tensor:
-    """Synchronized GIoU loss (DESIGN.md 4.1): ``(1 - GIoU) * exp(gain * (clamp(t, t_min, t_max) - 1))``.
+    """Synchronized GIoU loss (docs/losses.md#synchronized-giou):
+    ``(1 - GIoU) * exp(gain * (clamp(t, t_min, t_max) - 1))``.
 
     ``t = 2 s / (u + s)`` with ``u = clamp(GIoU, giou_floor, 1)`` and ``s = 1 - mean_k (pred_k - target_k)^2``.
 
@@ -96,7 +97,7 @@ def kld_loss(pred: Tensor, target: Tensor, image_size: Tensor, tau: float = 1.0)
 
 def sync_kld_loss(pred: Tensor, target: Tensor, image_size: Tensor, tau: float = 1.0, gain: float = 1.5,
                   t_min: float = 0.8, t_max: float = 1.1) -> Tensor:
-    """Synchronized KLD loss (DESIGN.md 4.2).
+    """Synchronized KLD loss (docs/losses.md#synchronized-kld).
 
     ``dn`` is ``d`` min-max normalized over the ``N`` pairs given, ``l1 = sum_k |pred_k - target_k| / 4`` on
     the normalized ``cx, cy, w, h``, ``t = clamp(2 l1 / (dn + l1), t_min, t_max)``,
@@ -163,7 +164,8 @@ def _rank_in_group(score: Tensor, groups: Tensor) -> Tensor:
 def _quality_bce_elements(logits: Tensor, index: tuple[Tensor, ...], quality: Tensor, alpha: float, gamma: float,
                           quality_min: float, rank_weights: Sequence[float] | Tensor | None = None,
                           groups: Tensor | None = None) -> Tensor:
-    """Per-entry quality-aware BCE (DESIGN.md 4.3), positives at ``logits[index]``; same shape as ``logits``."""
+    """Per-entry quality-aware BCE (docs/losses.md#quality-aware-classification), positives at ``logits[index]``;
+    same shape as ``logits``."""
     prob = logits.sigmoid()
     neg_w = prob.pow(gamma)
     with torch.no_grad():
@@ -185,7 +187,7 @@ def _quality_bce_elements(logits: Tensor, index: tuple[Tensor, ...], quality: Te
 def quality_aware_bce(logits: Tensor, batch_idx: Tensor, query_idx: Tensor, labels: Tensor, quality: Tensor,
                       num_boxes: Tensor | float, alpha: float = 0.25, gamma: float = 2.0, quality_min: float = 0.01,
                       rank_weights: Sequence[float] | Tensor | None = None, groups: Tensor | None = None) -> Tensor:
-    """Quality-aware BCE with dynamic weights (DESIGN.md 4.3).
+    """Quality-aware BCE with dynamic weights (docs/losses.md#quality-aware-classification).
 
     ``p = sigmoid(logits)``; every entry is a negative weighted ``p^gamma``; a matched entry ``(b, q, c)`` with
     localization quality ``q_i`` gets the detached target ``t = clamp(p^alpha * q_i^(1 - alpha), quality_min)``
@@ -241,7 +243,8 @@ def _stack_layers(layers: list[dict], tag: str, rows: int, segments: list[_Segme
 
 
 class SlDetrLoss(nn.Module):
-    """SL-DETR criterion: per layer ``cls * loss_cls + bbox * loss_bbox + sync * loss_sync`` (DESIGN.md 4.4).
+    """SL-DETR criterion: per layer ``cls * loss_cls + bbox * loss_bbox + sync * loss_sync``
+    (docs/losses.md#overview).
 
     ``loss_cls`` is the quality-aware BCE (``use_quality_cls``) or the focal loss; ``loss_bbox`` the L1 loss
     (``theta / pi`` as fifth coordinate); ``loss_sync`` the synchronized KLD / GIoU loss (``use_sync_loc``) or

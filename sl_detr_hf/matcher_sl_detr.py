@@ -1,6 +1,6 @@
 """SL-DETR matching: pairwise costs for many layers at once, and the host-side Hungarian assignment.
 
-Costs (DESIGN.md 4.4, 3.1): ``class_cost * focal + bbox_cost * box + geometric_cost * geometric`` where ``box`` is
+Costs (docs/losses.md#matcher): ``class_cost * focal + bbox_cost * box + geometric_cost * geometric`` where ``box`` is
 the L1 distance (``theta / pi`` as fifth coordinate) or the corner Hausdorff distance
 (``config.matcher_box_cost``), and ``geometric`` is the KLD loss ``1 - 1 / (tau + ln(1 + d))`` of the pixel boxes
 (rotated) or ``-GIoU`` (horizontal). :meth:`SlDetrHungarianMatcher.cost` computes the ``(L, B, Q, T)`` costs of
@@ -197,7 +197,7 @@ def assign(cost: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
 
 
 class SlDetrHungarianMatcher(nn.Module):
-    """One-to-one (or one-to-``k``) assignment of queries to targets (DESIGN.md 4.4).
+    """One-to-one (or one-to-``k``) assignment of queries to targets (docs/losses.md#matcher).
 
     :meth:`cost` computes the costs of ``L`` stacked layers on targets padded to the largest count (NaN / inf
     and invalid boxes become :data:`INVALID_COST`); :func:`assign` solves each ``(layer, image)`` block on the

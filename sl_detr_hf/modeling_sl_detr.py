@@ -1,5 +1,5 @@
 """SL-DETR model: Deformable DETR (two-stage, iterative box refinement) with an oriented box head and the DINO /
-RHINO decoder parts (DESIGN.md sections 3 and 3.1).
+RHINO decoder parts (docs/architecture.md#overview).
 
 transformers' Deformable DETR supplies the backbone, the encoder, the decoder layers and the heads' structure; this
 file wires in what SL-DETR changes, each part in its own module next to this one:
@@ -157,7 +157,8 @@ class SlDetrObjectDetectionOutput(DeformableDetrObjectDetectionOutput):
     logits (`(B, Q, C)`): classification logits of the last decoder layer (sigmoid / focal style, no no-object).
     pred_boxes (`(B, Q, D)`):
         Normalized boxes of the last decoder layer: `(cx, cy, w, h)` in `[0, 1]` relative to the image's own
-        (unpadded) size and, for `"rotated"`, `theta` in radians in `[-pi/2, pi/2)` (DESIGN.md section 2) whatever
+        (unpadded) size and, for `"rotated"`, `theta` in radians in `[-pi/2, pi/2)`
+        (docs/boxes.md#normalized-boxes) whatever
         `config.angle_start` (`auxiliary_outputs` too; `dn_outputs`, `hybrid_outputs` and `layer_predictions` keep
         the native range the losses use).
     auxiliary_outputs (`list[dict]`, when `labels` are given and `config.auxiliary_loss`):
@@ -727,7 +728,8 @@ class SlDetrForObjectDetection(SlDetrPreTrainedModel, DeformableDetrForObjectDet
                  "dn_meta": outputs.dn_meta, "hybrid_outputs": hybrid_outputs},
                 targets,
             )
-        # the losses saw the model's native angle range; what it returns is le90 (DESIGN.md 2)
+        # the losses saw the model's native angle range; what it returns is le90
+        # (docs/boxes.md#angle-ranges-inside-the-model)
         pred_boxes = self._le90_boxes(pred_boxes)
         if auxiliary_outputs is not None and self.config.angle_offset != -0.5:
             auxiliary_outputs = [{"logits": aux["logits"], "pred_boxes": self._le90_boxes(aux["pred_boxes"])}
@@ -823,7 +825,8 @@ class SlDetrForObjectDetection(SlDetrPreTrainedModel, DeformableDetrForObjectDet
         self, labels: list[Mapping], pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None
     ) -> list[dict]:
         """Validate `labels` and move them to the model's device; fill a missing `"size"` (see `forward`); bring
-        rotated boxes to le90 (`w >= h` in pixels, `theta` in `[-pi/2, pi/2)`), the one convention of DESIGN.md 2,
+        rotated boxes to le90 (`w >= h` in pixels, `theta` in `[-pi/2, pi/2)`), the one convention of
+        docs/boxes.md#pixel-rotated-boxes-le90,
         then theta into the model's native range (`config.angle_start`; RHINO's `[0, pi)`), where its losses compare
         angles."""
         batch_size, _, height, width = pixel_values.shape

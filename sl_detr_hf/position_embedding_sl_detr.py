@@ -1,4 +1,4 @@
-"""The encoder's sine position encoding with a configurable temperature and offset (DESIGN.md 3.1).
+"""The encoder's sine position encoding with a configurable temperature and offset (docs/architecture.md#encoder).
 
 transformers' `DeformableDetrSinePositionEmbedding` normalizes the cumulative position with an offset of -0.5 and
 uses a temperature of 10000; mmdetection's `SinePositionalEncoding` (DINO, RHINO) takes both as arguments and

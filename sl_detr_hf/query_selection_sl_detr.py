@@ -1,4 +1,5 @@
-"""Two-stage query selection of SL-DETR (DESIGN.md 3.1): which encoder proposals start the decoder, and with what.
+"""Two-stage query selection of SL-DETR (docs/architecture.md#two-stage-query-selection): which encoder proposals
+start the decoder, and with what.
 
 - [`proposal_scores`]: what ranks the encoder proposals: the first class logit (Deformable DETR's binary score) or
   the best class logit (DINO / RHINO, `config.class_aware_topk`);
@@ -136,7 +137,8 @@ class SlDetrBoxPositionEmbedding(nn.Module):
     """Query position embedding from a reference box: `(B, Q, >= 4)` sigmoid space -> `(B, Q, d_model)`.
 
     An MLP (`2 * d_model -> d_model -> d_model`) on the sine embedding of `(cx, cy, w, h)` (`temperature`:
-    `config.query_position_temperature`); an angle (fifth coordinate) is not used (DESIGN.md 3.1). DINO's
+    `config.query_position_temperature`); an angle (fifth coordinate) is not used
+    (docs/architecture.md#query-positions). DINO's
     `ref_point_head` is the same MLP on `(cy, cx, w, h)` blocks: a converter permutes its first layer's columns.
     """
 

@@ -1,6 +1,6 @@
 """Rotated-box geometry: conversions, Gaussians, KLD / GWD, exact rotated IoU and rotated NMS.
 
-One convention everywhere (DESIGN.md section 2). A *pixel rotated box* is ``(cx, cy, w, h, theta)``:
+One convention everywhere (docs/boxes.md#pixel-rotated-boxes-le90). A *pixel rotated box* is ``(cx, cy, w, h, theta)``:
 theta in radians, le90 (``theta`` in ``[-pi/2, pi/2)``, ``w >= h``), positive theta turns +x towards +y
 (clockwise on screen, image y points down). Corners are ``center + R(theta) @ (+-w/2, +-h/2)`` with
 ``R = [[cos, -sin], [sin, cos]]``, listed in the order DOTA annotators use (clockwise on screen, starting at
@@ -249,7 +249,7 @@ def rbox_to_gaussian(boxes: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def kld(pred: Tensor, target: Tensor) -> Tensor:
-    """Kullback-Leibler divergence ``KL(N_target || N_pred)`` of the boxes' Gaussians (DESIGN.md 4.2).
+    """Kullback-Leibler divergence ``KL(N_target || N_pred)`` of the boxes' Gaussians (docs/losses.md#kld).
 
     Computed in the predicted box's frame (closed form, no matrix inverse), so it is stable and exactly 0
     for identical boxes. Sides are clamped to at least ``EPS`` pixels so that degenerate boxes

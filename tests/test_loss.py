@@ -34,7 +34,7 @@ from sl_detr_hf.rotated_boxes import aligned_iou_rotated, denormalize_rboxes
 EPS = 1e-6
 
 # --------------------------------------------------------------------------------------------------
-# Independent float64 numpy references (written from DESIGN.md section 4)
+# Independent float64 numpy references (written from docs/losses.md)
 # --------------------------------------------------------------------------------------------------
 
 

@@ -18,7 +18,8 @@ class SlDetrCollator:
 
     Each example is a mapping with ``"pixel_values"`` ``(3, H, W)`` (tensor or array; images may differ in
     size) and optionally ``"labels"``: a mapping with ``"class_labels"`` ``(n,)`` and ``"boxes"`` ``(n, 5)`` or
-    ``(n, 4)``, normalized by the image's own size before padding (DESIGN.md section 2), and any of ``"size"``
+    ``(n, 4)``, normalized by the image's own size before padding (docs/boxes.md#normalized-boxes), and any of
+    ``"size"``
     ``(2,)`` ``(H, W)``, ``"orig_size"``, ``"image_id"``, ``"difficult"``, ... The collator does not resize or
     normalize; it only pads.
 

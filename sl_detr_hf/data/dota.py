@@ -2,7 +2,7 @@
 
 A DOTA label file holds optional header lines ``imagesource:...`` and ``gsd:...`` and one object per line,
 ``x1 y1 x2 y2 x3 y3 x4 y4 class [difficult]`` (difficult defaults to 0). Malformed lines are skipped and
-counted; images without a label file and label files without an image are reported (DESIGN.md section 6).
+counted; images without a label file and label files without an image are reported (docs/dota.md#label-files).
 :func:`load_dota` reports one warning line per cause, with its count and the first few ``file:line`` examples.
 
 The class list (:func:`resolve_class_names`): ``class_names`` if given, else DOTA's list of an explicit

@@ -1,4 +1,5 @@
-"""Split large DOTA images into overlapping patches, and merge patch detections back (DESIGN.md section 6).
+"""Split large DOTA images into overlapping patches, and merge patch detections back
+(docs/dota.md#splitting-large-images, docs/dota.md#merging-patch-detections).
 
 Semantics of mmrotate's ``img_split.py``: for each ``rate`` and ``(size, gap)`` the window side is
 ``int(size / rate)`` with step ``int(size / rate) - int(gap / rate)`` (the image is not resized); windows

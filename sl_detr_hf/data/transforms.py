@@ -3,7 +3,7 @@
 Boxes enter torchvision once (:func:`~sl_detr_hf.rotated_boxes.rboxes_to_torchvision`) and come back once
 (:func:`~sl_detr_hf.rotated_boxes.rboxes_from_torchvision`); torchvision does all the geometry.
 
-Rule for objects near the border (DESIGN.md: "dropped or clipped by a documented rule"): boxes are never
+Rule for objects near the border (docs/boxes.md#augmentation-border-rule): boxes are never
 clipped (torchvision's clamping is off); an object is kept when its box centre stays inside the image and at
 least ``min_visibility`` of its box area lies inside the image (exact rotated intersection); otherwise it is
 dropped together with its per-object fields.

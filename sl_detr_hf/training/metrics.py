@@ -19,7 +19,7 @@ What ``DetectionMetrics`` accepts as ``EvalPrediction``:
   auxiliary outputs are skipped), or a list of those, one per batch (``eval_do_concat_batches=False``).
   Tensors or arrays (tensors may be -100 padded along dim 1 by the Trainer's concatenation).
 - ``label_ids`` (used only without packed ground truth): per-image dicts with ``boxes`` normalized as in
-  DESIGN.md section 2, ``class_labels``, ``orig_size`` ``(H, W)`` (``size`` if absent) and optional
+  docs/boxes.md#normalized-boxes, ``class_labels``, ``orig_size`` ``(H, W)`` (``size`` if absent) and optional
   ``difficult``; a list of dicts, or a list of such lists per batch. Merged or truncated dicts are detected
   and reported.
 
