@@ -1,5 +1,7 @@
 """`predict`: images or folders -> a JSON file of oriented detections and PNGs with the boxes drawn and labelled.
 
+The library side of the command (its command line is `sl_detr_hf.commands.predict`):
+
     python scripts/predict.py --model path/to/sl-detr images/ more.png --output-dir predictions --threshold 0.3
 
 Writes `OUTPUT_DIR/predictions.json`, a list with one record per image::
@@ -9,26 +11,36 @@ Writes `OUTPUT_DIR/predictions.json`, a list with one record per image::
                      "rbox": {"cx": .., "cy": .., "w": .., "h": .., "theta": ..},
                      "polygon": [[x1, y1], [x2, y2], [x3, y3], [x4, y4]]}, ...]}
 
-and `OUTPUT_DIR/<image name>.png` per image (see `OrientedObjectDetectionPipeline` for the box conventions).
+and `OUTPUT_DIR/<image name>.png` per image (see `OrientedObjectDetectionPipeline` for the box conventions); a
+georeferenced raster (GeoTIFF, read with rasterio: ``pip install -e ".[geo]"``) also gets `OUTPUT_DIR/<image
+name>.geojson`, its detections on the map (`sl_detr_hf.geo`).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .onnx_predictor import OnnxDetector
+from .geo import (
+    GEO_EXTRA_HINT,
+    WGS84,
+    RasterScene,
+    detections_to_geojson,
+    is_raster_path,
+    open_raster,
+    rasterio_available,
+    tiff_has_georeference,
+    write_geojson,
+)
 from .pipeline_oriented_detection import OrientedObjectDetectionPipeline
-from .tiling import open_scene
+from .tiling import open_scene, predict_scene
 from .visualize import draw_detections
 
-__all__ = ["IMAGE_EXTENSIONS", "collect_images", "load_detector", "main", "output_names", "predict_images",
-           "resolve_device", "write_predictions_json"]
+__all__ = ["IMAGE_EXTENSIONS", "PREVIEW_MAX_SIDE", "collect_images", "load_detector", "output_names",
+           "predict_images", "resolve_device", "write_predictions_json"]
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"})
 
@@ -147,7 +159,9 @@ def load_detector(model: str | os.PathLike, device: str = "cpu",
 def predict_images(detector: OrientedObjectDetectionPipeline, images: Sequence[Path], threshold: float = 0.5,
                    top_k: int | None = None, nms_iou_threshold: float | None = None, batch_size: int = 1,
                    output_dir: str | os.PathLike | None = None, draw: bool = True, tile: int | None = None,
-                   overlap: int = 200, unreadable: list[tuple[Path, str]] | None = None) -> list[dict[str, Any]]:
+                   overlap: int = 200, unreadable: list[tuple[Path, str]] | None = None,
+                   bands: Sequence[int] | None = None, geojson_crs: str | None = WGS84,
+                   notes: list[str] | None = None) -> list[dict[str, Any]]:
     """Run the detector over image files; optionally write a PNG per image with the detections drawn.
 
     An input image is never overwritten (see `output_names`). With `unreadable` (a list), images that cannot be
@@ -155,34 +169,112 @@ def predict_images(detector: OrientedObjectDetectionPipeline, images: Sequence[P
 
     With `tile`, each image is a whole scene, opened lazily and predicted in overlapping patches (`sl_detr_hf.tiling`).
 
+    TIFFs are read with rasterio when it is installed (`sl_detr_hf.geo.raster`: ``bands``, the per-scene scaling,
+    nodata; with `tile`, window by window, and the PNG drawn on a preview of at most `PREVIEW_MAX_SIDE` px). With
+    `output_dir` and `geojson_crs` (``"EPSG:4326"``, ``"native"`` or another CRS; ``None``: none), a georeferenced
+    one also gets ``OUTPUT_DIR/<name>.geojson`` (`sl_detr_hf.geo.detections_to_geojson`). `notes` (a list) receives
+    one line per TIFF saying where its GeoJSON went or why there is none, and the nodata tiles skipped.
+
     Returns:
-        One record per image: `image` (the path), `width`, `height`, `detections` (the pipeline's dicts).
+        One record per image: `image` (the path), `width`, `height`, `detections` (the pipeline's dicts); for a
+        tiled raster also `tiles` and `nodata_tiles_skipped`, and `geojson` (its path) when one was written.
     """
+    names = dict(zip(images, output_names(images, output_dir)))
+    notes = [] if notes is None else notes
+    use_rasterio = rasterio_available()
+    records = []
+    step = 1 if tile else batch_size
+    for start in range(0, len(images), step):
+        opened: list[tuple[Path, Any, RasterScene | None]] = []
+        for path in images[start:start + step]:
+            try:
+                opened.append((path, *_open_input(path, tile, bands, use_rasterio, notes)))
+            except ImportError:
+                raise
+            except Exception as err:  # PIL and rasterio raise several types for broken files
+                if unreadable is None:
+                    raise ValueError(str(err) if str(err).startswith("cannot read image") else
+                                     f"cannot read image {path}: {err}") from err
+                unreadable.append((path, str(err)))
+        try:
+            stats: list[dict[str, int]] = [{} for _ in opened]
+            if tile:
+                results = [predict_scene(detector, scene, tile=tile, overlap=overlap, threshold=threshold,
+                                         top_k=top_k, nms_iou_threshold=nms_iou_threshold, batch_size=batch_size,
+                                         stats=counts) for (_, scene, _), counts in zip(opened, stats)]
+            else:
+                results = detector([image for _, image, _ in opened], threshold=threshold, top_k=top_k,
+                                   nms_iou_threshold=nms_iou_threshold, batch_size=batch_size) if opened else []
+            for (path, image, raster), detections, counts in zip(opened, results, stats):
+                record = {"image": str(path), "width": image.size[0], "height": image.size[1],
+                          "detections": detections}
+                if raster is not None and tile:
+                    record.update(tiles=counts["tiles"], nodata_tiles_skipped=counts["skipped_nodata"])
+                    if counts["skipped_nodata"]:
+                        notes.append(f"{path.name}: {counts['skipped_nodata']} of {counts['tiles']} tiles all "
+                                     "nodata (skipped)")
+                if raster is not None and output_dir is not None and geojson_crs is not None:
+                    geojson = _write_geojson(raster, detections, geojson_crs,
+                                             Path(output_dir) / (Path(names[path]).stem + ".geojson"), notes)
+                    if geojson is not None:
+                        record["geojson"] = str(geojson)
+                records.append(record)
+                if draw and output_dir is not None:
+                    _draw(image, detections, detector.model.config.id2label, Path(output_dir) / names[path])
+        finally:
+            for _, _, raster in opened:
+                if raster is not None:
+                    raster.close()
+    return records
+
+
+PREVIEW_MAX_SIDE = 4096
+"""Longest side (px) of the PNG drawn for a raster scene predicted in tiles (a decimated read of the scene)."""
+
+
+def _open_input(path: Path, tile: int | None, bands: Sequence[int] | None, use_rasterio: bool, notes: list[str]
+                ) -> tuple[Any, RasterScene | None]:
+    """``(what the detector reads, the open raster or None)`` for one input file."""
     from .data.images import open_image
 
-    names = dict(zip(images, output_names(images, output_dir)))
-    records = []
-    for start in range(0, len(images), batch_size):
-        paths, pil = [], []
-        for path in images[start:start + batch_size]:
-            try:
-                pil.append(open_scene(path) if tile else open_image(path))  # 16-bit images scaled, not white
-                paths.append(path)
-            except Exception as err:  # PIL raises several types for broken files
-                if unreadable is None:
-                    raise ValueError(f"cannot read image {path}: {err}") from err
-                unreadable.append((path, str(err)))
-        if not pil:
-            continue
-        results = detector(pil, threshold=threshold, top_k=top_k, nms_iou_threshold=nms_iou_threshold,
-                           batch_size=batch_size, **({"tile": tile, "overlap": overlap} if tile else {}))
-        for path, image, detections in zip(paths, pil, results):
-            records.append({"image": str(path), "width": image.width, "height": image.height,
-                            "detections": detections})
-            if draw and output_dir is not None:
-                drawn = draw_detections(image, detections, detector.model.config.id2label)
-                drawn.save(Path(output_dir) / names[path])
-    return records
+    if is_raster_path(path) and use_rasterio:
+        raster = open_raster(path, bands=bands)
+        try:
+            return (raster if tile else raster.read_rgb(skip_empty=False)), raster
+        except Exception:
+            raster.close()
+            raise
+    if bands is not None:
+        if is_raster_path(path):
+            raise ImportError(f"{path}: choosing bands needs rasterio: {GEO_EXTRA_HINT}")
+        notes.append(f"{path.name}: --bands applies to TIFF rasters; read as RGB")
+    if is_raster_path(path) and tiff_has_georeference(path):
+        notes.append(f"{path.name}: georeferenced, predicted in pixels only; {GEO_EXTRA_HINT} (rasterio) writes "
+                     "its GeoJSON")
+    return (open_scene(path) if tile else open_image(path)), None  # 16-bit images scaled, not white
+
+
+def _write_geojson(raster: RasterScene, detections: list[dict[str, Any]], crs: str, path: Path, notes: list[str]
+                   ) -> Path | None:
+    """Write a raster's detections as GeoJSON when it is georeferenced; a note either way."""
+    if not raster.georeferenced:
+        why = "no CRS" if raster.crs is None else "an identity transform"
+        notes.append(f"{raster.path.name}: no georeference ({why}): no GeoJSON, pixels only")
+        return None
+    collection = detections_to_geojson(detections, raster.transform, raster.crs, dst_crs=crs, source=raster.path)
+    written = write_geojson(collection, path)
+    shown = raster.crs.to_string() if crs.lower() == "native" else crs
+    notes.append(f"{raster.path.name}: {len(detections)} detection(s) on the map ({shown}): {written}")
+    return written
+
+
+def _draw(image: Any, detections: list[dict[str, Any]], id2label: dict, path: Path) -> None:
+    """The PNG with the detections drawn; a raster scene's on a decimated preview (`PREVIEW_MAX_SIDE`)."""
+    if isinstance(image, RasterScene):
+        image, scale = image.preview(PREVIEW_MAX_SIDE)
+        if scale != 1.0:
+            detections = [dict(d, polygon=[[x * scale, y * scale] for x, y in d["polygon"]]) for d in detections]
+    draw_detections(image, detections, id2label).save(path)
 
 
 def write_predictions_json(records: list[dict[str, Any]], path: str | os.PathLike) -> Path:
@@ -193,89 +285,13 @@ def write_predictions_json(records: list[dict[str, Any]], path: str | os.PathLik
     return path
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The `predict` command line."""
-    parser = argparse.ArgumentParser(
-        prog="predict", description="Detect oriented objects in images: JSON + PNGs with the boxes drawn.")
-    parser.add_argument("inputs", nargs="+", help="image files and/or folders of images")
-    parser.add_argument("--model", required=True,
-                        help="saved SL-DETR folder, Hugging Face Hub id, or .onnx file from `sl-detr export`")
-    parser.add_argument("--output-dir", default="predictions", help="where predictions.json and PNGs go")
-    parser.add_argument("--threshold", type=float, default=0.3, help="minimum score (default 0.3)")
-    parser.add_argument("--top-k", type=int, default=None, help="candidates per image before the threshold "
-                        "(default: the image processor's max_detections)")
-    parser.add_argument("--nms-iou", type=float, default=None, help="class-wise rotated NMS at this IoU (off)")
-    parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
-    parser.add_argument("--recursive", action="store_true", help="also look for images in sub-folders")
-    parser.add_argument("--no-draw", action="store_true", help="write only the JSON file")
-    parser.add_argument("--tile", type=int, default=None, help="whole scenes: predict in TILE x TILE patches")
-    parser.add_argument("--overlap", type=int, default=200, help="overlap of neighbouring tiles, px (default 200)")
-    parser.add_argument("--trust-remote-code", action="store_true",
-                        help="allow the model folder's own code (not needed for SL-DETR with this package)")
-    return parser
+# The `predict` command line moved to `sl_detr_hf.commands.predict`; these names stay importable from here.
+_MOVED = {"build_parser", "main"}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `scripts/predict.py` and `sl-detr predict`; returns the exit status (0).
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        from .commands import predict
 
-    Bad arguments and paths exit through `argparse` (status 2, with a message), never with a traceback.
-    """
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not 0 <= args.threshold <= 1:
-        parser.error(f"--threshold must be in [0, 1], got {args.threshold}")
-    if args.top_k is not None and args.top_k < 1:
-        parser.error(f"--top-k must be >= 1, got {args.top_k}")
-    if args.batch_size < 1:
-        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.nms_iou is not None and not 0 < args.nms_iou <= 1:
-        parser.error(f"--nms-iou must be in (0, 1], got {args.nms_iou}")
-    model_path = Path(args.model)
-    if args.tile is not None and not (args.tile >= 32 and 0 <= args.overlap < args.tile):
-        parser.error(f"--tile must be >= 32 and --overlap in [0, tile), got {args.tile} and {args.overlap}")
-    onnx_model = model_path.suffix.lower() == ".onnx"
-    if not onnx_model and model_path.exists() and not (model_path / "config.json").is_file():
-        parser.error(f"--model {args.model} is not a saved model folder (no config.json)")
-    if not model_path.exists() and (args.model.startswith((".", "/", "~")) or args.model.count("/") > 1):
-        parser.error(f"--model {args.model} does not exist")
-    output_dir = Path(args.output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        parser.error(f"--output-dir {output_dir} exists and is not a folder")
-    try:
-        images = collect_images(args.inputs, recursive=args.recursive)
-        device = resolve_device(args.device)
-    except (OSError, ValueError) as err:
-        parser.error(str(err))
-    try:
-        detector = (OnnxDetector(model_path) if onnx_model else
-                    load_detector(args.model, device=device, trust_remote_code=args.trust_remote_code))
-    except (OSError, ValueError, ImportError) as err:
-        parser.error(f"cannot load model {args.model}: {err}")
-    output_dir.mkdir(parents=True, exist_ok=True)
-    unreadable: list[tuple[Path, str]] = []
-    try:
-        records = predict_images(detector, images, threshold=args.threshold, top_k=args.top_k,
-                                 nms_iou_threshold=args.nms_iou, batch_size=args.batch_size,
-                                 output_dir=output_dir, draw=not args.no_draw, tile=args.tile,
-                                 overlap=args.overlap, unreadable=unreadable)
-    except ValueError as err:
-        parser.error(str(err))
-    if unreadable and not records:  # nothing could be read: an argument error, as for a missing file
-        parser.error("; ".join(message for _, message in unreadable))
-    json_path = write_predictions_json(records, output_dir / "predictions.json")
-    total = sum(len(r["detections"]) for r in records)
-    print(f"{len(records)} image(s), {total} detection(s) with score > {args.threshold}")
-    print(f"JSON: {json_path}")
-    if not args.no_draw:
-        print(f"PNGs: {output_dir}")
-    if unreadable:
-        print(f"predict: error: {len(unreadable)} image(s) could not be read (skipped):", file=sys.stderr)
-        for _, message in unreadable:
-            print(f"  {message}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        return getattr(predict, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

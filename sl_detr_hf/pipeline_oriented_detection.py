@@ -18,7 +18,7 @@ when the box is taller than wide, the le90 convention).
 This file ships with saved models as custom pipeline code (``config.custom_pipelines``, see
 ``sl_detr_hf.hub.save_for_hub``), so that ``pipeline(model=folder_or_hub_id, trust_remote_code=True)`` works where
 ``sl_detr_hf`` is not installed: it imports only torch, transformers, the standard library and its sibling
-``rotated_boxes.py``. transformers asks for ``trust_remote_code=True`` for any folder that declares a custom
+``geometry_conversions.py``. transformers asks for ``trust_remote_code=True`` for any folder that declares a custom
 pipeline, also when this package is installed; ``sl_detr_hf.inference.load_detector(folder)`` avoids it.
 """
 
@@ -33,8 +33,8 @@ from transformers.pipelines.base import no_collate_fn
 from transformers.pipelines.object_detection import ObjectDetectionPipeline
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 
+from .geometry_conversions import hbox_to_rbox, rbox_to_hbox, rbox_to_poly
 from .image_processing_sl_detr import pad_images
-from .rotated_boxes import hbox_to_rbox, rbox_to_hbox, rbox_to_poly
 
 __all__ = ["TASK", "OrientedObjectDetectionPipeline", "pad_collate", "register_pipeline"]
 
@@ -75,6 +75,9 @@ class OrientedObjectDetectionPipeline(ObjectDetectionPipeline):
     - ``tile`` (int, optional) and ``overlap`` (int, default 200): predict each image as a whole scene, in
       overlapping ``tile x tile`` patches merged with rotated NMS (``nms_iou_threshold``, default 0.1), with a
       progress bar per scene (``progress=False`` hides it); see ``sl_detr_hf.tiling`` (needs the package installed).
+      A GeoTIFF path is read window by window with rasterio (``pip install -e ".[geo]"``), never decoded whole;
+      ``bands`` (e.g. ``(3, 2, 1)``, 1-based; default the first three) picks its bands, and detections stay in
+      pixels (``sl_detr_hf.geo.detections_to_geojson`` puts them on a map).
 
     Returns one list of detection dicts per image (a single list for a single image), sorted by score; an empty list
     of images gives an empty list.
@@ -92,7 +95,10 @@ class OrientedObjectDetectionPipeline(ObjectDetectionPipeline):
             return []
         tile = kwargs.pop("tile", None)
         overlap, progress = kwargs.pop("overlap", 200), kwargs.pop("progress", True)
+        bands = kwargs.pop("bands", None)
         if tile is None:
+            if bands is not None:
+                raise ValueError("`bands` applies to the tiled path: pass `tile` too (e.g. tile=1024)")
             return super().__call__(*args, **kwargs)
         self._sanitize_parameters(**kwargs)  # argument errors before any patch is read
         kwargs.pop("inputs", None)
@@ -103,7 +109,8 @@ class OrientedObjectDetectionPipeline(ObjectDetectionPipeline):
             raise ImportError("`tile` needs the sl_detr_hf package installed (pip install sl_detr_hf)") from err
         single = not isinstance(inputs, (list, tuple))
         results = tiling.predict_scenes(self, [inputs] if single else list(inputs), tile=tile, overlap=overlap,
-                                        progress=progress, **kwargs)
+                                        progress=progress, **({"bands": bands} if bands is not None else {}),
+                                        **kwargs)
         return results[0] if single else results
 
     def _sanitize_parameters(self, **kwargs: Any) -> tuple[dict, dict, dict]:

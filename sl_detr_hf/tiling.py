@@ -16,6 +16,12 @@ PIL refuses images above 178 MP (a decompression-bomb guard); `open_scene` delib
 `MAX_SCENE_PIXELS` (2 gigapixels, about 44,700 px a side; DOTA's largest scenes are about 20,000 px) and refuses
 larger ones with the file and its size named. The scene is decoded once, at the first patch (PIL cannot decode a
 PNG or JPEG region alone); each patch is then a crop of that one copy.
+
+GeoTIFFs and other TIFFs are read with rasterio when it is installed (``pip install -e ".[geo]"``): each patch is
+read from the file alone (a `sl_detr_hf.geo.RasterScene` window, windows in row order so that strip-organized files
+decompress each strip about once), so memory stays that of a few tiles whatever the scene's size (no pixel limit);
+``bands`` picks the bands, 16-bit and float bands are stretched per scene, nodata reads as 0, and patches that are
+all nodata are skipped and counted (see `sl_detr_hf.geo.raster` for the rule). Without rasterio they go through PIL.
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .data.split import get_windows, merge_patch_detections
-from .rotated_boxes import rbox_to_hbox, rbox_to_poly
+from .geo.raster import GEO_EXTRA_HINT, RasterScene, is_raster_path, open_raster, rasterio_available
+from .geometry_conversions import rbox_to_hbox, rbox_to_poly
 
 __all__ = ["DEFAULT_MERGE_IOU", "MAX_SCENE_PIXELS", "open_scene", "predict_scene", "predict_scenes",
            "scene_pixel_limit", "tile_windows"]
@@ -57,15 +64,29 @@ def scene_pixel_limit(limit: int | None = MAX_SCENE_PIXELS) -> Iterator[None]:
         Image.MAX_IMAGE_PIXELS = previous
 
 
-def open_scene(scene: str | os.PathLike | Image.Image) -> Image.Image:
-    """A scene image, opened lazily (only the header is read until the first patch is cut).
+def open_scene(scene: str | os.PathLike | Image.Image | RasterScene, bands: Sequence[int] | None = None
+               ) -> Image.Image | RasterScene:
+    """A scene, opened lazily: a TIFF as a `RasterScene` when rasterio is installed (read window by window, ``bands``
+    chosen), any other image with PIL (only the header is read until the first patch is cut).
 
     Raises:
-        ValueError: the file cannot be read, or has more than `MAX_SCENE_PIXELS` pixels (named with its size).
+        ValueError: the file cannot be read, has more than `MAX_SCENE_PIXELS` pixels (PIL; named with its size), or
+            ``bands`` is given for an image PIL reads.
+        ImportError: ``bands`` for a TIFF without rasterio.
     """
+    if isinstance(scene, RasterScene):
+        return scene
     if isinstance(scene, Image.Image):
+        if bands is not None:
+            raise ValueError("`bands` applies to rasters read with rasterio, not to a PIL image")
         return scene
     path = Path(scene)
+    if is_raster_path(path) and rasterio_available():
+        return open_raster(path, bands=bands)
+    if bands is not None:
+        if is_raster_path(path):
+            raise ImportError(f"{path}: choosing bands needs rasterio: {GEO_EXTRA_HINT}")
+        raise ValueError(f"{path}: `bands` applies to TIFF rasters (read with rasterio), not to {path.suffix} images")
     try:
         with scene_pixel_limit(None):  # checked here, against MAX_SCENE_PIXELS, with the file named
             image = Image.open(path)
@@ -101,44 +122,78 @@ def _batches(windows: np.ndarray, size: int) -> Iterator[np.ndarray]:
         yield windows[start:start + size]
 
 
-def predict_scene(detector: Detector, scene: str | os.PathLike | Image.Image, tile: int = 1024, overlap: int = 200,
-                  threshold: float = 0.5, top_k: int | None = None, nms_iou_threshold: float | None = None,
-                  batch_size: int = 1, progress: bool = True) -> list[dict[str, Any]]:
+def predict_scene(detector: Detector, scene: str | os.PathLike | Image.Image | RasterScene, tile: int = 1024,
+                  overlap: int = 200, threshold: float = 0.5, top_k: int | None = None,
+                  nms_iou_threshold: float | None = None, batch_size: int = 1, progress: bool = True,
+                  bands: Sequence[int] | None = None, stats: dict[str, int] | None = None) -> list[dict[str, Any]]:
     """Detections of one whole scene (see the module docstring), sorted by score.
 
     Args:
         detector: called as ``detector(patches, threshold=, top_k=, batch_size=)`` (see the module docstring).
-        scene: a path (opened lazily) or a PIL image.
+        scene: a path (opened lazily; a TIFF read window by window when rasterio is installed), a PIL image or an
+            open `sl_detr_hf.geo.RasterScene`.
         tile, overlap: window side and overlap of neighbouring windows, pixels.
         threshold, top_k: per patch, as for the detector.
         nms_iou_threshold: IoU of the merge's class-wise rotated NMS (default `DEFAULT_MERGE_IOU`).
         batch_size: patches per forward pass.
         progress: show a tqdm bar over the scene's patches.
+        bands: 1-based bands of a raster (see `sl_detr_hf.geo.raster`; default its first three).
+        stats: a dict that receives ``tiles`` (windows of the scene) and ``skipped_nodata`` (windows all nodata).
     """
-    image = open_scene(scene)
+    image = open_scene(scene, bands=bands)
+    try:
+        return _predict_open_scene(detector, image, scene, tile, overlap, threshold, top_k, nms_iou_threshold,
+                                   batch_size, progress, {} if stats is None else stats)
+    finally:
+        if isinstance(image, RasterScene) and image is not scene:
+            image.close()
+
+
+def _predict_open_scene(detector: Detector, image: Image.Image | RasterScene, scene: Any, tile: int, overlap: int,
+                        threshold: float, top_k: int | None, nms_iou_threshold: float | None, batch_size: int,
+                        progress: bool, stats: dict[str, int]) -> list[dict[str, Any]]:
     width, height = image.size
     windows = tile_windows(width, height, tile, overlap)
-    name = Path(scene).name if isinstance(scene, (str, os.PathLike)) else f"{width}x{height} scene"
+    raster = isinstance(image, RasterScene)
+    if raster:  # row order: a strip-organized file decompresses each strip about once
+        windows = windows[np.lexsort((windows[:, 0], windows[:, 1]))]
+        name = image.path.name
+    else:
+        name = Path(scene).name if isinstance(scene, (str, os.PathLike)) else f"{width}x{height} scene"
+    stats.update(tiles=len(windows), skipped_nodata=0)
     options = {"threshold": threshold, "top_k": top_k}
     if len(windows) == 1:  # the scene fits in one tile: exactly the untiled prediction
+        if raster:
+            whole = image.read_rgb()
+            if whole is None:
+                stats["skipped_nodata"] = 1
+                return []
+            return detector(whole, nms_iou_threshold=nms_iou_threshold, **options)
         with scene_pixel_limit():
             return detector(image.convert("RGB"), nms_iou_threshold=nms_iou_threshold, **options)
     label_ids: dict[str, int] = {}
     patches = []
     with scene_pixel_limit(), tqdm(total=len(windows), desc=name, unit="tile", disable=not progress) as bar:
         for batch in _batches(windows, max(1, int(batch_size))):
-            crops = [image.crop(tuple(int(v) for v in window)).convert("RGB") for window in batch]
-            for window, detections in zip(batch, detector(crops, batch_size=len(crops), **options)):
-                patches.append(_patch_entry(detections, int(window[0]), int(window[1]), label_ids))
-            bar.update(len(batch))
+            if raster:
+                read = [(window, image.read_rgb(window)) for window in batch]
+                stats["skipped_nodata"] += sum(crop is None for _, crop in read)
+                batch = [window for window, crop in read if crop is not None]
+                crops = [crop for _, crop in read if crop is not None]
+            else:
+                crops = [image.crop(tuple(int(v) for v in window)).convert("RGB") for window in batch]
+            if crops:
+                for window, detections in zip(batch, detector(crops, batch_size=len(crops), **options)):
+                    patches.append(_patch_entry(detections, int(window[0]), int(window[1]), label_ids))
+            bar.update(len(read) if raster else len(batch))
     iou = DEFAULT_MERGE_IOU if nms_iou_threshold is None else float(nms_iou_threshold)
     merged = merge_patch_detections(patches, iou_threshold=iou)
     names = {index: label for label, index in label_ids.items()}
     return _to_dicts(merged[0], names) if merged else []
 
 
-def predict_scenes(detector: Detector, scenes: Sequence[str | os.PathLike | Image.Image], **kwargs: Any
-                   ) -> list[list[dict[str, Any]]]:
+def predict_scenes(detector: Detector, scenes: Sequence[str | os.PathLike | Image.Image | RasterScene],
+                   **kwargs: Any) -> list[list[dict[str, Any]]]:
     """`predict_scene` for each scene (one progress bar per scene)."""
     return [predict_scene(detector, scene, **kwargs) for scene in scenes]
 

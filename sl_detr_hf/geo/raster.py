@@ -1,0 +1,248 @@
+"""Rasters read window by window with rasterio: band choice, a per-scene 8-bit scaling rule, nodata.
+
+A `RasterScene` keeps the file open and reads only the window asked for (`read_rgb`), so a 30,000 x 30,000 scene is
+never decoded whole; GDAL's block cache is capped at `GDAL_CACHE_MB` while the scene is open.
+
+The rule that turns a scene's bands into the 8-bit RGB the detector takes:
+
+- **bands**: ``bands=(3, 2, 1)`` (1-based, as GDAL numbers them) picks three bands as R, G, B, or one band shown as
+  gray; default: the first three bands, or the first band as gray when the raster has fewer than three;
+- **scaling**: 8-bit bands are taken as they are; any other type (16-bit, 32-bit, float) is stretched per band and
+  per scene, 2nd percentile -> 0 and 98th percentile -> 255, clipped (QGIS's default "cumulative count cut"). The
+  percentiles are computed once per scene, over the valid pixels of a decimated read of at most
+  `STRETCH_SAMPLE_SIDE` px a side (GDAL takes it from an overview when the file has one), so every tile of a scene
+  is scaled alike;
+- **nodata**: pixels masked by the file (its nodata value, an internal mask or an alpha band; NaN in float bands)
+  become 0; a window in which every pixel of the chosen bands is masked reads as ``None``, and the tiled path
+  skips it (and counts it).
+
+A raster is *georeferenced* when it has a CRS and a non-identity affine transform (`RasterScene.georeferenced`);
+rasters located only by ground control points are not (no affine transform maps their pixels).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+__all__ = ["GDAL_CACHE_MB", "GEO_EXTRA_HINT", "RASTER_EXTENSIONS", "STRETCH_PERCENTILES", "STRETCH_SAMPLE_SIDE",
+           "RasterScene", "is_raster_path", "open_raster", "parse_bands", "rasterio_available",
+           "tiff_has_georeference"]
+
+RASTER_EXTENSIONS = frozenset({".tif", ".tiff"})
+"""Files read through rasterio when it is installed (PIL reads them otherwise, in pixels only)."""
+
+STRETCH_PERCENTILES = (2.0, 98.0)
+"""Percentiles mapped to 0 and 255 for bands that are not 8-bit."""
+
+STRETCH_SAMPLE_SIDE = 1024
+"""Longest side (px) of the decimated read the percentiles are computed on."""
+
+GDAL_CACHE_MB = 256
+"""GDAL block cache while a `RasterScene` is open (GDAL's own default is 5% of the machine's memory)."""
+
+GEO_EXTRA_HINT = 'pip install -e ".[geo]"'
+"""How to get rasterio (the `geo` extra)."""
+
+# GeoTIFF tags: ModelPixelScale, ModelTiepoint, ModelTransformation, GeoKeyDirectory
+_GEOTIFF_TAGS = (33550, 33922, 34264, 34735)
+
+
+def rasterio_available() -> bool:
+    """Whether rasterio (the `geo` extra) can be imported."""
+    try:
+        import rasterio  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def is_raster_path(path: str | os.PathLike) -> bool:
+    """A path with a TIFF extension (read with rasterio when it is installed)."""
+    return Path(path).suffix.lower() in RASTER_EXTENSIONS
+
+
+def tiff_has_georeference(path: str | os.PathLike) -> bool:
+    """Whether a TIFF carries GeoTIFF tags, read with PIL from the header alone (no rasterio needed)."""
+    try:
+        with Image.open(path) as image:
+            tags = getattr(image, "tag_v2", None)
+            return tags is not None and any(tag in tags for tag in _GEOTIFF_TAGS)
+    except Exception:  # not readable by PIL: the caller reports the file when it reads it
+        return False
+
+
+def parse_bands(text: str | Sequence[int] | None) -> tuple[int, ...] | None:
+    """``"3,2,1"`` / ``(3, 2, 1)`` / ``"1"`` -> a tuple of 1-based band numbers (``None`` stays ``None``).
+
+    Raises:
+        ValueError: not 1 or 3 positive integers.
+    """
+    if text is None:
+        return None
+    try:
+        bands = tuple(int(b) for b in (text.split(",") if isinstance(text, str) else text))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"bands must be 1 or 3 band numbers such as 3,2,1, got {text!r}") from err
+    if len(bands) not in (1, 3) or any(b < 1 for b in bands):
+        raise ValueError(f"bands must be 1 or 3 band numbers (1-based) such as 3,2,1, got {text!r}")
+    return bands
+
+
+def open_raster(path: str | os.PathLike, bands: Sequence[int] | None = None) -> RasterScene:
+    """Open a raster for windowed reading (see `RasterScene`).
+
+    Raises:
+        ImportError: rasterio is not installed (the message says how to install it).
+        ValueError: the file cannot be read, or ``bands`` names a band the file lacks.
+    """
+    return RasterScene(path, bands=bands)
+
+
+class RasterScene:
+    """An open raster read window by window as 8-bit RGB (the rule of the module docstring).
+
+    Attributes:
+        path, width, height, count (bands in the file), bands (the 1-based bands read), dtype, transform
+        (``affine.Affine``), crs (rasterio ``CRS`` or ``None``), georeferenced, stretch (``(C, 2)`` float64
+        low / high per chosen band, ``None`` for 8-bit).
+    Use as a context manager, or call `close`.
+    """
+
+    def __init__(self, path: str | os.PathLike, bands: Sequence[int] | None = None) -> None:
+        try:
+            import rasterio
+        except ImportError as err:
+            raise ImportError(f"reading {path} window by window needs rasterio: {GEO_EXTRA_HINT}") from err
+        self.path = Path(path)
+        self._dataset = None
+        try:
+            import warnings
+
+            with self._env(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+                self._dataset = rasterio.open(self.path)
+        except Exception as err:  # RasterioIOError and others, for missing / broken / non-raster files
+            raise ValueError(f"cannot read image {self.path}: {err}") from err
+        try:
+            self._setup(bands)
+        except Exception:
+            self.close()
+            raise
+
+    @staticmethod
+    def _env() -> Any:
+        """GDAL settings around each call into GDAL (entering one costs about 30 us)."""
+        import rasterio
+
+        return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 2**20)
+
+    def _setup(self, bands: Sequence[int] | None) -> None:
+        from affine import Affine
+
+        ds = self._dataset
+        self.width, self.height, self.count = ds.width, ds.height, ds.count
+        chosen = parse_bands(bands)
+        if chosen is None:
+            chosen = (1, 2, 3) if ds.count >= 3 else (1,)
+        if max(chosen) > ds.count:
+            raise ValueError(f"{self.path}: bands {','.join(map(str, chosen))} asked for, the file has "
+                             f"{ds.count} band(s)")
+        self.bands = chosen
+        dtypes = {ds.dtypes[b - 1] for b in chosen}
+        if len(dtypes) > 1:
+            raise ValueError(f"{self.path}: bands {chosen} have different data types {sorted(dtypes)}")
+        self.dtype = dtypes.pop()
+        self.transform = ds.transform
+        self.crs = ds.crs
+        self.georeferenced = ds.crs is not None and ds.transform != Affine.identity()
+        self.stretch = None if self.dtype == "uint8" else self._percentiles()
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(width, height)``, as PIL's ``Image.size``."""
+        return self.width, self.height
+
+    def _percentiles(self) -> np.ndarray:
+        """``(C, 2)`` low / high of each chosen band over the valid pixels of a decimated read."""
+        scale = min(1.0, STRETCH_SAMPLE_SIDE / max(self.width, self.height))
+        shape = (len(self.bands), max(1, round(self.height * scale)), max(1, round(self.width * scale)))
+        with self._env():
+            sample = self._dataset.read(self.bands, out_shape=shape, masked=True)
+        out = np.zeros((len(self.bands), 2))
+        for k, band in enumerate(sample):
+            values = np.ma.compressed(band).astype(np.float64)
+            values = values[np.isfinite(values)]
+            if values.size:
+                out[k] = np.percentile(values, STRETCH_PERCENTILES)
+        return out
+
+    def read_rgb(self, window: Sequence[int] | None = None, skip_empty: bool = True) -> Image.Image | None:
+        """One window as an 8-bit RGB PIL image.
+
+        Args:
+            window: ``(x0, y0, x1, y1)`` pixels (default: the whole raster).
+            skip_empty: return ``None`` when every pixel of the window is nodata.
+        Returns:
+            ``(x1 - x0) x (y1 - y0)`` RGB image, or ``None`` (see ``skip_empty``).
+        """
+        from rasterio.windows import Window
+
+        x0, y0, x1, y1 = (0, 0, self.width, self.height) if window is None else (int(v) for v in window)
+        with self._env():
+            data = self._dataset.read(self.bands, window=Window(x0, y0, x1 - x0, y1 - y0), masked=True)
+        return _to_rgb(data, self.stretch, skip_empty)
+
+    def preview(self, max_side: int) -> tuple[Image.Image, float]:
+        """The whole raster, decimated to at most ``max_side`` px a side, as RGB (nodata 0); and its scale
+        (preview px per raster px, <= 1)."""
+        from rasterio.enums import Resampling
+
+        scale = min(1.0, max_side / max(self.width, self.height))
+        if scale == 1.0:
+            return self.read_rgb(skip_empty=False), 1.0
+        shape = (len(self.bands), max(1, round(self.height * scale)), max(1, round(self.width * scale)))
+        with self._env():
+            data = self._dataset.read(self.bands, out_shape=shape, masked=True, resampling=Resampling.average)
+        return _to_rgb(data, self.stretch, skip_empty=False), shape[2] / self.width
+
+    def close(self) -> None:
+        """Close the file (idempotent)."""
+        if getattr(self, "_dataset", None) is not None:
+            self._dataset.close()
+            self._dataset = None
+
+    def __enter__(self) -> RasterScene:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"RasterScene({str(self.path)!r}, {self.width} x {self.height}, bands={self.bands}, "
+                f"dtype={self.dtype}, crs={self.crs})")
+
+
+def _to_rgb(data: np.ma.MaskedArray, stretch: np.ndarray | None, skip_empty: bool) -> Image.Image | None:
+    """``(C, h, w)`` masked band values -> ``h x w`` RGB by the module's rule (``None``: all nodata, skipped)."""
+    invalid = np.ma.getmaskarray(data)
+    if stretch is None:
+        values = data.filled(0)
+    else:
+        low, high = stretch[:, 0, None, None].astype(np.float32), stretch[:, 1, None, None]
+        raw = np.ma.getdata(data).astype(np.float32)
+        invalid = invalid | ~np.isfinite(raw)
+        gain = (255.0 / np.maximum(high - low, 1e-12)).astype(np.float32)
+        values = np.rint(np.clip((raw - low) * gain, 0, 255))
+        values[invalid] = 0
+    if skip_empty and invalid.all():
+        return None
+    rgb = values.astype(np.uint8, copy=False)
+    if rgb.shape[0] == 1:
+        rgb = np.repeat(rgb, 3, axis=0)
+    return Image.fromarray(np.ascontiguousarray(rgb.transpose(1, 2, 0)))
