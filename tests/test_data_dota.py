@@ -80,8 +80,21 @@ def test_write_then_parse_roundtrip(tmp_path):
     got = torch.tensor([o.polygon for o in objects], dtype=torch.float64)
     torch.testing.assert_close(got, rbox_to_poly(boxes), atol=0.006, rtol=0)
     assert [o.difficult for o in objects] == [0, 1]
-    with pytest.raises(ValueError, match="without spaces"):
-        write_dota_labels(path, rbox_to_poly(boxes), ["small ship", "plane"])
+    with pytest.raises(ValueError, match="more than whitespace"):
+        write_dota_labels(path, rbox_to_poly(boxes), [" \t", "plane"])
+
+
+def test_names_with_spaces_are_written_as_tokens_and_read_back_through_the_class_list(tmp_path):
+    """A label line splits on spaces: 'small car' is written small_car and read back as 'small car'."""
+    boxes = torch.tensor([[30.0, 40.0, 20.0, 8.0, 0.3], [100.0, 60.0, 50.0, 10.0, -1.2]], dtype=torch.float64)
+    path = tmp_path / "x.txt"
+    write_dota_labels(path, rbox_to_poly(boxes), ["small  car", "plane"])
+    assert [line.split()[8] for line in path.read_text().splitlines()] == ["small_car", "plane"]
+    objects, problems, _ = parse_dota_label_file(path, ["plane", "small  car"])
+    assert problems == [] and [o.class_name for o in objects] == ["small  car", "plane"]
+    assert [o.class_name for o in parse_dota_label_file(path)[0]] == ["small_car", "plane"]  # no list: the field
+    with pytest.raises(ValueError, match="'small car' and 'small_car' are both written 'small_car'"):
+        parse_dota_label_file(path, ["small car", "small_car"])
 
 
 def test_load_dota_schema_values_and_reports(tmp_path, caplog):
@@ -168,7 +181,9 @@ def test_class_list_precedence(tmp_path):
     """class_names > explicit version > classes.txt (BOM and blank lines allowed) > inferred."""
     root = _make_root(tmp_path, labels={"a": "0 0 9 0 9 3 0 3 ship\n0 0 9 0 9 3 0 3 plane\n"},
                       images={"a": (16, 16)})
-    assert load_dota(root).features["objects"]["category"].feature.names == ["plane", "ship"]
+    ds = load_dota(root)  # every name is a DOTA class: DOTA's list
+    assert ds.features["objects"]["category"].feature.names == list(DOTA_CLASSES["1.0"])
+    assert ds[0]["objects"]["category"] == [6, 0]
     (root / "classes.txt").write_bytes("\ufeffship\n\nplane\nharbor\n".encode())
     ds, summary = load_dota(root, return_summary=True)
     assert ds.features["objects"]["category"].feature.names == ["ship", "plane", "harbor"]
@@ -182,15 +197,61 @@ def test_class_list_precedence(tmp_path):
 
 
 def test_dota_classes_found_keep_dota_ids(tmp_path):
-    """Labels whose names are mostly DOTA's classes keep DOTA's list (mmrotate ids), like real DOTA subsets."""
+    """Labels whose names are all DOTA classes keep DOTA's list (mmrotate ids) of the first version holding them."""
     from sl_detr_hf.data.dota import infer_class_names
 
     dota = DOTA_CLASSES["1.0"]
     names, source = infer_class_names({n: 1 for n in dota[:13]})
-    assert names == dota and "DOTA v1.0" in source
+    assert names == dota and "DOTA v1.0" in source and "13 of its 15" in source
     assert infer_class_names({n: 1 for n in (*dota[:12], "container-crane")})[0] == DOTA_CLASSES["1.5"]
-    assert infer_class_names({"ship": 5, "plane": 2})[0] == ("plane", "ship")  # a few DOTA names: only these
+    assert infer_class_names({"ship": 5, "plane": 2})[0] == dota  # a few DOTA names: DOTA's ids all the same
+    assert infer_class_names({"helipad": 1, "ship": 1})[0] == DOTA_CLASSES["2.0"]
+    assert infer_class_names({"container-crane": 1})[0] == DOTA_CLASSES["1.5"]
     assert infer_class_names({**{n: 1 for n in dota}, "car": 1})[0] == tuple(sorted([*dota, "car"]))
+    assert infer_class_names({})[0] == ()
+
+
+def test_no_threshold_one_more_dota_name_never_moves_the_ids():
+    """The old rule switched to DOTA's list at half of its classes: the 8th DOTA name moved every class id."""
+    from sl_detr_hf.data.dota import infer_class_names
+
+    dota = DOTA_CLASSES["1.0"]
+    for k in range(1, len(dota) + 1):
+        names = infer_class_names({n: 1 for n in dota[:k]})[0]
+        assert names == dota, k
+        mixed = infer_class_names({**{n: 1 for n in dota[:k]}, "car": 1})[0]  # one name outside DOTA's lists
+        assert mixed == tuple(sorted([*dota[:k], "car"])), k
+
+
+def test_names_with_spaces_round_trip_through_a_dota_folder(tmp_path):
+    """classes.txt keeps 'small car', the label files say small_car: load -> write -> load keeps names, ids, files."""
+    from sl_detr_hf.data.dota import write_dota_folder
+
+    root = _make_root(tmp_path / "src", labels={
+        "a": "10 10 50 10 50 30 10 30 small_car 0\n0 0 20 0 20 60 0 60 plane 1\n",
+        "b": "5 5 25 5 25 15 5 15 big_truck\n",
+    }, images={"a": (100, 80), "b": (40, 40)})
+    (root / "classes.txt").write_text("plane\nsmall car\nbig   truck\n")
+    ds, summary = load_dota(root, return_summary=True)
+    assert summary.problems == [] and summary.num_objects == 3
+    assert ds.features["objects"]["category"].feature.names == ["plane", "small car", "big   truck"]
+    assert [row["objects"]["category"] for row in ds.remove_columns("image")] == [[1, 0], [2]]
+    write_dota_folder(ds, tmp_path / "copy")
+    assert (tmp_path / "copy" / "classes.txt").read_text().splitlines() == ["plane", "small car", "big   truck"]
+    for name in ("a", "b"):
+        fields = [line.split() for line in (tmp_path / "copy" / "labelTxt" / f"{name}.txt").read_text().splitlines()]
+        original = [line.split() for line in (root / "labelTxt" / f"{name}.txt").read_text().splitlines()]
+        assert [f[8:] for f in fields] == [o[8:] + ["0"] * (10 - len(o)) for o in original]
+        assert [[float(v) for v in f[:8]] for f in fields] == [[float(v) for v in o[:8]] for o in original]
+    back = load_dota(tmp_path / "copy")
+    assert back.features == ds.features
+    assert [r["objects"] for r in back.remove_columns("image")] == [r["objects"] for r in ds.remove_columns("image")]
+    # a class list whose names share a token cannot be read (nor written) unambiguously
+    (root / "classes.txt").write_text("plane\nsmall car\nsmall_car\n")
+    with pytest.raises(ValueError, match="both written 'small_car'"):
+        load_dota(root)
+    with pytest.raises(ValueError, match="line breaks"):
+        load_dota(root, class_names=["plane", "small\ncar"])
 
 
 def test_unknown_classes_are_reported_once_per_cause(tmp_path, caplog):
@@ -334,7 +395,7 @@ def test_a_real_style_scene_rgba_with_header_lines_trains_as_rgb(tmp_path):
     Image.new("RGBA", (100, 80), (40, 80, 120, 255)).save(root / "images" / "P9.png")
     ds = load_dota(root, class_names=None)
     assert ds[0]["gsd"] == pytest.approx(0.139152881468) and ds[0]["imagesource"] == "GoogleEarth"
-    assert ds.features["objects"]["category"].feature.names == ["plane", "ship"]  # 2 DOTA names: only these
+    assert ds.features["objects"]["category"].feature.names == list(DOTA_CLASSES["1.0"])  # DOTA names: its ids
     example = prepare_dataset(ds, SlDetrImageProcessor(size={"shortest_edge": 64, "longest_edge": 64}))[0]
     assert example["pixel_values"].shape == (3, 51, 64)
-    assert example["labels"]["boxes"].shape == (2, 5) and example["labels"]["class_labels"].tolist() == [0, 1]
+    assert example["labels"]["boxes"].shape == (2, 5) and example["labels"]["class_labels"].tolist() == [0, 6]

@@ -193,17 +193,40 @@ def test_exif_rotated_jpeg_is_measured_upright(tmp_path):
 
 
 def test_write_dota_folder_round_trip(tmp_path):
+    """YOLO-OBB -> DOTA folder -> dataset keeps the names as data.yaml spells them ('small car'), and the ids."""
     images = _to_yolo(_dota_root(tmp_path / "dota"), tmp_path / "yolo")
     ds = load_yolo_obb(images)
+    assert ds.features["objects"]["category"].feature.names == list(NAMES)
     write_dota_folder(ds, tmp_path / "as_dota")
-    assert (tmp_path / "as_dota" / "classes.txt").read_text().split() == ["airplane", "small_car", "tank"]
+    assert (tmp_path / "as_dota" / "classes.txt").read_text().splitlines() == ["airplane", "small car", "tank"]
+    fields = {line.split()[8] for p in (tmp_path / "as_dota" / "labelTxt").iterdir()
+              for line in p.read_text().splitlines()}
+    assert fields == {"airplane", "small_car", "tank"}  # one field per class: DOTA lines split on spaces
     back = load_dota(tmp_path / "as_dota")
+    assert back.features["objects"]["category"].feature.names == list(NAMES)
     assert back["image_id"] == ds["image_id"]
     for a, b in zip(back["objects"], ds["objects"]):
         assert a["category"] == b["category"]
         torch.testing.assert_close(torch.tensor(a["polygon"]), torch.tensor(b["polygon"]), atol=0.006, rtol=0)
     with pytest.raises(FileExistsError):
         write_dota_folder(ds, tmp_path / "as_dota")
+    # and back: the DOTA folder as YOLO-OBB again (its classes.txt names in data.yaml) reads as the first dataset
+    again = _to_yolo(tmp_path / "as_dota", tmp_path / "yolo2", names=NAMES)
+    twice = load_yolo_obb(again)
+    assert twice.features == ds.features
+    assert [r["category"] for r in twice["objects"]] == [r["category"] for r in ds["objects"]]
+
+
+def test_write_dota_folder_refuses_names_it_cannot_tell_apart(tmp_path):
+    """'small car' and 'small_car' would both be small_car in the label files: refused before writing anything."""
+    images = _to_yolo(_dota_root(tmp_path / "dota"), tmp_path / "yolo")
+    ds = load_yolo_obb(images, class_names=["airplane", "small car", "small_car"])
+    with pytest.raises(ValueError, match="'small car' and 'small_car' are both written 'small_car'"):
+        write_dota_folder(ds, tmp_path / "as_dota")
+    assert not (tmp_path / "as_dota").exists()
+    (tmp_path / "yolo" / "data.yaml").write_text('names: ["air\\nplane", "small car", "tank"]\n')
+    with pytest.raises(ValueError, match="line breaks"):
+        load_yolo_obb(images)
 
 
 def test_cli_train_on_a_yolo_obb_folder(tmp_path, capsys):

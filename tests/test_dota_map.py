@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -213,6 +214,33 @@ def test_write_task1_submission(tmp_path):
     assert [float(v) for v in first[2:]] == pytest.approx(expected, abs=0.006)
     with pytest.raises(ValueError, match="no class name"):
         write_task1_submission([_det([BOX_A], [0.9], [5])], tmp_path / "bad", ["plane"])
+
+
+def test_task1_file_names_are_safe_and_never_shared(tmp_path):
+    """Slashes, spaces, unicode, '%', '~', case twins, repeats and very long names: one plain file per class id."""
+    import re
+    from urllib.parse import unquote
+
+    from sl_detr_hf.evaluation.dota_map import task1_file_names
+
+    names = ["plane", "small car", "a/b", "../up", "飞机", "Car", "car", "CAR", "%41", "A", "x~1", "plane",
+             "large-vehicle", "v" * 300, "é" * 150]
+    files = task1_file_names(names)
+    assert files[:11] == ["Task1_plane.txt", "Task1_small%20car.txt", "Task1_a%2Fb.txt", "Task1_..%2Fup.txt",
+                          "Task1_%E9%A3%9E%E6%9C%BA.txt", "Task1_Car.txt", "Task1_car~6.txt", "Task1_CAR~7.txt",
+                          "Task1_%2541.txt", "Task1_A.txt", "Task1_x%7E1.txt"]
+    assert files[11:13] == ["Task1_plane~11.txt", "Task1_large-vehicle.txt"]
+    assert files[13] == f"Task1_{'v' * 200}~13.txt"
+    assert re.fullmatch(r"Task1_(%C3%A9)+~14\.txt", files[14]) and len(files[14]) <= 255
+    assert all(re.fullmatch(r"Task1_[A-Za-z0-9._%~-]+\.txt", f) and len(f) <= 255 for f in files)
+    assert len({f.lower() for f in files}) == len(names)  # distinct on case-insensitive file systems too
+    assert [unquote(f[6:-4]) for f in files[:6]] == names[:6]  # reversible where no suffix was needed
+
+    dets = [_det([BOX_A] * len(names), [0.5] * len(names), list(range(len(names))), image_id="P1")]
+    paths = write_task1_submission(dets, tmp_path / "sub", names)
+    assert [Path(p).name for p in paths] == files
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == sorted(files)  # all in the folder, none above
+    assert all(open(p).read().startswith("P1 0.500000 ") and len(open(p).read().splitlines()) == 1 for p in paths)
 
 
 def test_perfect_single_image_is_exactly_one():

@@ -6,9 +6,18 @@ counted; images without a label file and label files without an image are report
 :func:`load_dota` reports one warning line per cause, with its count and the first few ``file:line`` examples.
 
 The class list (:func:`resolve_class_names`): ``class_names`` if given, else DOTA's list of an explicit
-``version``, else ``classes.txt`` at the dataset root, else the names found in the labels (sorted; DOTA's list
-in mmrotate's order when they are mostly DOTA classes). A split whose objects are mostly outside the class list
-is refused with the classes it holds (:func:`check_unknown_classes`).
+``version``, else ``classes.txt`` at the dataset root, else inferred from the names found in the labels
+(:func:`infer_class_names`): DOTA's list (mmrotate's order) of the first version, 1.0, 1.5 then 2.0, whose list
+holds every name found, else the names found, sorted. There is no threshold: one name outside DOTA's lists keeps
+the sorted names, and DOTA data or any subset of its classes keeps DOTA's class ids. A split whose objects are
+mostly outside the class list is refused with the classes it holds (:func:`check_unknown_classes`).
+
+Class names with whitespace (a YOLO ``data.yaml``'s ``small car``): a label line splits on whitespace, so a label
+file carries each name as its token, :func:`dota_class_token` (whitespace runs joined by ``_``: ``small_car``),
+and ``classes.txt`` keeps the true names. Reading through a class list maps each token back to its name
+(:func:`class_token_map`), so ``small_car`` in a label file is the class ``small car`` of ``classes.txt``; a
+class list with two names of one token (``small car`` and ``small_car``) is refused. :func:`write_dota_folder`
+writes both parts; a name may not hold a line break.
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ import torch
 from PIL import Image
 
 from ..configuration_sl_detr import DOTA_CLASSES
-from ..rotated_boxes import poly_to_rbox
+from ..geometry_conversions import poly_to_rbox
 from .images import UnreadableImageError, check_image, pixel_limit
 
 logger = logging.getLogger(__name__)
@@ -40,6 +49,8 @@ __all__ = [
     "DotaObject",
     "LabelProblem",
     "check_unknown_classes",
+    "class_token_map",
+    "dota_class_token",
     "dota_features",
     "find_class_names",
     "infer_class_names",
@@ -182,14 +193,15 @@ def parse_dota_label_file(
 
     Args:
         path: the ``.txt`` file.
-        class_names: accepted class names; ``None`` accepts any name.
+        class_names: accepted class names, each also read as its :func:`dota_class_token` (``small_car`` is the
+            class ``small car``); ``None`` accepts any name (the objects keep the label file's field).
         log: log each skipped line as a warning (the dataset readers pass ``False`` and report per cause).
     Returns:
         ``(objects, problems, header)``: the valid objects in file order, one :class:`LabelProblem` per skipped
         line, and the header ``{"imagesource": str | None, "gsd": float | None}``.
     """
     path = Path(path)
-    known = None if class_names is None else set(class_names)
+    known = None if class_names is None else class_token_map(class_names)
     objects: list[DotaObject] = []
     problems: list[LabelProblem] = []
     header: dict[str, str | float | None] = {"imagesource": None, "gsd": None}
@@ -240,8 +252,10 @@ def _read_text(path: Path, problems: list[LabelProblem], log: bool = True) -> st
         return data.decode("latin-1")
 
 
-def _parse_object_line(tokens: list[str], known: set[str] | None) -> tuple[str | None, DotaObject | None]:
-    """Validate one object line; returns ``(reason, None)`` when it is malformed, else ``(None, object)``."""
+def _parse_object_line(tokens: list[str], known: Mapping[str, str] | None
+                       ) -> tuple[str | None, DotaObject | None]:
+    """Validate one object line (``known``: ``token -> class name``); returns ``(reason, None)`` when it is
+    malformed, else ``(None, object)``."""
     if len(tokens) < 9:
         return "too few fields", None
     if len(tokens) > 10:
@@ -253,8 +267,10 @@ def _parse_object_line(tokens: list[str], known: set[str] | None) -> tuple[str |
     if not all(math.isfinite(c) and abs(c) <= MAX_COORDINATE for c in coords):
         return "not finite", None
     class_name = tokens[8]
-    if known is not None and class_name not in known:
-        return "unknown class", None
+    if known is not None:
+        if class_name not in known:
+            return "unknown class", None
+        class_name = known[class_name]
     difficult = 0
     if len(tokens) == 10:
         try:
@@ -286,7 +302,9 @@ def write_dota_labels(
 
     Args:
         path: the ``.txt`` file to write (its folder must exist).
-        polygons: ``(N, 8)`` pixel polygons; class_names: ``N`` names; difficult: ``N`` flags (default 0).
+        polygons: ``(N, 8)`` pixel polygons; class_names: ``N`` names, each written as its :func:`dota_class_token`
+            (a name with whitespace reads back through a class list that holds it, e.g. ``classes.txt``);
+            difficult: ``N`` flags (default 0).
         imagesource, gsd: optional header lines (``gsd=None`` with an ``imagesource`` writes ``gsd:null``).
         precision: decimals of the coordinates.
     """
@@ -302,32 +320,54 @@ def write_dota_labels(
         lines.append(f"imagesource:{imagesource if imagesource is not None else 'unknown'}")
         lines.append(f"gsd:{gsd if gsd is not None else 'null'}")
     for poly, name, diff in zip(polys, class_names, flags):
-        if any(c.isspace() for c in name) or not name:
-            raise ValueError(f"class names must be non-empty without spaces, got {name!r}")
+        token = dota_class_token(name)
+        if not token:
+            raise ValueError(f"class names must hold more than whitespace, got {name!r}")
         coords = " ".join(f"{c:.{precision}f}" for c in poly)
-        lines.append(f"{coords} {name} {diff}")
+        lines.append(f"{coords} {token} {diff}")
     Path(path).write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
 
 
 def dota_class_token(name: str) -> str:
-    """A class name as one DOTA label field: whitespace runs joined by ``_`` (``"small car"`` -> ``small_car``)."""
+    """A class name as one DOTA label field: whitespace runs joined by ``_`` (``"small car"`` -> ``small_car``);
+    a name without whitespace is its own token."""
     return "_".join(name.split())
+
+
+def class_token_map(class_names: Sequence[str]) -> dict[str, str]:
+    """``token -> name`` of a class list: how the fields of DOTA label files map back to its names
+    (:func:`dota_class_token`; ``{"plane": "plane", "small_car": "small car"}``).
+
+    Raises:
+        ValueError: two names of the list share a token (label files could not tell them apart).
+    """
+    by_token: dict[str, str] = {}
+    for name in class_names:
+        token = dota_class_token(name)
+        if token in by_token:
+            raise ValueError(f"the classes {by_token[token]!r} and {name!r} are both written {token!r} in DOTA label "
+                             "files (which split on whitespace): rename one of them")
+        by_token[token] = name
+    return by_token
 
 
 def write_dota_folder(dataset: datasets.Dataset, root: str | Path) -> Path:
     """Write a dataset of :func:`load_dota`'s schema (e.g. from a YOLO-OBB folder) as a DOTA folder under ``root``:
     ``images/`` (links to the image files, copies where links fail; encoded bytes written out), ``labelTxt/``
-    (polygons, classes as :func:`dota_class_token`, difficult flags, header lines) and ``classes.txt``.
+    (polygons, classes as :func:`dota_class_token`, difficult flags, header lines) and ``classes.txt`` (the true
+    names, in class-id order), so that :func:`load_dota` reads back the same names and class ids.
 
     Raises:
         FileExistsError: ``root/images`` or ``root/labelTxt`` already holds files.
+        ValueError: two class names share a token (:func:`class_token_map`) or a name holds a line break.
     """
     root = Path(root)
+    names = _check_names(dataset.features["objects"]["category"].feature.names, "the dataset's classes")
+    class_token_map(names)
     for sub in ("images", "labelTxt"):
         if (root / sub).is_dir() and any((root / sub).iterdir()):
             raise FileExistsError(f"{root / sub} is not empty")
         (root / sub).mkdir(parents=True, exist_ok=True)
-    tokens = [dota_class_token(n) for n in dataset.features["objects"]["category"].feature.names]
     for row in dataset.cast_column("image", datasets.Image(decode=False)):
         image, image_id = row["image"], row["image_id"]
         suffix = Path(image["path"]).suffix if image.get("path") else ".png"
@@ -341,9 +381,9 @@ def write_dota_folder(dataset: datasets.Dataset, root: str | Path) -> Path:
                 shutil.copyfile(image["path"], target)
         objects = row["objects"]
         write_dota_labels(root / "labelTxt" / f"{image_id}.txt", objects["polygon"],
-                          [tokens[c] for c in objects["category"]], objects["difficult"],
+                          [names[c] for c in objects["category"]], objects["difficult"],
                           imagesource=row.get("imagesource"), gsd=row.get("gsd"))
-    (root / CLASSES_FILE).write_text("\n".join(tokens) + "\n", encoding="utf-8")
+    (root / CLASSES_FILE).write_text("\n".join(names) + "\n", encoding="utf-8")
     return root
 
 
@@ -355,6 +395,9 @@ def _check_names(names: Sequence[str], source: str) -> tuple[str, ...]:
     names = tuple(str(n).strip() for n in names)
     if not names or not all(names):
         raise ValueError(f"the class list ({source}) must hold non-empty names, got {list(names)}")
+    broken = [n for n in names if len(n.splitlines()) > 1]
+    if broken:
+        raise ValueError(f"the class list ({source}) holds names with line breaks: {broken}")
     repeated = sorted(n for n, c in Counter(names).items() if c > 1)
     if repeated:
         raise ValueError(f"the class list ({source}) repeats {repeated}")
@@ -378,13 +421,18 @@ def given_class_names(root: str | Path, version: str | None = None, class_names:
 
 
 def infer_class_names(found: Mapping[str, int]) -> tuple[tuple[str, ...], str]:
-    """``(names, source)`` from the class names found in labels (``name -> objects``): sorted, or DOTA's list in
-    mmrotate's order when they are DOTA classes covering at least half of one of its versions (DOTA data and
-    its subsets keep DOTA's class ids)."""
+    """``(names, source)`` from the class names found in labels (``name -> objects``).
+
+    The rule: when every name found is a DOTA class, DOTA's list in mmrotate's order of the first version whose
+    list holds them all (1.0, else 1.5, else 2.0: the shortest), so that DOTA data and its subsets keep DOTA's
+    class ids; otherwise (a single name outside DOTA's lists, or no name) the names found, sorted.
+    """
     names = set(found)
-    for version, dota in DOTA_CLASSES.items():
-        if names and names <= set(dota) and 2 * len(names) >= len(dota):
-            return dota, f"DOTA v{version}'s list: the labels' {len(names)} classes are DOTA v{version} classes"
+    for version in sorted(DOTA_CLASSES, key=lambda v: len(DOTA_CLASSES[v])):
+        dota = DOTA_CLASSES[version]
+        if names and names <= set(dota):
+            return dota, (f"DOTA v{version}'s list: every class in the labels ({len(names)} of its {len(dota)}) is a "
+                          f"DOTA v{version} class; pass the class list or a {CLASSES_FILE} for another")
     return tuple(sorted(names)), "inferred from the labels, sorted"
 
 
@@ -487,8 +535,10 @@ def load_dota(
         root: folder holding ``images_dir`` and ``labels_dir``.
         version: ``"1.0"``, ``"1.5"`` or ``"2.0"``: DOTA's class list (mmrotate order); ``None``: see below.
         class_names: the class list. Default: DOTA's ``version`` list if given, else ``root/classes.txt`` if
-            present, else the names in the labels (sorted; DOTA's list when they are mostly DOTA classes,
-            :func:`infer_class_names`). The chosen list and its source are logged and kept in the summary.
+            present, else the names in the labels (:func:`infer_class_names`: DOTA's list of the first version
+            that holds every one of them, else the names sorted). The chosen list and its source are logged and
+            kept in the summary. Label fields are read through the list's tokens (:func:`class_token_map`:
+            ``small_car`` is the class ``small car``).
         labels_dir: ``None`` for an unlabeled (test) split.
         skip_difficult: drop objects with ``difficult > 0``.
         skip_unlabeled: drop images without a label file (they are reported either way).
@@ -525,13 +575,14 @@ def load_dota(
     names, summary.class_source = resolve_class_names(root, found, version, class_names)
     summary.class_names = names
     logger.info("%s: %d classes (%s): %s", root, len(names), summary.class_source, ", ".join(names))
-    known = set(names)
+    known = class_token_map(names)
     for image_id, (objects, header) in parsed.items():
         unknown = [o for o in objects if o.class_name not in known]
         summary.problems.extend(LabelProblem(str(labels[image_id]), o.line, "unknown class", _object_text(o),
                                              o.class_name) for o in unknown)
-        if unknown:
-            parsed[image_id] = ([o for o in objects if o.class_name in known], header)
+        parsed[image_id] = ([replace(o, class_name=known[o.class_name]) for o in objects if o.class_name in known],
+                            header)
+    found = Counter({known.get(token, token): n for token, n in found.items()})
     check_unknown_classes(summary, found, f"DOTA {root}", max_unknown_fraction)
 
     columns: dict[str, list] = {k: [] for k in ("image", "image_id", "width", "height", "gsd", "imagesource",

@@ -8,6 +8,11 @@ up to three folders above it; Ultralytics' ``names:`` as a list or a ``{index: n
 class indices found. The result has :func:`~sl_detr_hf.data.dota.load_dota`'s schema (pixel polygons, rboxes,
 categories) and its reports: skipped lines per cause with counts and ``file:line`` examples, images without a
 label file (read as images without objects), label files without an image, unreadable images.
+
+The class names are kept as ``data.yaml`` spells them, spaces included (``small car``); no DOTA list is inferred
+(the indices are the class ids). :func:`~sl_detr_hf.data.dota.write_dota_folder` writes such a split as a DOTA
+folder whose label files carry ``small_car`` and whose ``classes.txt`` keeps ``small car``: ``load_dota`` of it
+gives back the same names and class ids.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ from ._utils import image_key, normalize_keys, warn_unmatched
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["evaluate_dota", "voc_ap", "write_task1_submission"]
+__all__ = ["evaluate_dota", "task1_file_names", "voc_ap", "write_task1_submission"]
 
 
 def _array(value: Any, dtype: torch.dtype) -> Tensor:
@@ -211,13 +211,51 @@ def evaluate_dota(detections: Sequence[Mapping], ground_truths: Sequence[Mapping
     return result
 
 
+TASK1_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
+"""Characters a Task1 file name keeps as they are (:func:`task1_file_names`)."""
+
+TASK1_MAX_STEM = 200
+"""Longest escaped class name in a Task1 file name (file names are limited to 255 bytes)."""
+
+
+def _task1_stem(name: str) -> str:
+    return "".join(c if c in TASK1_SAFE else "".join(f"%{b:02X}" for b in c.encode("utf-8")) for c in name)
+
+
+def task1_file_names(class_names: Sequence[str]) -> list[str]:
+    """The Task1 file name of each class, ``Task1_<stem>.txt``, safe for any name and distinct for distinct ids.
+
+    The stem is the name with every character outside ``A-Z a-z 0-9 - _ .`` written as the ``%XX`` bytes of its
+    UTF-8 (``small car`` -> ``small%20car``, ``a/b`` -> ``a%2Fb``, ``%`` -> ``%25``: reversible with
+    ``urllib.parse.unquote``); DOTA's class names are unchanged (``Task1_small-vehicle.txt``). A stem longer than
+    :data:`TASK1_MAX_STEM` is cut there and one equal to an earlier class's stem ignoring case (``Car`` after
+    ``car``, the same name twice: one file on case-insensitive file systems) gets ``~<class id>``: ``~`` is
+    always escaped in stems, so no two classes share a file on any file system.
+    """
+    names, seen = [], set()
+    for class_id, name in enumerate(class_names):
+        stem = _task1_stem(str(name))
+        if len(stem) > TASK1_MAX_STEM:
+            cut = TASK1_MAX_STEM
+            while "%" in stem[cut - 2:cut]:  # never inside a %XX
+                cut -= 1
+            stem = f"{stem[:cut]}~{class_id}"
+        elif stem.lower() in seen:
+            stem = f"{stem}~{class_id}"
+        seen.add(stem.lower())
+        names.append(f"Task1_{stem}.txt")
+    return names
+
+
 def write_task1_submission(detections: Sequence[Mapping], out_dir: str | os.PathLike,
                            class_names: Sequence[str]) -> list[str]:
     """Write DOTA Task1 result files ``Task1_<class>.txt``: lines ``image_id score x1 y1 x2 y2 x3 y3 x4 y4``.
 
     Args:
         detections: per-image dicts as for :func:`evaluate_dota` (``"polygons"`` used when present).
-        out_dir: created if needed; one file per class name, empty for classes without detections.
+        out_dir: created if needed; one file per class name, empty for classes without detections, named by
+            :func:`task1_file_names` (DOTA's names as they are; other characters escaped, never two classes in
+            one file).
         class_names: name of each class id.
     Returns:
         The written paths, in class order.
@@ -243,9 +281,9 @@ def write_task1_submission(detections: Sequence[Mapping], out_dir: str | os.Path
             coords = " ".join(f"{v:.2f}" for v in poly)
             lines[label].append(f"{image_id} {score:.6f} {coords}\n")
     paths = []
-    for name, cls_lines in zip(class_names, lines):
-        path = os.path.join(out_dir, f"Task1_{name}.txt")
-        with open(path, "w") as f:
+    for file_name, cls_lines in zip(task1_file_names(class_names), lines):
+        path = os.path.join(out_dir, file_name)
+        with open(path, "w", encoding="utf-8") as f:
             f.writelines(cls_lines)
         paths.append(path)
     return paths
