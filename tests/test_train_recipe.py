@@ -24,13 +24,13 @@ def _args(tmp_path, argv):
     from sl_detr_hf.commands._common import parse_dataclasses
 
     return parse_dataclasses("t", (ModelArguments, DataArguments, TrainingArguments),
-                             ["--output_dir", str(tmp_path), *argv])
+                             ["--output_dir", str(tmp_path), *argv], return_given=True)
 
 
 def test_from_scratch_recipe_fills_only_what_the_command_line_left_out(tmp_path):
     argv = ["--max_minutes", "15", "--learning_rate", "3e-4"]
-    model_args, data_args, training_args = _args(tmp_path, argv)
-    chosen = apply_recipe(argv, model_args, data_args, training_args)
+    (model_args, data_args, training_args), given = _args(tmp_path, argv)
+    chosen = apply_recipe(given, model_args, data_args, training_args)
     assert training_args.learning_rate == 3e-4 and "learning_rate" not in chosen  # given: kept
     assert training_args.per_device_train_batch_size == FROM_SCRATCH_RECIPE["per_device_train_batch_size"] == 4
     assert (training_args.warmup_steps, training_args.max_grad_norm, training_args.weight_decay) == (100, 0.1, 1e-4)
@@ -38,11 +38,12 @@ def test_from_scratch_recipe_fills_only_what_the_command_line_left_out(tmp_path)
     assert training_args.num_train_epochs >= 1e6 and "lr_scheduler_type" not in chosen
 
 
-def test_a_fine_tune_keeps_transformers_rate_and_a_step_limit_keeps_a_step_cosine(tmp_path):
+def test_a_fine_tune_gets_the_papers_rate_and_a_step_limit_keeps_a_step_cosine(tmp_path):
     argv = ["--model_name_or_path", "some/folder", "--max_steps", "50", "--max_minutes", "5"]
-    model_args, data_args, training_args = _args(tmp_path, argv)
-    chosen = apply_recipe(argv, model_args, data_args, training_args)
-    assert "learning_rate" not in chosen and training_args.per_device_train_batch_size == 8
+    (model_args, data_args, training_args), given = _args(tmp_path, argv)
+    chosen = apply_recipe(given, model_args, data_args, training_args)
+    assert chosen["learning_rate"] == training_args.learning_rate == 1e-4  # the paper's (README), not 5e-5
+    assert training_args.per_device_train_batch_size == 8
     assert chosen["lr_scheduler_type"] == "cosine" and training_args.max_steps == 50
     assert training_args.num_train_epochs == 3.0
 
@@ -89,6 +90,12 @@ def test_time_limited_run_shows_the_time_budget_and_writes_its_state(tmp_path, c
     assert (out / "model.safetensors").is_file()
 
 
-def test_time_limit_callback_without_progress_draws_nothing():
-    callback = TimeLimitCallback(1.0)
-    assert callback.bar is None
+def test_time_limit_callback_draws_a_bar_only_when_asked():
+    from transformers import TrainerControl, TrainerState
+
+    state = TrainerState()
+    quiet, drawn = TimeLimitCallback(1.0), TimeLimitCallback(1.0, progress=True)
+    for callback in (quiet, drawn):
+        callback.on_train_begin(None, state, TrainerControl())
+    assert quiet.bar is None and drawn.bar is not None and drawn.bar.total == 60
+    drawn.on_train_end(None, state, TrainerControl())

@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from ..training.time_budget import TimeBudgetCallback
 
 logger = logging.getLogger("sl_detr_hf")
 
@@ -52,56 +53,9 @@ def tiny_config_kwargs(num_labels: int, id2label: dict[int, str], d_model: int =
     )
 
 
-class TimeLimitCallback:
-    """Stops training after ``max_minutes`` of wall-clock time (checked every step); then evaluates unless
-    ``evaluate_on_stop=False`` (the caller evaluates itself, or there is nothing to evaluate on) and saves a
-    checkpoint unless ``save_on_stop=False`` (default: as ``evaluate_on_stop``).
-
-    With ``progress=True`` it also draws the progress bar over the time budget (minutes, step, last loss) and prints
-    the log lines: replace `Trainer`'s step-count bar with it when the step count is not known in advance
-    (``trainer.remove_callback(ProgressCallback)``).
-    """
-
-    def __new__(cls, max_minutes: float, evaluate_on_stop: bool = True, progress: bool = False,
-                save_on_stop: bool | None = None):
-        from tqdm.auto import tqdm
-        from transformers import TrainerCallback
-
-        class _TimeLimit(TrainerCallback):
-            def __init__(self) -> None:
-                self.deadline = None
-                self.started = None
-                self.bar = None
-
-            def on_train_begin(self, args, state, control, **kwargs):
-                self.started = time.monotonic()
-                self.deadline = self.started + max_minutes * 60
-                if progress and state.is_world_process_zero:
-                    self.bar = tqdm(total=round(max_minutes * 60), unit="s", desc="training (time budget)",
-                                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s {postfix}")
-
-            def on_step_end(self, args, state, control, **kwargs):
-                now = time.monotonic()
-                if self.bar is not None:
-                    self.bar.update(min(round(now - self.started), self.bar.total) - self.bar.n)
-                    self.bar.set_postfix_str(f"step {state.global_step}", refresh=True)
-                if self.deadline is not None and now > self.deadline:
-                    logger.info("time limit of %.1f minutes reached at step %d", max_minutes, state.global_step)
-                    control.should_training_stop = True
-                    control.should_evaluate = evaluate_on_stop
-                    control.should_save = evaluate_on_stop if save_on_stop is None else save_on_stop
-                return control
-
-            def on_log(self, args, state, control, logs=None, **kwargs):
-                if self.bar is not None and logs:
-                    self.bar.write(str({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in logs.items()}))
-
-            def on_train_end(self, args, state, control, **kwargs):
-                if self.bar is not None:
-                    self.bar.close()
-                    self.bar = None
-
-        return _TimeLimit()
+TimeLimitCallback = TimeBudgetCallback
+"""The time limit of the commands: :class:`~sl_detr_hf.training.time_budget.TimeBudgetCallback` (training time
+counted across resumed runs, stored in the checkpoints; optional progress bar over the budget)."""
 
 
 def plot_training_curves(log_history: list[dict], path: Path) -> Path:
@@ -158,14 +112,46 @@ def parse_config_overrides(text: str) -> dict:
     return overrides
 
 
-def parse_dataclasses(prog: str, classes: tuple, argv: Sequence[str]):
+def parse_dataclasses(prog: str, classes: tuple, argv: Sequence[str], return_given: bool = False):
+    """Parse ``argv`` (options, or a single JSON / YAML file of them) into the dataclasses ``classes``.
+
+    With ``return_given=True`` also returns the set of field names the user gave (in the file, or on the command
+    line in any spelling the parser accepts: ``--learning-rate``, ``--learning_rate=...``, ``--no_x``), decided
+    by the parser itself, so that defaults filled in later never overwrite a given value.
+    """
     from transformers import HfArgumentParser
 
     parser = HfArgumentParser(classes, prog=prog)
     if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+        path = Path(argv[0]).resolve()
         loader = parser.parse_json_file if argv[0].endswith(".json") else parser.parse_yaml_file
-        return loader(str(Path(argv[0]).resolve()))
-    return parser.parse_args_into_dataclasses(args=list(argv))
+        parsed = loader(str(path))
+        given = set(_read_options_file(path)) if return_given else set()
+    else:
+        parsed = parser.parse_args_into_dataclasses(args=list(argv))
+        given = _given_on_command_line(HfArgumentParser(classes, prog=prog), argv) if return_given else set()
+    return (parsed, given) if return_given else parsed
+
+
+def _read_options_file(path: Path) -> dict:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        return json.loads(text)
+    import yaml
+
+    return yaml.safe_load(text) or {}
+
+
+def _given_on_command_line(parser, argv: Sequence[str]) -> set[str]:
+    """The destinations ``argv`` sets: the same parser with every default suppressed keeps only those."""
+    import argparse
+
+    for action in parser._actions:  # argparse has no public way to list actions
+        if not isinstance(action, argparse._HelpAction):
+            action.default = argparse.SUPPRESS
+            action.required = False
+    namespace, _ = parser.parse_known_args(list(argv))
+    return set(vars(namespace))
 
 
 MIN_CPUS_FOR_WORKERS = 4

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +48,10 @@ class ModelArguments:
                 "objects from about 12 px up at a quarter of the cost of adding stride 8"})
     config: str = field(default="", metadata={
         "help": "size=tiny: comma-separated SlDetrConfig overrides, e.g. 'num_denoising=50,d_model=192'"})
+    new_class_heads: bool = field(default=False, metadata={
+        "help": "with --model_name_or_path / --from_deformable_detr: start every classification row afresh, in the "
+                "data's class order; default: the data's classes are matched to the model's by name (rows keep "
+                "their names, the data's new classes get new rows, the model's other classes keep theirs)"})
     low_lr_multiplier: float | None = field(default=None, metadata={
         "help": "learning-rate factor of the backbone and the sampling offsets; None: 1.0 when the backbone is "
                 "trained from scratch, 0.1 (the paper) when it starts from pretrained weights"})
@@ -160,17 +164,26 @@ def last_complete_checkpoint(output_dir: str | Path) -> str | None:
     return None
 
 
-def check_not_finished(checkpoint: str, training_args) -> None:
-    """Refuse to "resume" a run that already reached its end: it would train 0 steps and report success."""
+def check_not_finished(checkpoint: str, training_args, max_minutes: float | None = None) -> None:
+    """Refuse to "resume" a run that already reached its end: it would train 0 steps and report success.
+
+    ``max_minutes``: the run's time budget when time ends it (the checkpoint records the training time spent).
+    """
+    from ..training.time_budget import spent_seconds_in_checkpoint
+
     state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
     step, epoch = int(state.get("global_step", 0)), float(state.get("epoch") or 0.0)
-    if training_args.max_steps is not None and training_args.max_steps > 0:
+    spent = spent_seconds_in_checkpoint(checkpoint) if max_minutes else None
+    if spent is not None:
+        done, target = spent >= max_minutes * 60, f"--max_minutes {max_minutes:g} ({spent / 60:.2f} minutes spent)"
+    elif training_args.max_steps is not None and training_args.max_steps > 0:
         done, target = step >= training_args.max_steps, f"--max_steps {training_args.max_steps}"
     else:
         done, target = epoch >= training_args.num_train_epochs, f"--num_train_epochs {training_args.num_train_epochs:g}"
     if done:
         raise SystemExit(f"error: {checkpoint} already reached step {step} (epoch {epoch:g}), the end set by {target}: "
-                         "nothing left to train. To train longer, raise --max_steps or --num_train_epochs; to start "
+                         "nothing left to train. To train longer, raise --max_minutes, --max_steps or "
+                         "--num_train_epochs; to start "
                          "fresh, use another --output_dir (or remove its checkpoint-* folders).")
 
 
@@ -202,10 +215,11 @@ def build_model(model_args: ModelArguments, names: list[str], seed: int, most_ob
             check_model_folder(model_args.model_name_or_path)
         except ValueError as err:
             raise SystemExit(f"error: --model_name_or_path {err}") from None
-        return SlDetrForObjectDetection.from_pretrained(model_args.model_name_or_path, num_labels=len(names),
-                                                        id2label=id2label, ignore_mismatched_sizes=True)
+        model = SlDetrForObjectDetection.from_pretrained(model_args.model_name_or_path)
+        return _with_classes(model, names, model_args.new_class_heads)
     if model_args.from_deformable_detr:
-        return SlDetrForObjectDetection.from_deformable_detr(model_args.from_deformable_detr, box_type=box_type)
+        model = SlDetrForObjectDetection.from_deformable_detr(model_args.from_deformable_detr, box_type=box_type)
+        return _with_classes(model, names, model_args.new_class_heads)
     if model_args.size == "tiny":
         queries = model_args.num_queries or max(100, math.ceil(1.2 * most_objects))
         stages = [stage.strip() for stage in model_args.backbone_stages.split(",") if stage.strip()]
@@ -225,6 +239,37 @@ def build_model(model_args: ModelArguments, names: list[str], seed: int, most_ob
             label2id={v: k for k, v in id2label.items()}, box_type=box_type,
             use_sync_loc=not model_args.no_sync, use_quality_cls=not model_args.no_sync))
     raise SystemExit(f"error: --size must be tiny or paper, got {model_args.size!r}")
+
+
+def _with_classes(model, names: list[str], fresh: bool):
+    """``model`` with one classification row per name of ``names`` (:func:`~sl_detr_hf.class_mapping.map_class_heads`;
+    ``names`` starts with the model's own list unless ``fresh``)."""
+    from ..class_mapping import map_class_heads
+
+    added = map_class_heads(model, names, fresh=fresh)
+    if fresh:
+        logger.info("classification heads started afresh (--new_class_heads) for %d classes: %s", len(names),
+                    ", ".join(names))
+    elif added:
+        logger.info("new classification rows for the classes the model lacks: %s", ", ".join(added))
+    return model
+
+
+def starting_class_names(model_args: ModelArguments) -> list[str] | None:
+    """The class list of the model training starts from (its ``id2label``), or None for a new model."""
+    from transformers import AutoConfig
+
+    from ..class_mapping import model_class_names
+
+    source = model_args.model_name_or_path or model_args.from_deformable_detr
+    if not source:
+        return None
+    if model_args.model_name_or_path:
+        try:
+            check_model_folder(source)
+        except ValueError as err:
+            raise SystemExit(f"error: --model_name_or_path {err}") from None
+    return model_class_names(AutoConfig.from_pretrained(source).id2label)
 
 
 def trains_from_scratch(model_args: ModelArguments) -> bool:
@@ -250,15 +295,19 @@ def most_objects_per_image(dataset) -> int:
 
 
 FROM_SCRATCH_RECIPE = {"learning_rate": 1e-3, "per_device_train_batch_size": 4, "warmup_steps": 100}
-"""`TrainingArguments` for a tiny model trained from scratch, unless given on the command line (BENCHMARKS.md,
-"Real images"): DETR's 1e-4 suits a pretrained backbone and 12-36 epochs, not a random one and minutes."""
+"""`TrainingArguments` for a tiny model trained from scratch, unless given (BENCHMARKS.md, "Real images"): DETR's
+1e-4 suits a pretrained backbone and 12-36 epochs, not a random one and minutes."""
 
-PAPER_OPTIMIZER = {"max_grad_norm": 0.1, "weight_decay": 1e-4, "logging_steps": 25}
-"""The paper's gradient clip and weight decay (every model), and a log line every 25 steps."""
+PAPER_OPTIMIZER = {"learning_rate": 1e-4, "max_grad_norm": 0.1, "weight_decay": 1e-4, "logging_steps": 25}
+"""The paper's learning rate (every model not trained from scratch), gradient clip and weight decay, and a log
+line every 25 steps."""
 
 
-def apply_recipe(argv: Sequence[str], model_args: ModelArguments, data: DataArguments, training_args) -> dict:
-    """Fill the training arguments the command line left out; returns what was set.
+def apply_recipe(given: Collection[str], model_args: ModelArguments, data: DataArguments, training_args) -> dict:
+    """Fill the training arguments the user left out; returns what was set.
+
+    ``given``: the option names the user set (in an options file or on the command line, in any spelling), as
+    :func:`~sl_detr_hf.commands._common.parse_dataclasses` returns them: their values are never replaced.
 
     - every run: :data:`PAPER_OPTIMIZER`;
     - a tiny model trained from scratch: :data:`FROM_SCRATCH_RECIPE`;
@@ -266,7 +315,7 @@ def apply_recipe(argv: Sequence[str], model_args: ModelArguments, data: DataArgu
       limit) and the learning rate follows a cosine over that time (`TimeBudgetSchedule`), so a time-limited run
       ends at a low rate; otherwise a cosine over the steps.
     """
-    given = {a[2:].split("=", 1)[0] for a in argv if a.startswith("--")}
+    given = set(given)
     chosen = dict(PAPER_OPTIMIZER)
     if model_args.size == "tiny" and trains_from_scratch(model_args):
         chosen.update(FROM_SCRATCH_RECIPE)
@@ -278,7 +327,8 @@ def apply_recipe(argv: Sequence[str], model_args: ModelArguments, data: DataArgu
     for key, value in chosen.items():
         setattr(training_args, key, value)
     if chosen:
-        logger.info("training recipe: %s", ", ".join(f"{k}={v}" for k, v in chosen.items()))
+        logger.info("training recipe (options you did not give): %s",
+                    ", ".join(f"{k}={v}" for k, v in chosen.items()))
     return chosen
 
 
@@ -290,14 +340,26 @@ def run_train(model_args: ModelArguments, data: DataArguments, training_args) ->
 
     if model_args.box_type not in ("rotated", "horizontal"):
         raise SystemExit(f"error: --box_type must be rotated or horizontal, got {model_args.box_type!r}")
+    from ..class_mapping import merge_class_names, remap_dataset_classes
+
     work_dir = Path(training_args.output_dir)
     train_raw = _load_split(data, "train", work_dir)
     if train_raw is None:
         raise SystemExit("error: --train_dir is required unless --data_format synthetic")
-    val_raw = _load_split(data, "val", work_dir, train_raw.features["objects"]["category"].feature.names)
-    names = train_raw.features["objects"]["category"].feature.names
+    names = list(train_raw.features["objects"]["category"].feature.names)
+    model_names = None if model_args.new_class_heads else starting_class_names(model_args)
+    if model_names is not None:  # fine-tuning: each class keeps its row, the data follows the model's ids
+        names, added = merge_class_names(model_names, names)
+        logger.info("classes: the model's %d (ids kept)%s", len(model_names),
+                    f" + {len(added)} new from the data: {', '.join(added)}" if added else "")
+        train_raw = remap_dataset_classes(train_raw, names)
+    val_raw = _load_split(data, "val", work_dir, names)
+    if val_raw is not None:
+        val_raw = remap_dataset_classes(val_raw, names) if model_names is not None else val_raw
     id2label = dict(enumerate(names))
-    model = build_model(model_args, list(names), training_args.seed, most_objects=most_objects_per_image(train_raw))
+    if keep_freed_memory_for_training(training_args):
+        logger.info("CPU training: freed memory stays in the process (sl_detr_hf.training.allocator)")
+    model = build_model(model_args, names, training_args.seed, most_objects=most_objects_per_image(train_raw))
     box_type = model.config.box_type
     processor = SlDetrImageProcessor(size={"shortest_edge": data.image_size, "longest_edge": data.image_size},
                                      box_type=box_type, max_detections=model.config.max_detections)
@@ -305,7 +367,8 @@ def run_train(model_args: ModelArguments, data: DataArguments, training_args) ->
     train_ds = prepare_dataset(train_raw, processor, box_type, augment)
     val_ds = prepare_dataset(val_raw, processor, box_type) if val_raw is not None else None
     by_time = bool(data.max_minutes) and training_args.max_steps <= 0  # the step count is not known
-    callbacks = ([TimeLimitCallback(data.max_minutes, evaluate_on_stop=val_ds is not None, save_on_stop=True,
+    # at the time limit: save; the evaluation below runs once, after training
+    callbacks = ([TimeLimitCallback(data.max_minutes, evaluate_on_stop=False, save_on_stop=True,
                                     progress=by_time and not training_args.disable_tqdm)]
                  if data.max_minutes else [])
     trainer = SlDetrTrainer(
@@ -320,13 +383,16 @@ def run_train(model_args: ModelArguments, data: DataArguments, training_args) ->
         from transformers.trainer_callback import ProgressCallback
 
         trainer.remove_callback(ProgressCallback)  # its bar would count to the placeholder epoch limit
+    trains = training_args.do_train or not training_args.do_eval
     resume = training_args.resume_from_checkpoint
-    if resume == "last" or (resume is None and training_args.do_train):
+    if resume == "last" or (resume is None and trains):  # a run into a folder with checkpoints continues it
         resume = last_complete_checkpoint(training_args.output_dir)
-    if resume is not None and (training_args.do_train or not training_args.do_eval):
-        check_not_finished(resume, training_args)
+        if resume is not None:
+            logger.info("resuming from %s (the last complete checkpoint in --output_dir)", resume)
+    if resume is not None and trains:
+        check_not_finished(resume, training_args, data.max_minutes if by_time else None)
     metrics: dict = {}
-    if training_args.do_train or not training_args.do_eval:
+    if trains:
         result = trainer.train(resume_from_checkpoint=resume)
         metrics.update(result.metrics)
         trainer.save_model()
@@ -344,19 +410,27 @@ def main(argv: Sequence[str]) -> int:
     """``sl-detr train [options]`` (or a single JSON / YAML file of them)."""
     from transformers import TrainingArguments
 
-    from ..training.allocator import keep_freed_memory
-
-    model_args, data_args, training_args = parse_dataclasses(
-        "sl-detr train", (ModelArguments, DataArguments, TrainingArguments), argv)
+    (model_args, data_args, training_args), given = parse_dataclasses(
+        "sl-detr train", (ModelArguments, DataArguments, TrainingArguments), argv, return_given=True)
     training_args.remove_unused_columns = False
     training_args.label_names = ["labels"]
-    apply_recipe(argv, model_args, data_args, training_args)
-    keep_freed_memory()
-    if not any(a.startswith("--dataloader_num_workers") for a in argv):  # decode / augment beside the training
+    apply_recipe(given, model_args, data_args, training_args)
+    if "dataloader_num_workers" not in given:  # decode / augment beside the training
         training_args.dataloader_num_workers = default_num_workers()
-    if not any(a.startswith("--dataloader_pin_memory") for a in argv):
+    if "dataloader_pin_memory" not in given:
         import torch
 
         training_args.dataloader_pin_memory = torch.cuda.is_available()
     run_train(model_args, data_args, training_args)
     return 0
+
+
+def keep_freed_memory_for_training(training_args) -> bool:
+    """`keep_freed_memory` where it was measured to help: training on the CPU (BENCHMARKS.md, "Cost per image at
+    real sizes"), called after the data is read (``--split_patches`` decodes whole scenes, whose one-off buffers
+    would stay in the heap). GPU runs keep glibc's defaults. Returns whether it is in effect."""
+    from ..training.allocator import keep_freed_memory
+
+    if training_args.device.type != "cpu":
+        return False
+    return keep_freed_memory()

@@ -10,6 +10,9 @@ and the large auxiliary outputs are dropped per batch.
 
 from __future__ import annotations
 
+import logging
+import pickle
+
 import torch
 from torch import nn
 from transformers import Trainer, TrainingArguments
@@ -18,8 +21,11 @@ from transformers.trainer_utils import get_last_checkpoint
 from .ema import EmaCallback
 from .metrics import select_detection_outputs
 from .schedule import TimeBudgetSchedule
+from .time_budget import TimeBudgetCallback, spent_seconds_in_checkpoint
 
 __all__ = ["SlDetrTrainer", "build_param_groups", "paper_training_arguments"]
+
+logger = logging.getLogger(__name__)
 
 LOW_LR_KEYWORDS = ("backbone", "sampling_offsets", "reference_points")
 """Parameters trained at ``lr * low_lr_multiplier`` (Deformable DETR / the paper: backbone and the
@@ -80,8 +86,10 @@ class SlDetrTrainer(Trainer):
     Args:
         low_lr_multiplier: learning-rate factor of the backbone, sampling offsets and reference points.
         time_budget_minutes: when set, the learning rate follows :class:`TimeBudgetSchedule` (linear warmup over
-            ``args.warmup_steps``, then a cosine over the elapsed fraction of this wall-clock budget) instead of
-            ``args.lr_scheduler_type``; pair it with a time limit that stops training at the budget.
+            ``args.warmup_steps``, then a cosine over the spent fraction of this training-time budget) instead of
+            ``args.lr_scheduler_type``, and training stops when the budget is spent: the budget is the
+            :class:`TimeBudgetCallback` among ``callbacks`` (one with these minutes is added when there is none).
+            With any :class:`TimeBudgetCallback`, resuming a checkpoint restores the time already spent.
         ema_decay: when set, keep an exponential moving average of the weights (:class:`~.ema.ModelEma`, decay
             ramped up over ``ema_warmup_steps``): evaluation during training scores the average, checkpoints
             hold it as ``ema.pt`` (resuming restores it), and at the end of training the model takes it.
@@ -93,16 +101,30 @@ class SlDetrTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.low_lr_multiplier = low_lr_multiplier
         self.time_budget_minutes = time_budget_minutes
+        if time_budget_minutes is not None and self.time_budget is None:
+            self.add_callback(TimeBudgetCallback(time_budget_minutes, evaluate_on_stop=False, save_on_stop=True))
         self.ema_callback = EmaCallback(ema_decay, ema_warmup_steps) if ema_decay is not None else None
         if self.ema_callback is not None:
             self.add_callback(self.ema_callback)
 
+    @property
+    def time_budget(self) -> TimeBudgetCallback | None:
+        """The :class:`TimeBudgetCallback` among the callbacks, if any."""
+        return next((cb for cb in self.callback_handler.callbacks if isinstance(cb, TimeBudgetCallback)), None)
+
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        path = resume_from_checkpoint
+        if path is True:  # Trainer's own rule; it raises a clear error when there is none
+            path = get_last_checkpoint(self.args.output_dir)
         if self.ema_callback is not None:
-            path = resume_from_checkpoint
-            if path is True:  # Trainer's own rule; it raises a clear error when there is none
-                path = get_last_checkpoint(self.args.output_dir)
             self.ema_callback.resume_from = str(path) if path else None
+        budget = self.time_budget
+        if budget is not None and path:
+            spent = spent_seconds_in_checkpoint(path)
+            if spent is None:
+                logger.warning("%s records no training time (written without a time budget, or by an earlier "
+                               "release): the %g-minute budget counts from now", path, budget.max_minutes)
+            budget.resume_from(spent or 0.0)
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def evaluate(self, *args, **kwargs):
@@ -118,10 +140,24 @@ class SlDetrTrainer(Trainer):
             return super().create_scheduler(num_training_steps, optimizer)
         optimizer = self.optimizer if optimizer is None else optimizer
         warmup = self.args.get_warmup_steps(num_training_steps)
-        schedule = TimeBudgetSchedule(self.time_budget_minutes, warmup_steps=warmup)
+        schedule = TimeBudgetSchedule(warmup_steps=warmup)
+        self.time_budget.drive(schedule)
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         self._created_lr_scheduler = True
         return self.lr_scheduler
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        """`Trainer`'s; a time-budget schedule is a function of the step and of the time spent, so a scheduler
+        file that does not load (pickled by an earlier release) is rebuilt from the step."""
+        try:
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        except pickle.UnpicklingError as err:  # weights_only refuses the clock an earlier release pickled
+            if self.time_budget_minutes is None or checkpoint is None or not isinstance(
+                    self.lr_scheduler, torch.optim.lr_scheduler.LambdaLR):
+                raise
+            logger.warning("%s/scheduler.pt does not load (%s): the time-budget schedule continues from step %d",
+                           checkpoint, type(err).__name__, self.state.global_step)
+            self.lr_scheduler.last_epoch = self.state.global_step
 
     def create_optimizer(self, model=None):
         opt_model = self.model if model is None else model

@@ -1,0 +1,209 @@
+"""`sl-detr train` keeps what the user asked: options in any spelling or file, class ids when fine-tuning,
+resuming a time-limited run after a kill, the same weights from the same seed, one evaluation at the end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sl_detr_hf.cli import main
+from sl_detr_hf.data import make_synthetic_dota
+from sl_detr_hf.data.synthetic import SYNTHETIC_CLASSES
+
+SMALL = ["--image_size", "64", "--config", "d_model=32,num_denoising=10", "--num_queries", "10", "--use_cpu",
+         "--report_to", "none"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_synthetic_dota(tmp_path_factory.mktemp("data") / "train", num_images=4, image_size=64, seed=1,
+                               max_objects=3)
+
+
+def _captured_arguments(monkeypatch, argv):
+    from sl_detr_hf.commands import train
+
+    seen = {}
+    monkeypatch.setattr(train, "run_train", lambda m, d, t: seen.update(model=m, data=d, training=t))
+    assert main(["train", *argv]) == 0
+    return seen["training"]
+
+
+@pytest.mark.parametrize("spelling", ["yaml", "json", "dashed", "equals"])
+def test_the_users_options_win_over_the_recipe_in_every_spelling(monkeypatch, tmp_path, spelling):
+    """`apply_recipe` looked for `--name` tokens in argv: a file or `--learning-rate` lost to the recipe."""
+    options = {"output_dir": str(tmp_path / "run"), "max_minutes": 15, "learning_rate": 0.0005,
+               "per_device_train_batch_size": 2, "dataloader_num_workers": 1}
+    if spelling in ("yaml", "json"):
+        path = tmp_path / f"args.{spelling}"
+        path.write_text(json.dumps(options) if spelling == "json" else
+                        "".join(f"{k}: {v}\n" for k, v in options.items()))
+        argv = [str(path)]
+    elif spelling == "dashed":
+        argv = [a for k, v in options.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+    else:
+        argv = [f"--{k}={v}" for k, v in options.items()]
+    args = _captured_arguments(monkeypatch, argv)
+    assert (args.learning_rate, args.per_device_train_batch_size, args.dataloader_num_workers) == (0.0005, 2, 1)
+    assert (args.warmup_steps, args.max_grad_norm) == (100, 0.1)  # what was not given: the recipe's
+    assert args.num_train_epochs >= 1e6  # --max_minutes without a step limit: time ends the run
+
+
+def test_a_fine_tune_gets_the_papers_rate_unless_given(monkeypatch, tmp_path):
+    base = ["--output_dir", str(tmp_path), "--model_name_or_path", str(tmp_path / "m")]
+    assert _captured_arguments(monkeypatch, base).learning_rate == 1e-4
+    assert _captured_arguments(monkeypatch, [*base, "--learning-rate", "3e-5"]).learning_rate == 3e-5
+
+
+def _tiny_folder(tmp_path: Path, names: list[str]) -> Path:
+    from sl_detr_hf.commands.train import ModelArguments, build_model
+
+    model = build_model(ModelArguments(config="d_model=32,num_denoising=10", num_queries=10), names, seed=0)
+    folder = tmp_path / "base"
+    model.save_pretrained(folder)
+    return folder
+
+
+def _rows(folder: Path) -> tuple[dict[str, torch.Tensor], dict[int, str]]:
+    """Class name -> its rows of every classification head (weights and biases), and the id2label."""
+    weights = load_file(folder / "model.safetensors")
+    id2label = {int(k): v for k, v in json.loads((folder / "config.json").read_text())["id2label"].items()}
+    heads = sorted(k for k in weights if "class_embed" in k)
+    return ({name: torch.cat([weights[k][i].flatten() for k in heads]) for i, name in id2label.items()},
+            id2label)
+
+
+def test_fine_tuning_keeps_each_class_under_its_name(tmp_path, data):
+    """The data's classes.txt lists the model's classes in another order, plus one class the model lacks."""
+    base = _tiny_folder(tmp_path, list(SYNTHETIC_CLASSES))
+    reordered = tmp_path / "reordered"
+    reordered.mkdir()
+    for sub in ("images", "labelTxt"):
+        (reordered / sub).symlink_to(data / sub)
+    (reordered / "classes.txt").write_text("\n".join([*reversed(SYNTHETIC_CLASSES), "zebra"]) + "\n")
+    out = tmp_path / "tuned"
+    assert main(["train", "--model_name_or_path", str(base), "--data_format", "dota", "--train_dir", str(reordered),
+                 "--max_steps", "1", "--learning_rate", "1e-7", "--output_dir", str(out), "--save_strategy", "no",
+                 *SMALL[:2], "--use_cpu", "--report_to", "none"]) == 0
+    before, base_labels = _rows(base)
+    after, labels = _rows(out)
+    assert labels == {**base_labels, len(SYNTHETIC_CLASSES): "zebra"}  # ids kept, the new class appended
+    for name in SYNTHETIC_CLASSES:
+        assert torch.allclose(after[name], before[name], atol=1e-5), name
+    denoising = load_file(out / "model.safetensors")["model.denoising_class_embed.weight"]
+    assert denoising.shape[0] == len(SYNTHETIC_CLASSES) + 2  # a row per class and the padding row
+
+    fresh = tmp_path / "fresh"
+    assert main(["train", "--model_name_or_path", str(base), "--data_format", "dota", "--train_dir", str(reordered),
+                 "--max_steps", "1", "--learning_rate", "1e-7", "--output_dir", str(fresh), "--save_strategy", "no",
+                 "--new_class_heads", "--image_size", "64", "--use_cpu", "--report_to", "none"]) == 0
+    rows, labels = _rows(fresh)
+    assert list(labels.values()) == [*reversed(SYNTHETIC_CLASSES), "zebra"]  # asked for: the data's order, afresh
+    assert not torch.allclose(rows[SYNTHETIC_CLASSES[0]], before[SYNTHETIC_CLASSES[0]], atol=1e-3)
+
+
+def test_map_class_heads_moves_rows_by_name():
+    from _tiny_sl_detr import tiny_model
+
+    from sl_detr_hf.class_mapping import map_class_heads, merge_class_names
+
+    model = tiny_model()
+    names = list(model.config.id2label.values())
+    head = model.model.decoder.class_embed[0]
+    old_weight, old_bias = head.weight.detach().clone(), head.bias.detach().clone()
+    merged, added = merge_class_names(names, [names[1], "new", names[0]])
+    assert merged == [*names, "new"] and added == ["new"]
+    assert map_class_heads(model, [names[1], "new", names[0]]) == ["new"]
+    assert torch.equal(head.weight[0], old_weight[1]) and torch.equal(head.weight[2], old_weight[0])
+    assert torch.equal(head.bias[[0, 2]], old_bias[[1, 0]])
+    assert head.bias[1].item() == pytest.approx(-4.59512, abs=1e-5)  # the focal prior
+    assert model.config.id2label == {0: names[1], 1: "new", 2: names[0]} and model.config.num_labels == 3
+    assert all(m.out_features == 3 for m in model.model.decoder.class_embed)
+
+
+def test_the_same_seed_gives_the_same_weights(tmp_path, data):
+    runs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        assert main(["train", "--data_format", "dota", "--train_dir", str(data), "--max_steps", "2", "--seed", "3",
+                     "--output_dir", str(out), "--save_strategy", "no", *SMALL]) == 0
+        runs.append(load_file(out / "model.safetensors"))
+    assert runs[0].keys() == runs[1].keys()
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
+def test_a_time_limited_run_evaluates_once(monkeypatch, tmp_path, data):
+    from sl_detr_hf.training import SlDetrTrainer
+
+    calls = []
+    original = SlDetrTrainer.evaluate
+    monkeypatch.setattr(SlDetrTrainer, "evaluate", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    assert main(["train", "--data_format", "dota", "--train_dir", str(data), "--val_dir", str(data),
+                 "--max_minutes", "0.02", "--output_dir", str(tmp_path / "run"), "--save_strategy", "no",
+                 *SMALL]) == 0
+    assert len(calls) == 1
+    assert "eval_mAP" in json.loads((tmp_path / "run" / "final_metrics.json").read_text())
+
+
+def test_the_allocator_setting_is_for_cpu_training_only(monkeypatch):
+    from sl_detr_hf.commands import train
+    from sl_detr_hf.training import allocator
+
+    applied = []
+    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: applied.append(1) or True)
+    assert not train.keep_freed_memory_for_training(SimpleNamespace(device=torch.device("cuda", 0)))
+    assert train.keep_freed_memory_for_training(SimpleNamespace(device=torch.device("cpu")))
+    assert applied == [1]
+
+
+def _spent(checkpoint: Path) -> float | None:
+    from sl_detr_hf.training.time_budget import spent_seconds_in_checkpoint
+
+    return spent_seconds_in_checkpoint(checkpoint)
+
+
+@pytest.mark.slow
+def test_a_time_limited_run_resumes_after_a_kill_with_what_is_left(tmp_path, data):
+    """The resume failed on the pickled clock in scheduler.pt; had it loaded, the budget started afresh."""
+    budget_s = 20.0
+    out = tmp_path / "run"
+    argv = ["train", "--data_format", "dota", "--train_dir", str(data), "--max_minutes", str(budget_s / 60),
+            "--save_steps", "2", "--warmup_steps", "0", "--logging_steps", "1", "--output_dir", str(out), *SMALL]
+    process = subprocess.Popen([sys.executable, "-c", f"from sl_detr_hf.cli import main; main({argv!r})"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed_at = None
+    try:
+        deadline = time.monotonic() + 240
+        while killed_at is None and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.2)
+            for checkpoint in out.glob("checkpoint-*"):
+                spent = _spent(checkpoint)
+                if spent is not None and spent >= 6.0 and (checkpoint / "model.safetensors").is_file():
+                    process.kill()  # kill -9
+                    killed_at = spent
+                    break
+    finally:
+        process.kill()
+        process.wait()
+    assert killed_at is not None, "the first run wrote no checkpoint after 6 s of training"
+    last = max(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    spent_before, step_before = _spent(last), json.loads((last / "trainer_state.json").read_text())["global_step"]
+
+    assert main([*argv[:-len(SMALL)], "--resume_from_checkpoint", "last", *SMALL]) == 0
+    state = json.loads((out / "trainer_state.json").read_text())
+    history = state["log_history"]
+    runtime = next(h["train_runtime"] for h in reversed(history) if "train_runtime" in h)
+    final = max(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert _spent(final) >= budget_s and state["global_step"] > step_before
+    assert runtime < budget_s - spent_before + 4.0  # what was left, not a fresh budget
+    # the learning rate continues on its cosine: the first step after the resume is past its peak
+    rates = [h["learning_rate"] for h in history if "learning_rate" in h and h["step"] > step_before]
+    assert rates and rates[0] < 1e-3 * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * spent_before / budget_s))) + 1e-6
