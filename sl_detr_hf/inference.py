@@ -248,10 +248,17 @@ def _open_input(path: Path, tile: int | None, bands: Sequence[int] | None, use_r
         if is_raster_path(path):
             raise ImportError(f"{path}: choosing bands needs rasterio: {GEO_EXTRA_HINT}")
         notes.append(f"{path.name}: --bands applies to TIFF rasters; read as RGB")
-    if is_raster_path(path) and tiff_has_georeference(path):
+    if not is_raster_path(path):
+        return (open_scene(path) if tile else open_image(path)), None  # 16-bit images scaled, not white
+    try:
+        image = open_scene(path) if tile else open_image(path)
+    except Exception as err:  # e.g. 4 bands of 16 bits: PIL cannot identify the file
+        raise ValueError(f"{err} ({GEO_EXTRA_HINT} installs rasterio, which reads multi-band and 16-bit TIFFs)"
+                         ) from err
+    if tiff_has_georeference(path):
         notes.append(f"{path.name}: georeferenced, predicted in pixels only; {GEO_EXTRA_HINT} (rasterio) writes "
                      "its GeoJSON")
-    return (open_scene(path) if tile else open_image(path)), None  # 16-bit images scaled, not white
+    return image, None
 
 
 def _write_geojson(raster: RasterScene, detections: list[dict[str, Any]], crs: str, path: Path, notes: list[str]

@@ -5,13 +5,16 @@ pixel), which is also where a GeoTIFF's affine transform puts pixel ``(col, row)
 maps to ``(a x + b y + c, d x + e y + f)`` in the raster's CRS (``Affine(a, b, c, d, e, f)``, rasterio's order).
 
 The output follows RFC 7946: one ``Polygon`` per detection, its ring closed (5 positions, the last the first) and
-counter-clockwise (the right-hand rule); longitude / latitude in EPSG:4326 by default, without a ``"crs"`` member.
-Asked for another CRS (``crs="native"``: the raster's own), the coordinates are in that CRS and the file names it in
-a ``"crs"`` member (``{"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::32633"}}``, the 2008 GeoJSON
-form that GDAL / QGIS read). Properties: ``label``, ``score``, ``rbox`` (the pixel box ``cx, cy, w, h, theta``)
-and ``source`` (the raster's file name).
+counter-clockwise (the right-hand rule; it starts at the detection's first ``polygon`` corner); longitude / latitude
+in EPSG:4326 by default, without a ``"crs"`` member. Asked for another CRS (``dst_crs="native"``: the raster's own),
+the coordinates are in that CRS and the file names it in a ``"crs"`` member (``{"type": "name", "properties":
+{"name": "urn:ogc:def:crs:EPSG::32633"}}``, the 2008 GeoJSON form that GDAL / QGIS read). Properties: ``label``,
+``score``, ``rbox`` (the pixel box ``cx, cy, w, h, theta``) and ``source`` (the raster's file name).
 
-Converting between CRSs needs rasterio (``pip install -e ".[geo]"``); ``crs="native"`` does not.
+Coordinates keep full double precision (RFC 7946's suggested 6 decimals would round lon / lat to about 10 cm).
+Polygons crossing the antimeridian are not split.
+
+Converting between CRSs needs rasterio (``pip install -e ".[geo]"``).
 """
 
 from __future__ import annotations
@@ -124,7 +127,8 @@ def detections_to_geojson(detections: Sequence[Mapping[str, Any]], transform: An
         raise ValueError(f"detections map to non-finite coordinates (transform {tuple(transform)[:6]}, crs {crs})")
     x, y = polygons[..., 0], polygons[..., 1]
     area2 = (x * np.roll(y, -1, axis=1) - np.roll(x, -1, axis=1) * y).sum(1)  # twice the signed area, (N,)
-    polygons = np.where((area2 < 0)[:, None, None], polygons[:, ::-1], polygons)  # counter-clockwise rings
+    # counter-clockwise rings, from the same first corner (a north-up raster turns DOTA's on-screen clockwise order)
+    polygons = np.where((area2 < 0)[:, None, None], polygons[:, [0, 3, 2, 1]], polygons)
     name = None if source is None else Path(source).name
     features = []
     for det, ring in zip(detections, polygons.tolist()):
