@@ -71,7 +71,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 from transformers.models.rt_detr.modeling_rt_detr import get_contrastive_denoising_training_group
 
-from .rotated_boxes import _wrap_angle, wrap_angle_range
+from .geometry_conversions import wrap_angle_range
 
 __all__ = ["DenoisingGroup", "build_denoising_queries", "make_denoising_group", "num_denoising_groups"]
 
@@ -178,7 +178,7 @@ def make_denoising_group(
             magnitude = torch.rand_like(theta) + negative.to(theta.dtype)  # pos [0, 1), neg [1, 2)
             sign = torch.randint_like(theta, 0, 2) * 2.0 - 1.0
             theta = theta + sign * magnitude * angle_noise_scale * math.pi / 2
-            theta = _wrap_angle(theta) if angle_offset == -0.5 else wrap_angle_range(theta, angle_offset * math.pi)
+            theta = wrap_angle_range(theta, angle_offset * math.pi)
         angle = torch.where(valid, theta / math.pi - angle_offset, torch.full_like(theta, 0.5))
         reference = torch.cat([reference, angle[..., None].to(reference.dtype)], dim=-1)
 

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .rotated_boxes import _corners, _enclosing_hbox, _regularize
+from .geometry_conversions import rbox_corners, rbox_to_hbox, regularize_rboxes
 
 __all__ = ["METADATA_KEY", "OnnxDetectionHead", "OnnxPostProcess", "default_image_size", "export_onnx",
            "export_settings", "main", "read_onnx_settings", "require_onnx"]
@@ -84,11 +84,11 @@ class OnnxPostProcess(nn.Module):
         height, width = size[:, 0:1], size[:, 1:2]  # (B, 1)
         cx, cy, w, h, theta = boxes.unbind(-1)
         pixel = torch.stack((cx * width, cy * height, w.clamp_min(0) * width, h.clamp_min(0) * height, theta), -1)
-        hbox = _enclosing_hbox(pixel)
+        hbox = rbox_to_hbox(pixel, validate=False)
         if not self.rotated:
             return scores, labels, hbox
-        rbox = _regularize(pixel)
-        return scores, labels, hbox, rbox, _corners(rbox).flatten(-2)
+        rbox = regularize_rboxes(pixel, validate=False)
+        return scores, labels, hbox, rbox, rbox_corners(rbox).flatten(-2)
 
 
 class OnnxDetectionHead(nn.Module):

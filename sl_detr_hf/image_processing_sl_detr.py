@@ -1,7 +1,7 @@
 """Image processor for SL-DETR: resize / rescale / normalize / pad with oriented or axis-aligned boxes.
 
 Ships with ``trust_remote_code`` checkpoints: imports only torch, transformers, the standard library and
-``.rotated_boxes``.
+the ``.geometry_*`` modules.
 
 Annotations (one dict per image, ``annotations=`` of :meth:`SlDetrImageProcessor.preprocess`)::
 
@@ -39,8 +39,7 @@ from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling, SizeDict
 from transformers.processing_utils import ImagesKwargs, Unpack
 
-from .rotated_boxes import (
-    batched_nms_rotated,
+from .geometry_conversions import (
     denormalize_rboxes,
     normalize_rboxes,
     poly_to_rbox,
@@ -48,6 +47,7 @@ from .rotated_boxes import (
     rbox_to_poly,
     regularize_rboxes,
 )
+from .geometry_nms import batched_nms_rotated
 
 __all__ = ["SlDetrImageProcessor", "pad_images", "to_rgb_image"]
 

@@ -22,18 +22,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .configuration_sl_detr import SlDetrConfig
-from .matcher_sl_detr import (
-    SlDetrHungarianMatcher,
-    assign,
-    float_,
-    generalized_iou,
-    image_sizes,
-    kld_to_loss,
-    l1_coords,
-    pad_targets,
-    pairwise_kld,
-)
-from .rotated_boxes import EPS, denormalize_rboxes, kld
+from .geometry_conversions import EPS, denormalize_rboxes
+from .geometry_distances import l1_coords
+from .geometry_gaussian import kld, kld_to_loss, pairwise_kld
+from .geometry_overlaps import generalized_iou
+from .matcher_sl_detr import SlDetrHungarianMatcher, assign, float_, image_sizes, pad_targets
 
 __all__ = [
     "SlDetrHungarianMatcher",

@@ -13,136 +13,21 @@ files.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
 from .configuration_sl_detr import SlDetrConfig
-from .rotated_boxes import EPS, denormalize_rboxes
+from .geometry_conversions import denormalize_rboxes
+from .geometry_distances import l1_coords, pairwise_hausdorff
+from .geometry_gaussian import kld_to_loss, pairwise_kld
+from .geometry_overlaps import generalized_iou
 
-__all__ = [
-    "SlDetrHungarianMatcher",
-    "assign",
-    "box_corners",
-    "generalized_iou",
-    "pairwise_hausdorff",
-    "pairwise_kld",
-]
+__all__ = ["INVALID_COST", "SlDetrHungarianMatcher", "assign", "float_", "image_sizes", "pad_targets"]
 
 INVALID_COST = 1e8
 """Replaces NaN / inf in a matching cost (far above any real cost, still exact in float32 sums)."""
-
-
-# --------------------------------------------------------------------------------------------------
-# Geometry shared with the losses
-# --------------------------------------------------------------------------------------------------
-
-
-def _to_corners(boxes: Tensor) -> Tensor:
-    """``(..., 4)`` ``(cx, cy, w, h)`` -> ``(..., 4)`` ``(x1, y1, x2, y2)``."""
-    center, half = boxes[..., :2], boxes[..., 2:4] / 2
-    return torch.cat((center - half, center + half), dim=-1)
-
-
-def generalized_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """Generalized IoU of axis-aligned ``(cx, cy, w, h)`` boxes, broadcasting.
-
-    Args:
-        boxes1, boxes2: ``(..., 4)`` broadcastable (``(N, 1, 4)`` and ``(1, M, 4)`` give the pairwise matrix).
-    Returns:
-        ``(...)`` GIoU in ``[-1, 1]``; union and enclosing area are clamped to ``>= EPS``.
-    """
-    a, b = _to_corners(boxes1), _to_corners(boxes2)
-    area_a = (a[..., 2:] - a[..., :2]).clamp_min(0).prod(-1)
-    area_b = (b[..., 2:] - b[..., :2]).clamp_min(0).prod(-1)
-    inter = (torch.minimum(a[..., 2:], b[..., 2:]) - torch.maximum(a[..., :2], b[..., :2])).clamp_min(0).prod(-1)
-    union = area_a + area_b - inter
-    enclose = (torch.maximum(a[..., 2:], b[..., 2:]) - torch.minimum(a[..., :2], b[..., :2])).clamp_min(0).prod(-1)
-    return inter / union.clamp_min(EPS) - (enclose - union) / enclose.clamp_min(EPS)
-
-
-def l1_coords(boxes: Tensor) -> Tensor:
-    """Coordinates the L1 loss and cost compare: ``(cx, cy, w, h[, theta / pi])``."""
-    if boxes.shape[-1] == 5:
-        return torch.cat((boxes[..., :4], boxes[..., 4:] / math.pi), dim=-1)
-    return boxes
-
-
-def kld_to_loss(d: Tensor, tau: float) -> Tensor:
-    """``1 - 1 / (tau + ln(1 + d))``."""
-    return 1 - 1 / (tau + torch.log1p(d)).clamp_min(EPS)
-
-
-def pairwise_kld(pred: Tensor, target: Tensor) -> Tensor:
-    """``KL(N_target_j || N_pred_i)`` for every pair of pixel boxes, as one batched matrix product.
-
-    The same divergence as :func:`rotated_boxes.kld` (sides clamped to ``>= EPS``), expanded as
-    ``2 d + 2 = x^T A x - 2 x^T A mu_p + mu_p^T A mu_p + tr(A Sigma_t) + ln det(Sigma_p) - ln det(Sigma_t)`` with
-    ``A = Sigma_p^-1`` and ``x = mu_t``: 7 features per box, so the ``(Q, T)`` block costs one small matmul.
-    Computed in float64 (the expansion cancels large terms).
-
-    Args:
-        pred: ``(B, Q, 5)``, target: ``(B, T, 5)`` pixel rotated boxes.
-    Returns:
-        ``(B, Q, T)`` float64 divergences, ``>= 0``.
-    """
-    pred, target = pred.double(), target.double()
-    px, py, pw, ph, pt = pred.unbind(-1)
-    tx, ty, tw, th, tt = target.unbind(-1)
-    pw, ph, tw, th = (v.clamp_min(EPS) for v in (pw, ph, tw, th))
-    c, s = torch.cos(pt), torch.sin(pt)
-    iw, ih = 4 / pw.square(), 4 / ph.square()  # eigenvalues of A = Sigma_p^-1
-    a11, a22, a12 = iw * c * c + ih * s * s, iw * s * s + ih * c * c, (iw - ih) * c * s
-    ax, ay = a11 * px + a12 * py, a12 * px + a22 * py  # A mu_p
-    quad_p = ax * px + ay * py + 2 * (torch.log(pw) + torch.log(ph))
-    ones = torch.ones_like(px)
-    feat_p = torch.stack((a11, 2 * a12, a22, -2 * ax, -2 * ay, quad_p, ones), dim=-1)  # (B, Q, 7)
-    ct, st = torch.cos(tt), torch.sin(tt)
-    ta, tb = tw.square() / 4, th.square() / 4
-    s11, s22, s12 = ta * ct * ct + tb * st * st, ta * st * st + tb * ct * ct, (ta - tb) * ct * st
-    feat_t = torch.stack((tx.square() + s11, tx * ty + s12, ty.square() + s22, tx, ty, torch.ones_like(tx),
-                          -2 * (torch.log(tw) + torch.log(th))), dim=-2)  # (B, 7, T)
-    return (0.5 * torch.bmm(feat_p, feat_t) - 1).clamp_min(0)
-
-
-def box_corners(boxes: Tensor) -> Tensor:
-    """The 4 corners ``center + R(theta) @ (+-w/2, +-h/2)`` of ``(..., 5)`` (or ``(..., 4)``, theta 0) boxes.
-
-    Returns:
-        ``(..., 4, 2)``.
-    """
-    half = boxes[..., 2:4] / 2
-    signs = boxes.new_tensor([[1, 1], [-1, 1], [-1, -1], [1, -1]])
-    local = half.unsqueeze(-2) * signs  # (..., 4, 2)
-    if boxes.shape[-1] < 5:
-        return boxes[..., None, :2] + local
-    cos, sin = torch.cos(boxes[..., 4:5]), torch.sin(boxes[..., 4:5])  # (..., 1)
-    x = local[..., 0] * cos - local[..., 1] * sin
-    y = local[..., 0] * sin + local[..., 1] * cos
-    return boxes[..., None, :2] + torch.stack((x, y), dim=-1)
-
-
-def pairwise_hausdorff(pred: Tensor, target: Tensor) -> Tensor:
-    """Hausdorff distance between the corner sets of every pair of boxes.
-
-    Corners are taken in normalized coordinates (``cx, cy, w, h`` in image units, theta in radians), as RHINO's
-    ``HausdorffCost``: ``max(max_a min_b |a - b|, max_b min_a |a - b|)`` over the 4 + 4 corners.
-
-    Args:
-        pred: ``(B, Q, D)``, target: ``(B, T, D)`` normalized boxes, ``D`` 5 or 4.
-    Returns:
-        ``(B, Q, T)``.
-    """
-    batch, queries, targets = pred.shape[0], pred.shape[1], target.shape[1]
-    a = box_corners(pred).reshape(batch, queries * 4, 2)
-    b = box_corners(target).reshape(batch, targets * 4, 2)
-    dist = torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist").view(batch, queries, 4, targets, 4)
-    forward = dist.amin(-1).amax(2)  # each pred corner to its nearest target corner, worst corner
-    backward = dist.amin(2).amax(-1)
-    return torch.maximum(forward, backward)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -55,6 +55,7 @@ from .backbone_sl_detr import apply_backbone_policy
 from .configuration_sl_detr import SlDetrConfig
 from .decoder_sl_detr import SlDetrDecoder, init_marked_module, refine_boxes
 from .denoising_sl_detr import build_denoising_queries
+from .geometry_conversions import regularize_rboxes, wrap_angle_range
 from .hybrid_sl_detr import hybrid_attention_mask
 from .loss_sl_detr import SlDetrLoss
 from .position_embedding_sl_detr import SlDetrSinePositionEmbedding
@@ -65,7 +66,6 @@ from .query_selection_sl_detr import (
     proposal_scores,
     select_proposals,
 )
-from .rotated_boxes import _wrap_angle, regularize_rboxes, wrap_angle_range
 
 logger = logging.get_logger(__name__)
 
@@ -787,7 +787,7 @@ class SlDetrForObjectDetection(SlDetrPreTrainedModel, DeformableDetrForObjectDet
         """`(..., D)` boxes with theta in the native range -> theta in le90 `[-pi/2, pi/2)` (the same rectangles)."""
         if boxes.shape[-1] != 5 or self.config.angle_offset == -0.5:
             return boxes
-        return torch.cat([boxes[..., :4], _wrap_angle(boxes[..., 4:])], dim=-1)
+        return torch.cat([boxes[..., :4], wrap_angle_range(boxes[..., 4:])], dim=-1)
 
     def _encoder_loss_outputs(self, outputs: SlDetrModelOutput) -> dict | None:
         """The two-stage proposals the encoder loss sees: the selected top-k (`config.encoder_loss_on_topk`, in the

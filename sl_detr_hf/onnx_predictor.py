@@ -155,7 +155,7 @@ def _wrap_angle(theta: np.ndarray) -> np.ndarray:
 
 
 def _regularize(boxes: np.ndarray) -> np.ndarray:
-    """``(N, 5)`` -> le90 (``w >= h``, ``theta`` in ``[-pi/2, pi/2)``), as `rotated_boxes.regularize_rboxes`."""
+    """``(N, 5)`` -> le90 (``w >= h``, ``theta`` in ``[-pi/2, pi/2)``), as `geometry_conversions.regularize_rboxes`."""
     cx, cy, w, h, theta = boxes.T
     swap = w < h
     return np.stack((cx, cy, np.where(swap, h, w), np.where(swap, w, h),
@@ -321,7 +321,7 @@ def _nms(result: dict[str, np.ndarray], iou_threshold: float) -> dict[str, np.nd
     try:
         import torch
 
-        from sl_detr_hf.rotated_boxes import batched_nms_rotated
+        from sl_detr_hf.geometry_nms import batched_nms_rotated
     except ImportError as err:
         raise ImportError("rotated NMS (nms_iou_threshold) needs the sl_detr_hf package (with PyTorch)") from err
     keep = batched_nms_rotated(torch.from_numpy(result["rboxes"]), torch.from_numpy(result["scores"]),

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from transformers.models.deformable_detr.modeling_deformable_detr import DeformableDetrMLPPredictionHead
 
-from .rotated_boxes import _gaussian_covariance
+from .geometry_overlaps import prob_iou
 
 __all__ = [
     "SlDetrBoxPositionEmbedding",
@@ -40,29 +40,15 @@ NMS_CANDIDATE_FACTOR = 4
 
 
 def pairwise_prob_iou(boxes: torch.Tensor, eps: float = 1e-7, angle_offset: float = -0.5) -> torch.Tensor:
-    """ProbIoU (1 - Hellinger distance of the boxes' Gaussians) of every pair: `(B, M, 4 | 5)` -> `(B, M, M)`.
+    """ProbIoU of every pair of proposals in sigmoid space: `(B, M, 4 | 5)` -> `(B, M, M)`, float32.
 
-    Boxes are `(cx, cy, w, h[, a])` in sigmoid space (`theta = (a + angle_offset) * pi`, `config.angle_offset`);
-    a box is the Gaussian of its
-    uniform density (mean the centre, covariance `R diag(w^2, h^2) R^T / 12`). Rotation-aware, differentiable,
-    a handful of elementwise operations (the exact rotated IoU is not): what the proposal NMS needs. Identical
-    boxes give 1 (up to `eps`), far apart ones 0.
+    Boxes are `(cx, cy, w, h[, a])` with `theta = (a + angle_offset) * pi` (`config.angle_offset`); the overlap is
+    `geometry_overlaps.prob_iou` (1 - Hellinger distance of the boxes' uniform-density Gaussians).
     """
     boxes = boxes.float()
-    cx, cy, w, h = boxes[..., :4].unbind(-1)
-    theta = (boxes[..., 4] + angle_offset) * math.pi if boxes.shape[-1] > 4 else torch.zeros_like(w)
-    # the uniform density's covariance is a third of the KLD's half-side one (w^2 / 12 against w^2 / 4)
-    a, b, c = (v / 3 for v in _gaussian_covariance(w, h, theta))
-    a, b = a + eps, b + eps
-    det_each = (a * b - c.square()).clamp_min(eps * eps)
-    pa, pb, pc = (a[..., :, None] + a[..., None, :]) / 2, (b[..., :, None] + b[..., None, :]) / 2, \
-        (c[..., :, None] + c[..., None, :]) / 2
-    det = (pa * pb - pc.square()).clamp_min(eps * eps)
-    dx, dy = cx[..., :, None] - cx[..., None, :], cy[..., :, None] - cy[..., None, :]
-    mahalanobis = (pb * dx.square() + pa * dy.square() - 2 * pc * dx * dy) / det
-    bhattacharyya = mahalanobis / 8 + 0.5 * torch.log(det / (det_each[..., :, None] * det_each[..., None, :]).sqrt())
-    hellinger = (1 - torch.exp(-bhattacharyya.clamp_min(0)) + eps).sqrt()
-    return 1 - hellinger
+    if boxes.shape[-1] > 4:
+        boxes = torch.cat((boxes[..., :4], (boxes[..., 4:5] + angle_offset) * math.pi), dim=-1)
+    return prob_iou(boxes, eps=eps)
 
 
 def proposal_nms_order(scores: torch.Tensor, coord_logits: torch.Tensor, num_queries: int,

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .rotated_boxes import hbox_to_rbox, rbox_to_poly
+from .geometry_conversions import hbox_to_rbox, rbox_to_poly
 
 __all__ = ["PALETTE", "class_color", "draw_detections", "normalize_detections"]
 

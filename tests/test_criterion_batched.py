@@ -13,8 +13,10 @@ from _criterion_reference import layer_losses, match_layer, reference_criterion
 from test_loss import make_problem, rand_norm_boxes
 
 from sl_detr_hf.configuration_sl_detr import SlDetrConfig
+from sl_detr_hf.geometry_conversions import rbox_corners
+from sl_detr_hf.geometry_distances import pairwise_hausdorff
 from sl_detr_hf.loss_sl_detr import SlDetrLoss, sigmoid_focal_loss
-from sl_detr_hf.matcher_sl_detr import SlDetrHungarianMatcher, box_corners, pairwise_hausdorff
+from sl_detr_hf.matcher_sl_detr import SlDetrHungarianMatcher
 
 
 def assert_same(loss_dict, expected, rtol=1e-6):
@@ -264,7 +266,7 @@ def test_hausdorff_cost_matches_brute_force(rotated):
     box = torch.tensor([[0.5, 0.4, 0.3, 0.1, np.pi / 2]], dtype=torch.float64)
     swapped = torch.tensor([[0.5, 0.4, 0.1, 0.3, 0.0]], dtype=torch.float64)
     assert pairwise_hausdorff(box[None], swapped[None]).item() == pytest.approx(0, abs=1e-12)
-    assert box_corners(swapped).shape == (1, 4, 2)
+    assert rbox_corners(swapped).shape == (1, 4, 2)
 
 
 def test_matcher_hausdorff_cost_replaces_the_l1_term():

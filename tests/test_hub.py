@@ -19,10 +19,12 @@ from sl_detr_hf.hub import CITATION, PAPER_TITLE, generate_model_card, push_to_h
 from sl_detr_hf.pipeline_oriented_detection import TASK
 
 ROOT = Path(__file__).resolve().parents[1]
-CODE_FILES = {"configuration_sl_detr.py", "modeling_sl_detr.py", "loss_sl_detr.py", "rotated_boxes.py",
-              "image_processing_sl_detr.py", "pipeline_oriented_detection.py", "matcher_sl_detr.py",
-              "decoder_sl_detr.py", "attention_sl_detr.py", "query_selection_sl_detr.py", "denoising_sl_detr.py",
-              "backbone_sl_detr.py", "hybrid_sl_detr.py", "position_embedding_sl_detr.py"}
+GEOMETRY_FILES = {f"geometry_{name}.py" for name in ("conversions", "overlaps", "gaussian", "distances", "nms")}
+CODE_FILES = GEOMETRY_FILES | {
+    "configuration_sl_detr.py", "modeling_sl_detr.py", "loss_sl_detr.py", "image_processing_sl_detr.py",
+    "pipeline_oriented_detection.py", "matcher_sl_detr.py", "decoder_sl_detr.py", "attention_sl_detr.py",
+    "query_selection_sl_detr.py", "denoising_sl_detr.py", "backbone_sl_detr.py", "hybrid_sl_detr.py",
+    "position_embedding_sl_detr.py"}
 EXPECTED_FILES = CODE_FILES | {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"}
 
 

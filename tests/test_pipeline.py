@@ -140,7 +140,7 @@ def test_pipeline_save_pretrained_ships_the_pipeline_code(tmp_path):
     detector.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["custom_pipelines"][TASK]["impl"] == "pipeline_oriented_detection.OrientedObjectDetectionPipeline"
-    assert {"pipeline_oriented_detection.py", "rotated_boxes.py", "modeling_sl_detr.py",
+    assert {"pipeline_oriented_detection.py", "geometry_conversions.py", "geometry_nms.py", "modeling_sl_detr.py",
             "preprocessor_config.json"} <= {p.name for p in tmp_path.iterdir()}
 
 

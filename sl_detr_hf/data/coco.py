@@ -18,7 +18,7 @@ import numpy as np
 import shapely
 import torch
 
-from ..rotated_boxes import poly_to_rbox, regularize_rboxes
+from ..geometry_conversions import poly_to_rbox, regularize_rboxes
 
 logger = logging.getLogger(__name__)
 

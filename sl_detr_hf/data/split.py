@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..rotated_boxes import batched_nms_rotated
+from ..geometry_nms import batched_nms_rotated
 from .dota import (
     CLASSES_FILE,
     LabelProblem,

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from ..rotated_boxes import box_iou_rotated, rbox_to_hbox, rbox_to_poly
+from ..geometry_conversions import rbox_to_hbox, rbox_to_poly
+from ..geometry_overlaps import box_iou_rotated
 from .dota import CLASSES_FILE, write_dota_labels
 
 __all__ = ["SYNTHETIC_CLASSES", "SyntheticDotaConfig", "make_synthetic_dota", "make_synthetic_image"]

@@ -1,7 +1,7 @@
 """Training augmentation for oriented boxes through torchvision's rotated ``tv_tensors``.
 
-Boxes enter torchvision once (:func:`~sl_detr_hf.rotated_boxes.rboxes_to_torchvision`) and come back once
-(:func:`~sl_detr_hf.rotated_boxes.rboxes_from_torchvision`); torchvision does all the geometry.
+Boxes enter torchvision once (:func:`~sl_detr_hf.geometry_conversions.rboxes_to_torchvision`) and come back once
+(:func:`~sl_detr_hf.geometry_conversions.rboxes_from_torchvision`); torchvision does all the geometry.
 
 Rule for objects near the border (docs/boxes.md#augmentation-border-rule): boxes are never
 clipped (torchvision's clamping is off); an object is kept when its box centre stays inside the image and at
@@ -21,7 +21,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from ..rotated_boxes import box_iou_rotated, rbox_area, rbox_to_poly, rboxes_from_torchvision, rboxes_to_torchvision
+from ..geometry_conversions import rbox_area, rbox_to_poly, rboxes_from_torchvision, rboxes_to_torchvision
+from ..geometry_overlaps import box_iou_rotated
 
 __all__ = ["PER_OBJECT_KEYS", "RandomRotate90", "RotatedDetectionAugment", "visible_fraction"]
 

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..rotated_boxes import box_iou_rotated, poly_to_rbox, rbox_to_poly, regularize_rboxes
+from ..geometry_conversions import poly_to_rbox, rbox_to_poly, regularize_rboxes
+from ..geometry_overlaps import box_iou_rotated
 from ._utils import image_key, normalize_keys, warn_unmatched
 
 logger = logging.getLogger(__name__)

@@ -37,8 +37,8 @@ import torch
 from torch import Tensor
 
 from ..evaluation import evaluate_coco, evaluate_dota
+from ..geometry_conversions import denormalize_rboxes, rbox_to_hbox
 from ..image_processing_sl_detr import SlDetrImageProcessor
-from ..rotated_boxes import denormalize_rboxes, rbox_to_hbox
 
 __all__ = ["DetectionMetrics", "select_detection_outputs"]
 
