@@ -15,6 +15,8 @@ NODATA = 0
 def write_geotiff(path: Path, data: np.ndarray, transform: Any = None, crs: str | None = UTM33N,
                   nodata: float | None = NODATA, tiled: bool = False) -> Path:
     """Write ``(bands, H, W)`` ``data`` as a GeoTIFF (no georeference when ``transform`` and ``crs`` are None)."""
+    import warnings
+
     import rasterio
 
     count, height, width = data.shape
@@ -27,8 +29,10 @@ def write_geotiff(path: Path, data: np.ndarray, transform: Any = None, crs: str 
         profile["nodata"] = nodata
     if tiled:
         profile.update(tiled=True, blockxsize=32, blockysize=32)
-    with rasterio.open(path, "w", **profile) as dataset:
-        dataset.write(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)  # on purpose when transform is None
+        with rasterio.open(path, "w", **profile) as dataset:
+            dataset.write(data)
     return path
 
 
