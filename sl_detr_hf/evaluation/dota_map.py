@@ -1,4 +1,4 @@
-"""DOTA mAP (official devkit rules, exact rotated IoU) and the Task1 submission writer.
+"""DOTA mAP (official devkit rules, exact rotated IoU), COCO-rule mAP50:95 / mAP75 / AP by size, Task1 files.
 
 Rules of ``DOTA_devkit/dota_evaluation_task1.py`` (``voc_eval``):
 
@@ -15,6 +15,14 @@ Rules of ``DOTA_devkit/dota_evaluation_task1.py`` (``voc_eval``):
 Ground truths are rotated boxes (a DOTA polygon becomes its minimum-area rectangle, as in mmrotate), so for
 non-rectangular annotated quadrilaterals IoU differs slightly from the devkit's polygon IoU.
 Classes without non-difficult ground truth have no AP (``nan`` in ``"AP"``) and are left out of ``"mAP"``.
+
+The same pass also scores the COCO way (``coco_metrics``, :mod:`~sl_detr_hf.evaluation.coco_rules` for the
+rules): 101-point AP at IoU ``>= 0.50, 0.55, ..., 0.95`` (mAP75, mAP50:95) and AP50:95 by object size
+(small / medium / large by box area ``w * h``, COCO's ``32^2`` / ``96^2``). The exact IoU of each same-class
+pair of an image is computed once and serves both rules; the greedy matching of the 10 thresholds x 4 sizes
+is vectorized over them. ``"mAP"`` stays the DOTA figure (VOC07, IoU ``> iou_threshold``); the COCO-rule
+``"mAP_by_iou"[0.5]`` is the figure Ultralytics / COCO call mAP50 (they differ: 101 points, ``>=``, a taken
+ground truth lets a detection fall back to the next one).
 """
 
 from __future__ import annotations
@@ -28,13 +36,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..geometry_conversions import poly_to_rbox, rbox_to_poly, regularize_rboxes
-from ..geometry_overlaps import box_iou_rotated
+from ..geometry_conversions import poly_to_rbox, rbox_to_hbox, rbox_to_poly, regularize_rboxes
+from ..geometry_overlaps import aligned_iou_rotated
 from ._utils import image_key, normalize_keys, warn_unmatched
+from .coco_rules import COCO_IOU_THRESHOLDS, SIZE_RANGES, coco_rule_ap
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["evaluate_dota", "task1_file_names", "voc_ap", "write_task1_submission"]
+
+_PAIR_CHUNK = 1 << 20  # pairs whose boxes are gathered at once
 
 
 def _array(value: Any, dtype: torch.dtype) -> Tensor:
@@ -109,23 +120,67 @@ def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool = True
     return min(float(np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1])), 1.0)
 
 
-def _match_image(det: dict[str, Tensor], gt: dict[str, Tensor] | None) -> tuple[np.ndarray, np.ndarray]:
-    """``ovmax (D,)`` and ``jmax (D,)`` of each detection against same-class ground truth (-inf / -1 if none)."""
-    d = det["boxes"].shape[0]
-    if gt is None or gt["boxes"].shape[0] == 0 or d == 0:
-        return np.full(d, -np.inf), np.full(d, -1, dtype=np.int64)
-    iou = box_iou_rotated(det["boxes"], gt["boxes"]).numpy()  # (D, G), all classes at once
-    same = det["labels"].numpy()[:, None] == gt["labels"].numpy()[None, :]
-    iou = np.where(same, iou, -np.inf)
-    jmax = iou.argmax(axis=1)
-    ovmax = iou[np.arange(d), jmax]
-    return ovmax, np.where(np.isfinite(ovmax), jmax, -1)
+def _same_class_pairs(dets: dict[Any, dict[str, Tensor]], gts: dict[Any, dict[str, Tensor]],
+                      gt_offsets: dict[Any, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Same-image, same-class pairs whose enclosing axis-aligned boxes touch, with their exact rotated IoU.
+
+    The other pairs have IoU 0 (as in :func:`box_iou_rotated`, whose per-pair values these are).
+
+    Returns:
+        ``pair_det (P,)`` and ``pair_gt (P,)`` global indices (detections in ``dets`` order, ground truths in
+        ``gts`` order), ``pair_iou (P,)`` float64, and ``has_gt (D,)``: the detection's image has ground truth
+        of its class.
+    """
+    empty = torch.zeros(0, 5, dtype=torch.float64)
+    det_boxes = torch.cat([d["boxes"] for d in dets.values()]) if dets else empty
+    gt_boxes = torch.cat([g["boxes"] for g in gts.values()]) if gts else empty
+    det_h, gt_h = rbox_to_hbox(det_boxes).numpy(), rbox_to_hbox(gt_boxes).numpy()
+    det_labels = _cat([d["labels"].numpy() for d in dets.values()], np.int64)
+    gt_labels = _cat([g["labels"].numpy() for g in gts.values()], np.int64)
+    det_parts, gt_parts = [], []
+    has_gt = np.zeros(det_boxes.shape[0], dtype=bool)
+    d0 = 0
+    for key, det in dets.items():
+        d1 = d0 + det["boxes"].shape[0]
+        gt = gts.get(key)
+        if gt is not None and gt["boxes"].shape[0] and d1 > d0:
+            g0 = gt_offsets[key]
+            g1 = g0 + gt["boxes"].shape[0]
+            a, b = det_h[d0:d1, None], gt_h[None, g0:g1]
+            same = det_labels[d0:d1, None] == gt_labels[None, g0:g1]
+            touch = ((a[..., 0] <= b[..., 2]) & (b[..., 0] <= a[..., 2])
+                     & (a[..., 1] <= b[..., 3]) & (b[..., 1] <= a[..., 3]))
+            i, j = np.nonzero(same & touch)
+            det_parts.append(i + d0)
+            gt_parts.append(j + g0)
+            has_gt[d0:d1] = same.any(axis=1)
+        d0 = d1
+    pair_det, pair_gt = _cat(det_parts, np.int64), _cat(gt_parts, np.int64)
+    ious = [aligned_iou_rotated(det_boxes[torch.from_numpy(pair_det[s:s + _PAIR_CHUNK])],
+                                gt_boxes[torch.from_numpy(pair_gt[s:s + _PAIR_CHUNK])]).numpy()
+            for s in range(0, pair_det.size, _PAIR_CHUNK)]
+    return pair_det, pair_gt, _cat(ious, np.float64), has_gt
+
+
+def _devkit_best(pair_det: np.ndarray, pair_gt: np.ndarray, pair_iou: np.ndarray,
+                 has_gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The devkit's ``ovmax (D,)`` (largest IoU with a same-class ground truth; -inf if none) and ``jmax (D,)``
+    (its global index, the first among equals; -1 where ``ovmax <= 0``, which never matches)."""
+    ovmax = np.where(has_gt, 0.0, -np.inf)
+    jmax = np.full(has_gt.shape[0], -1, dtype=np.int64)
+    if pair_det.size:
+        order = np.lexsort((pair_gt, -pair_iou, pair_det))
+        _, first = np.unique(pair_det[order], return_index=True)
+        best = order[first]
+        ovmax[pair_det[best]] = pair_iou[best]
+        jmax[pair_det[best]] = np.where(pair_iou[best] > 0, pair_gt[best], -1)
+    return ovmax, jmax
 
 
 def evaluate_dota(detections: Sequence[Mapping], ground_truths: Sequence[Mapping], iou_threshold: float = 0.5,
                   use_07_metric: bool = True, ignore_difficult: bool = True, num_classes: int | None = None,
-                  class_names: Sequence[str] | None = None) -> dict[str, Any]:
-    """DOTA Task1 mAP (module docstring for the rules).
+                  class_names: Sequence[str] | None = None, coco_metrics: bool = True) -> dict[str, Any]:
+    """DOTA Task1 mAP (module docstring for the rules), and COCO-rule mAP75, mAP50:95 and AP by object size.
 
     Args:
         detections: per-image dicts ``{"image_id", "rboxes" or "boxes" (N, 5) pixel rotated boxes (or
@@ -137,11 +192,18 @@ def evaluate_dota(detections: Sequence[Mapping], ground_truths: Sequence[Mapping
         use_07_metric: VOC07 11-point AP (DOTA) or area under the precision envelope.
         ignore_difficult: the devkit rule; ``False`` treats difficult objects as ordinary ones (mmrotate).
         num_classes: if given, labels must be below it and every class id appears in the result.
-        class_names: names of the class ids; adds ``"AP_by_name"``.
+        class_names: names of the class ids; adds ``"AP_by_name"`` (and ``"AP75_by_name"``,
+            ``"AP50_95_by_name"``).
+        coco_metrics: also compute the COCO-rule figures below (``False``: the DOTA figures only, faster).
     Returns:
         ``{"mAP": float, "AP": {class id: float}, "recall": {id: float}, "precision": {id: float},
         "num_gts": {id: int}, "num_dets": {id: int}, "mRecall": float}`` (+ ``"AP_by_name"``); recall and
-        precision are those of the whole ranking (all detections kept).
+        precision are those of the whole ranking (all detections kept). With ``coco_metrics``, also
+        ``"mAP75"``, ``"mAP50_95"`` (float), ``"AP75"``, ``"AP50_95"`` ({id: float}), ``"mAP_by_iou"``
+        ({0.5: float, 0.55: ..., 0.95: ...}), ``"AP50_95_by_size"`` ({"small" | "medium" | "large": {id:
+        float}}), ``"mAP_by_size"`` ({size: float}) and ``"num_gts_by_size"`` ({size: {id: int}}, counted
+        objects). ``nan`` where a class (or every class) has no counted object (of that size); a mean is over
+        the classes that have some.
     """
     if not 0.0 <= float(iou_threshold) < 1.0:
         raise ValueError(f"`iou_threshold` must be in [0, 1), got {iou_threshold}")
@@ -153,26 +215,20 @@ def evaluate_dota(detections: Sequence[Mapping], ground_truths: Sequence[Mapping
         for gt in gts.values():
             gt["difficult"] = torch.zeros_like(gt["difficult"])
 
-    # Per detection: class, score, ovmax, global index of jmax, difficulty of jmax.
-    labels, scores, ovmax, gt_index, gt_difficult = [], [], [], [], []
     offsets, offset = {}, 0
     for key, gt in gts.items():
         offsets[key] = offset
         offset += gt["boxes"].shape[0]
-    for key, det in dets.items():
-        gt = gts.get(key)
-        ov, jm = _match_image(det, gt)
-        labels.append(det["labels"].numpy())
-        scores.append(det["scores"].numpy())
-        ovmax.append(ov)
-        gt_index.append(np.where(jm >= 0, jm + offsets.get(key, 0), -1))
-        has_gt = gt is not None and gt["boxes"].shape[0] > 0
-        gt_difficult.append(gt["difficult"].numpy()[np.maximum(jm, 0)] & (jm >= 0) if has_gt
-                            else np.zeros(len(jm), dtype=bool))
-    labels, scores, ovmax = _cat(labels, np.int64), _cat(scores, np.float64), _cat(ovmax, np.float64)
-    gt_index, gt_difficult = _cat(gt_index, np.int64), _cat(gt_difficult, bool)
+    # The exact IoU of each same-class pair of an image, computed once for the DOTA rule and every COCO lane.
+    pair_det, pair_gt, pair_iou, has_gt = _same_class_pairs(dets, gts, offsets)
+    ovmax, gt_index = _devkit_best(pair_det, pair_gt, pair_iou, has_gt)
+    labels = _cat([d["labels"].numpy() for d in dets.values()], np.int64)
+    scores = _cat([d["scores"].numpy() for d in dets.values()], np.float64)
     gt_labels = _cat([g["labels"].numpy() for g in gts.values()], np.int64)
-    gt_counted = _cat([~g["difficult"].numpy() for g in gts.values()], bool)
+    gt_is_difficult = _cat([g["difficult"].numpy() for g in gts.values()], bool)
+    gt_difficult = gt_is_difficult[np.maximum(gt_index, 0)] & (gt_index >= 0) if gt_is_difficult.size \
+        else np.zeros(len(gt_index), dtype=bool)
+    gt_counted = ~gt_is_difficult
 
     class_ids = set(labels.tolist()) | set(gt_labels.tolist())
     if num_classes is not None:
@@ -206,10 +262,48 @@ def evaluate_dota(detections: Sequence[Mapping], ground_truths: Sequence[Mapping
     valid = [c for c in result["AP"] if result["num_gts"][c] > 0]
     result["mAP"] = float(np.mean([result["AP"][c] for c in valid])) if valid else float("nan")
     result["mRecall"] = float(np.mean([result["recall"][c] for c in valid])) if valid else float("nan")
+    if coco_metrics:
+        areas = [_cat([(b["boxes"][:, 2] * b["boxes"][:, 3]).numpy() for b in group.values()], np.float64)
+                 for group in (dets, gts)]
+        det_image = _cat([np.full(d["boxes"].shape[0], i) for i, d in enumerate(dets.values())], np.int64)
+        keep = pair_iou >= COCO_IOU_THRESHOLDS[0]
+        coco = coco_rule_ap(pair_det[keep], pair_gt[keep], pair_iou[keep], det_image, labels, scores, areas[0],
+                            gt_labels, areas[1], gt_is_difficult, sorted(class_ids))
+        result.update(_coco_summary(coco["AP"], coco["num_gts"]))
     if class_names is not None:
-        result["AP_by_name"] = {(class_names[c] if c < len(class_names) else str(c)): ap
-                                for c, ap in result["AP"].items()}
+        def by_name(per_class: dict[int, float]) -> dict[str, float]:
+            return {(class_names[c] if c < len(class_names) else str(c)): ap for c, ap in per_class.items()}
+
+        result["AP_by_name"] = by_name(result["AP"])
+        if coco_metrics:
+            result["AP75_by_name"], result["AP50_95_by_name"] = by_name(result["AP75"]), by_name(result["AP50_95"])
     return result
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else float("nan")
+
+
+def _coco_summary(ap: dict[int, np.ndarray], num_gts: dict[int, np.ndarray]) -> dict[str, Any]:
+    """The result keys of the COCO-rule metrics from per-class ``(S, T)`` AP and ``(S,)`` counts."""
+    sizes = list(SIZE_RANGES)
+    t75 = int(np.argmin(np.abs(COCO_IOU_THRESHOLDS - 0.75)))
+    valid = [c for c in ap if num_gts[c][0] > 0]
+    out: dict[str, Any] = {
+        "AP75": {c: float(a[0, t75]) for c, a in ap.items()},
+        "AP50_95": {c: float(a[0].mean()) for c, a in ap.items()},
+        "mAP_by_iou": {round(float(t), 2): _mean([float(ap[c][0, i]) for c in valid])
+                       for i, t in enumerate(COCO_IOU_THRESHOLDS)},
+        "AP50_95_by_size": {size: {c: float(a[s].mean()) for c, a in ap.items()}
+                            for s, size in enumerate(sizes) if size != "all"},
+        "num_gts_by_size": {size: {c: int(n[s]) for c, n in num_gts.items()}
+                            for s, size in enumerate(sizes) if size != "all"},
+    }
+    out["mAP75"] = _mean([out["AP75"][c] for c in valid])
+    out["mAP50_95"] = _mean([out["AP50_95"][c] for c in valid])
+    out["mAP_by_size"] = {size: _mean([v for c, v in per_class.items() if out["num_gts_by_size"][size][c] > 0])
+                          for size, per_class in out["AP50_95_by_size"].items()}
+    return out
 
 
 TASK1_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
