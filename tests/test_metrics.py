@@ -83,7 +83,9 @@ def test_difficult_and_names():
                                                                                label_ids=labels))
     assert res["mAP"] == pytest.approx(1.0) and res["mRecall"] == pytest.approx(1.0)
     assert all(not math.isnan(v) for v in res.values())
-    assert set(res) - {"mAP", "mRecall", "num_images", "num_objects"} <= {"AP_a", "AP_b", "AP_c"}
+    coco_keys = {"map_75", "map_50_95", "map_small", "map_medium", "map_large"}
+    assert set(res) - {"mAP", "mRecall", "num_images", "num_objects"} - coco_keys <= {"AP_a", "AP_b", "AP_c"}
+    assert set(res) >= coco_keys and res["map_75"] == res["map_50_95"] == 1.0
     assert res["num_images"] == 4
     assert res["num_objects"] == sum(len(t["class_labels"]) for t in labels)
 
@@ -189,3 +191,21 @@ def test_images_without_objects_are_evaluated(box_type):
     assert res["num_images"] == 4
     assert res["num_objects"] == sum(len(t["class_labels"]) for t in labels)
     assert res["mAP" if box_type == "rotated" else "AP"] == pytest.approx(1.0)
+
+
+def test_coco_rule_keys_match_pycocotools_on_upright_boxes():
+    """Angle-0 boxes: the rotated route's map_* (our COCO rules) equal the horizontal route's (pycocotools)."""
+    rotated = _labels("rotated", 6, seed=11)
+    for t in rotated:
+        t["boxes"][:, 4] = 0.0
+    horizontal = [{**t, "boxes": t["boxes"][:, :4].clone()} for t in rotated]
+    logits, boxes = _outputs(rotated)
+    gen = torch.Generator().manual_seed(3)
+    boxes[..., :4] = (boxes[..., :4] * (1 + 0.08 * torch.randn(boxes[..., :4].shape, generator=gen))).abs()
+    logits = logits + 2 * torch.randn(logits.shape, generator=gen)
+    rot = DetectionMetrics(ignore_difficult=False)(EvalPrediction(predictions=(logits, boxes), label_ids=rotated))
+    hor = DetectionMetrics()(EvalPrediction(predictions=(logits, boxes[..., :4]), label_ids=horizontal))
+    keys = ["map_75", "map_50_95", "map_small", "map_medium", "map_large"]
+    assert [rot[k] for k in keys] == pytest.approx([hor[k] for k in keys], abs=1e-9)
+    assert hor["map_50_95"] == hor["AP"] and 0 < rot["map_50_95"] < rot["mAP"] < 1
+    assert rot["map_large"] == -1.0  # no object of 96 x 96 pixels or more: undefined, as in COCO

@@ -29,6 +29,7 @@ Evaluation happens at original resolution: predictions and ground truth are both
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -171,9 +172,12 @@ def _np(value: Any) -> np.ndarray:
 class DetectionMetrics:
     """A ``compute_metrics`` callable: post-processes predictions and returns DOTA or COCO mAP.
 
-    Rotated models (``pred_boxes`` with 5 coordinates) get :func:`evaluate_dota`: ``mAP``, ``mRecall`` and
-    ``AP_<class>`` for classes with ground truth; horizontal models get :func:`evaluate_coco`: the 12 COCO stats
-    and ``AP_<class>``.
+    Rotated models (``pred_boxes`` with 5 coordinates) get :func:`evaluate_dota`: ``mAP`` (DOTA VOC07 at
+    ``iou_threshold``: mAP50 by default), ``mRecall`` and ``AP_<class>`` for classes with ground truth, and the
+    COCO-rule ``map_75``, ``map_50_95``, ``map_small``, ``map_medium``, ``map_large`` (AP50:95 by object area
+    ``w * h``: up to ``32^2``, ``32^2``-``96^2``, from ``96^2`` pixels at the original resolution; -1 where
+    undefined, e.g. no object of that size, as in COCO); horizontal models get :func:`evaluate_coco`: the 12 COCO
+    stats, ``AP_<class>`` and the same five ``map_*`` keys (copies of ``AP75``, ``AP``, ``AP_small``, ...).
 
     Args:
         image_processor: its ``post_process_object_detection`` is used (default: a fresh SlDetrImageProcessor).
@@ -247,11 +251,16 @@ class DetectionMetrics:
             res = evaluate_dota(self._detections, self._ground_truths, iou_threshold=self.iou_threshold,
                                 use_07_metric=self.use_07_metric, ignore_difficult=self.ignore_difficult)
             metrics = {"mAP": res["mAP"], "mRecall": res["mRecall"]}
+            coco = {"map_75": res["mAP75"], "map_50_95": res["mAP50_95"],
+                    **{f"map_{size}": v for size, v in res["mAP_by_size"].items()}}
+            metrics.update({k: -1.0 if math.isnan(v) else float(v) for k, v in coco.items()})
             per_class = {c: ap for c, ap in res["AP"].items() if res["num_gts"][c] > 0}
         else:
             res = evaluate_coco(self._detections, self._ground_truths)
             per_class = res.pop("AP_per_class")
             metrics = dict(res)
+            metrics.update({"map_75": res["AP75"], "map_50_95": res["AP"], "map_small": res["AP_small"],
+                            "map_medium": res["AP_medium"], "map_large": res["AP_large"]})
         metrics.update({f"AP_{names.get(c, c)}": float(ap) for c, ap in per_class.items()})
         metrics.update(counts)
         self.reset()
