@@ -1,4 +1,8 @@
-"""``sl-detr evaluate``: full-size DOTA evaluation: split, predict patches, merge, DOTA mAP, Task1 files.
+"""``sl-detr evaluate``: full-size DOTA evaluation: split, predict patches, merge, mAP, Task1 files.
+
+Prints a table per class: AP50 (DOTA devkit, VOC07), AP75 and AP50:95 (COCO rules, rotated IoU) and AP50:95
+by object size (small / medium / large), and writes the same figures to ``<output_dir>/metrics.json``
+(:func:`~sl_detr_hf.evaluation.dota_summary`).
 
 A YOLO-OBB split (``--data_format yolo_obb``) is read with :func:`~sl_detr_hf.data.load_yolo_obb` and written as
 a DOTA folder (image links) under the output folder first; the rest is the same.
@@ -18,7 +22,8 @@ __all__ = ["main", "run_evaluate"]
 
 
 def run_evaluate(argv: Sequence[str]) -> dict:
-    """Full-size DOTA evaluation: split, predict patches, merge with rotated NMS, DOTA mAP, Task1 files."""
+    """Full-size DOTA evaluation: split, predict patches, merge with rotated NMS, mAP50 (DOTA), mAP75, mAP50:95,
+    AP by size, Task1 files."""
     import torch
     from tqdm.auto import tqdm
 
@@ -26,7 +31,7 @@ def run_evaluate(argv: Sequence[str]) -> dict:
     from ..data import load_dota, load_yolo_obb, merge_patch_detections, split_dota_cached
     from ..data.dota import write_dota_folder
     from ..data.images import to_rgb
-    from ..evaluation import evaluate_dota, write_task1_submission
+    from ..evaluation import dota_summary, evaluate_dota, format_dota_table, write_task1_submission
     from ..image_processing_sl_detr import SlDetrImageProcessor
 
     parser = argparse.ArgumentParser(prog="sl-detr evaluate", description=run_evaluate.__doc__)
@@ -89,11 +94,12 @@ def run_evaluate(argv: Sequence[str]) -> dict:
     gts = [{"image_id": row["image_id"], "boxes": torch.tensor(row["objects"]["rbox"]).reshape(-1, 5),
             "labels": torch.tensor(row["objects"]["category"]),
             "difficult": torch.tensor(row["objects"]["difficult"]) > 0} for row in full.remove_columns("image")]
-    result = evaluate_dota(merged, gts)
+    result = evaluate_dota(merged, gts, num_classes=len(names))
     write_task1_submission(merged, out / "task1", names)
-    summary = {"mAP": result["mAP"], "AP": {names[c]: ap for c, ap in result["AP"].items()}}
+    summary = dota_summary(result, names)
     (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
-    print(json.dumps(summary, indent=2, default=float))
+    print(format_dota_table(summary))
+    print(f"written: {out / 'metrics.json'}, Task1 files in {out / 'task1'}")
     return summary
 
 
