@@ -25,7 +25,9 @@ class FakeClock:
 def _step(callback, state, clock, seconds):
     clock.now += seconds
     state.global_step += 1
-    return callback.on_step_end(None, state, TrainerControl())
+    control = TrainerControl()
+    callback.on_optimizer_step(None, state, control)
+    return callback.on_step_end(None, state, control)
 
 
 def test_stops_when_the_budget_is_spent_and_counts_across_a_resume():

@@ -173,7 +173,7 @@ def _spent(checkpoint: Path) -> float | None:
 @pytest.mark.slow
 def test_a_time_limited_run_resumes_after_a_kill_with_what_is_left(tmp_path, data):
     """The resume failed on the pickled clock in scheduler.pt; had it loaded, the budget started afresh."""
-    budget_s = 20.0
+    budget_s = 30.0
     out = tmp_path / "run"
     argv = ["train", "--data_format", "dota", "--train_dir", str(data), "--max_minutes", str(budget_s / 60),
             "--save_steps", "2", "--warmup_steps", "0", "--logging_steps", "1", "--output_dir", str(out), *SMALL]
@@ -186,14 +186,14 @@ def test_a_time_limited_run_resumes_after_a_kill_with_what_is_left(tmp_path, dat
             time.sleep(0.2)
             for checkpoint in out.glob("checkpoint-*"):
                 spent = _spent(checkpoint)
-                if spent is not None and spent >= 6.0 and (checkpoint / "model.safetensors").is_file():
+                if spent is not None and spent >= 10.0 and (checkpoint / "model.safetensors").is_file():
                     process.kill()  # kill -9
                     killed_at = spent
                     break
     finally:
         process.kill()
         process.wait()
-    assert killed_at is not None, "the first run wrote no checkpoint after 6 s of training"
+    assert killed_at is not None, "the first run wrote no checkpoint after 10 s of training"
     last = max(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     spent_before, step_before = _spent(last), json.loads((last / "trainer_state.json").read_text())["global_step"]
 
@@ -203,7 +203,10 @@ def test_a_time_limited_run_resumes_after_a_kill_with_what_is_left(tmp_path, dat
     runtime = next(h["train_runtime"] for h in reversed(history) if "train_runtime" in h)
     final = max(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     assert _spent(final) >= budget_s and state["global_step"] > step_before
-    assert runtime < budget_s - spent_before + 4.0  # what was left, not a fresh budget
-    # the learning rate continues on its cosine: the first step after the resume is past its peak
-    rates = [h["learning_rate"] for h in history if "learning_rate" in h and h["step"] > step_before]
-    assert rates and rates[0] < 1e-3 * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * spent_before / budget_s))) + 1e-6
+    # what was left (plus the last step and the save), not a fresh budget (>= budget_s)
+    assert runtime < budget_s - 0.5 * spent_before
+    # the learning rate continues on its cosine (a fresh budget would jump back to the peak, 1e-3)
+    rates = [h["learning_rate"] for h in history if "learning_rate" in h]
+    steps = [h["step"] for h in history if "learning_rate" in h]
+    assert steps[0] < step_before < steps[-1]  # the log of both runs
+    assert all(later <= earlier + 1e-12 for earlier, later in zip(rates, rates[1:]))

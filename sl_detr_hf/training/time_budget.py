@@ -122,9 +122,12 @@ class TimeBudgetCallback(TrainerCallback, ExportableState):
             logger.info("time budget: %.1f of %.1f minutes already spent, %.1f left", self.spent_seconds / 60,
                         self.max_minutes, max(0.0, self.budget_seconds - self.spent_seconds) / 60)
 
-    def on_step_end(self, args, state, control, **kwargs):
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        # after the optimizer, before the scheduler's step: the rate it sets follows the time spent now
         self.spent_seconds = self._tick()
         self._publish()
+
+    def on_step_end(self, args, state, control, **kwargs):
         if self.bar is not None:
             self.bar.update(min(round(self.spent_seconds), self.bar.total) - self.bar.n)
             self.bar.set_postfix_str(f"step {state.global_step}", refresh=True)
