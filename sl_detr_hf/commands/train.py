@@ -80,8 +80,11 @@ class DataArguments:
     num_synthetic_val: int = field(default=100)
     augment: bool = field(default=True, metadata={"help": "flips and 90-degree rotations (rotated only)"})
     max_minutes: float | None = field(default=None, metadata={
-        "help": "stop training after this many minutes; without --max_steps the time also drives the learning rate "
-                "(warmup, then a cosine over the minutes) and no epoch limit applies unless --num_train_epochs"})
+        "help": "stop training after this many minutes of training, counted across resumed runs (checkpoints keep "
+                "the time spent); without --max_steps the time also drives the learning rate (warmup, then a cosine "
+                "over the minutes) and no epoch limit applies unless --num_train_epochs. Such a run is not "
+                "step-reproducible (its step count depends on the machine): the log and trainer_state.json give the "
+                "step reached, and --max_steps N trains that many steps again"})
     eval_iou_threshold: float = field(default=0.5, metadata={
         "help": "IoU threshold of the evaluation mAP (0.5: the DOTA mAP50; 0.75: mAP75)"})
 
