@@ -107,6 +107,8 @@ def test_a_key_without_a_place_is_named():
 @needs_rhino
 @pytest.mark.parametrize("change, message", [
     (lambda m: m.update(version="v4"), "version 'v4'"),
+    (lambda m: m.update(version="v1"), "version 'v1'"),
+    (lambda m: m.pop("version"), r"version '' \(the config sets none: RHINO's default\)"),
     (lambda m: m.update(backbone={"type": "mmdet.SwinTransformer"}), "Swin"),
     (lambda m: m["bbox_head"].update(angle_cfg={"width_longer": False, "start_angle": 0}), "width_longer"),
     (lambda m: m["backbone"].update(style="caffe"), "style='caffe'"),
@@ -222,3 +224,146 @@ def test_a_safetensors_state_dict_converts_with_a_config_file(tmp_path):
     assert rhino_main([str(weights), str(out), "--config", str(config)]) == 0
     assert (out / "model.safetensors").is_file() and (out / "preprocessor_config.json").is_file()
     assert SlDetrForObjectDetection.from_pretrained(out).config.num_queries == 200
+
+
+# ------------------------------------------------------------------------------ hostile configs are bounded
+
+# Each case runs in one child process (a regression that hangs is killed by the timeout and fails its case instead
+# of hanging the suite; its address space is capped, so one that allocates fails with MemoryError).
+_HOSTILE_CHILD = textwrap.dedent("""
+    import contextlib, io, json, resource, runpy, sys, time
+    from sl_detr_hf.convert import CheckpointError, convert_rhino_checkpoint, load_config, parse_config_text
+
+    with open("/proc/self/statm") as handle:
+        used = int(handle.read().split()[0]) * resource.getpagesize()
+    resource.setrlimit(resource.RLIMIT_AS, (used + (1 << 30), resource.getrlimit(resource.RLIMIT_AS)[1]))
+    for case in json.loads(sys.stdin.read()):
+        stderr, start = io.StringIO(), time.process_time()
+        try:
+            with contextlib.redirect_stderr(stderr):
+                if case["call"] == "load_config":
+                    load_config(case["path"])
+                elif case["call"] == "parse":
+                    parse_config_text(case["text"], "meta.py")
+                elif case["call"] == "convert":
+                    convert_rhino_checkpoint(case["path"])
+                else:
+                    sys.argv = case["argv"]
+                    runpy.run_path(case["argv"][0], run_name="__main__")
+            outcome = "no error"
+        except CheckpointError as err:
+            outcome = f"{type(err).__name__}: {err}"
+        except SystemExit as err:
+            outcome = f"exit {err.code}: {stderr.getvalue()}"
+        except BaseException as err:
+            outcome = f"{type(err).__name__}: {err}"
+        seconds = time.process_time() - start  # CPU seconds: the suite may share the cores
+        print(json.dumps({"name": case["name"], "seconds": seconds, "outcome": outcome}), flush=True)
+    """)
+
+# name -> (config text, or files {name: text} with the first one read; what the error must say)
+_HOSTILE_CONFIGS = {
+    "power": ("x = 9 ** 9 ** 9 ** 9", "bad.py:1: a power of about 1.23e+09 bits"),
+    "string_repeat": ("a = 1\nx = 'a' * 10**9", "bad.py:2: repeating a str 1,000,000,000 times"),
+    "list_repeat": ("x = [0] * 10**9", "bad.py:1: repeating a list 1,000,000,000 times"),
+    "list_repeat_reversed": ("x = 10**9 * [0]", "bad.py:1: repeating a list 1,000,000,000 times"),
+    "nested_repeat": ("x = [[0] * 1000] * 1000", "bad.py:1: repeating a list 1,000 times makes 1,001,000 items"),
+    "int_literal": ("x = " + "9" * 4000, "bad.py:1: an integer of 13,288 bits"),
+    "int_of_float": ("x = int(1e308)", "bad.py:1: an integer of 1,024 bits"),
+    "float_power": ("x = 2.0 ** 10000", "bad.py:1: arithmetic overflow"),
+    "percent_width": ("x = '%0999999999d' % 1", "bad.py:1: a %-format field width"),
+    "deep_expression": ("x = " + " + ".join(["1"] * 300), "bad.py:1: an expression nested deeper than 100"),
+    "parser_nesting": ("x = " + "-" * 100_000 + "1", "bad.py: nested too deeply for Python's parser"),
+    "deep_value": ("a = [0]\n" + "a = [a]\n" * 150, "bad.py:101: a value nested 101 levels deep"),
+    "doubling": ("a = [0]\n" + "a = a + a\n" * 40, "bad.py:17: the config builds or copies more than"),
+    "many_copies": ("big = [0] * 90000\n" + "y = big\n" * 40, "bad.py:3: the config builds or copies more than"),
+    "base_cycle": ({"bad.py": "_base_ = ['b.py']\nx = 1", "b.py": "y = 2\n_base_ = 'bad.py'"},
+                   "b.py:2: `_base_` cycle bad.py -> b.py -> bad.py"),
+    "base_self": ({"bad.py": "_base_ = './bad.py'"}, "bad.py:1: `_base_` cycle bad.py -> bad.py"),
+    "base_depth": ({"bad.py": "_base_ = 'c1.py'", **{f"c{i}.py": f"_base_ = 'c{i + 1}.py'" for i in range(1, 40)}},
+                   "c15.py:1: `_base_` chain deeper than 16 files"),
+    "base_fan_out": ({"bad.py": "_base_ = ['leaf.py'] * 100", "leaf.py": "x = 1"},
+                     "bad.py:1: more than 64 config files"),
+    "base_missing": ({"bad.py": "x = 1\n_base_ = ['gone.py']"}, "bad.py:2: config"),
+    "json_nesting": ({"bad.json": "[" * 100_000}, "bad.json: not a readable JSON config (RecursionError"),
+    "json_deep_value": ({"bad.json": '{"a": ' + "[" * 150 + "]" * 150 + "}"}, "a value nested deeper than 100"),
+}
+
+
+@pytest.fixture(scope="module")
+def hostile_outcomes(tmp_path_factory):
+    """`{case: {"seconds", "outcome"}}` of every hostile config read in one child process."""
+    import json
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    root = tmp_path_factory.mktemp("hostile")
+    cases = []
+    for name, (content, _) in _HOSTILE_CONFIGS.items():
+        folder = root / name
+        folder.mkdir()
+        files = content if isinstance(content, dict) else {"bad.py": content}
+        for file, text in files.items():
+            (folder / file).write_text(text)
+        cases.append({"name": name, "call": "load_config", "path": str(folder / next(iter(files)))})
+    cases.append({"name": "meta_text", "call": "parse", "text": "x = 9 ** 9 ** 9 ** 9"})
+    pth = root / "untrusted.pth"
+    torch.save({"meta": {"cfg": "model = dict(type='RHINO')\nx = [0] * 10**9"},
+                "state_dict": {"level_embed": torch.zeros(4, 8)}}, pth)
+    cases.append({"name": "meta_pth", "call": "convert", "path": str(pth)})
+    save_file({"level_embed": torch.zeros(4, 8)}, str(root / "sd.safetensors"))
+    script = Path(__file__).parents[1] / "scripts" / "convert_rhino_checkpoint.py"
+    cases.append({"name": "command_line", "call": "script", "argv": [
+        str(script), str(root / "sd.safetensors"), str(root / "out"), "--config", str(root / "power" / "bad.py")]})
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    try:
+        done = subprocess.run([sys.executable, "-c", _HOSTILE_CHILD], input=json.dumps(cases), capture_output=True,
+                              text=True, timeout=90, env=env)
+        stdout, stderr = done.stdout, done.stderr
+    except subprocess.TimeoutExpired as err:  # a case hung: the ones before it still report
+        stdout, stderr = err.stdout or "", "timed out"
+        stdout = stdout.decode() if isinstance(stdout, bytes) else stdout
+    outcomes = {}
+    for line in stdout.splitlines():
+        if line.startswith("{"):
+            entry = json.loads(line)
+            outcomes[entry["name"]] = entry
+    outcomes["_stderr"] = stderr
+    return outcomes
+
+
+@pytest.mark.parametrize("name", list(_HOSTILE_CONFIGS))
+def test_hostile_config_files_are_refused_at_once_naming_file_and_line(hostile_outcomes, name):
+    entry = hostile_outcomes.get(name)
+    assert entry is not None, f"did not finish: {hostile_outcomes['_stderr'][-500:]}"
+    assert entry["outcome"].startswith("ConfigError: "), entry["outcome"][:300]
+    assert _HOSTILE_CONFIGS[name][1] in entry["outcome"], entry["outcome"][:300]
+    assert entry["seconds"] < 0.5, entry
+
+
+def test_hostile_checkpoint_meta_and_the_command_line_are_refused_at_once(hostile_outcomes):
+    for name in ("meta_text", "meta_pth", "command_line"):
+        assert name in hostile_outcomes, f"{name} did not finish: {hostile_outcomes['_stderr'][-500:]}"
+        assert hostile_outcomes[name]["seconds"] < 1.0, hostile_outcomes[name]
+    assert hostile_outcomes["meta_text"]["outcome"].startswith("ConfigError: meta.py:1: a power of about")
+    assert hostile_outcomes["meta_pth"]["outcome"].startswith("ConfigError: meta['cfg']:2: repeating a list")
+    out = hostile_outcomes["command_line"]["outcome"]
+    assert out.startswith("exit 2: error: ") and "bad.py:1: a power of about 1.23e+09 bits" in out
+    assert "Traceback" not in out
+
+
+@needs_rhino
+def test_real_configs_stay_far_below_the_bounds():
+    from sl_detr_hf.convert import common
+
+    for kind in ("rhino", "mmdet_dino"):
+        budget = common._Budget()
+        names, _ = common._parse_config(load_model_json(kind)["checkpoint_meta"]["cfg"], kind, budget)
+        assert names["model"]["type"] in ("RHINO", "DINO")
+        assert 1_000 < budget.work < common.MAX_CONFIG_WORK / 20  # about 11,000
+    text = "a = dict(x=[1, 2] * 3, y='ab' * 4, z=2 ** 64, w=-2 ** 127, s='%5.2f' % 3.14159)\nb = [a] * 2"
+    assert parse_config_text(text)["b"][1] == {"x": [1, 2, 1, 2, 1, 2], "y": "abababab", "z": 2 ** 64,
+                                              "w": -2 ** 127, "s": " 3.14"}

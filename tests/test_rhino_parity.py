@@ -8,6 +8,7 @@ outputs on a 512 x 512 image, a 384 x 512 one and a padded batch of both. No mm 
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -40,6 +41,22 @@ def test_conversion_accounts_for_every_key(converted):
     assert (config.box_type, config.num_labels, config.num_queries, config.decoder_layers) == ("rotated", 15, 200, 2)
     assert config.id2label[0] == "plane" and config.angle_start == 0 and config.class_aware_topk
     assert config.backbone_norm == "eval_batch_norm"  # mmdet's norm_eval ResNet, bit for bit
+
+
+def test_decoder_version_v3_converts_and_matches(converted):
+    """RHINO builds the same decoder for `version='v3'` as for 'v2' (`RHINO._init_layers`: `version in ['v2', 'v3']`
+    -> `RhinoTransformerDecoderV2`) and reads `version` nowhere else: a 'v3' checkpoint converts to the same model,
+    whose every decoder layer matches RHINO's outputs."""
+    cfg = copy.deepcopy(source_config(KIND))
+    cfg["model"]["version"] = "v3"
+    v3 = convert_rhino_checkpoint(load_weights(KIND), config=cfg)
+    assert v3.model.config.to_dict() == converted.model.config.to_dict()
+    _, reference, _, _, logits, boxes, _ = run_case(KIND, "square", v3.model, TOLERANCE)
+    assert len(logits) == len(reference["dec_logits"]) == 2
+    for layer, (layer_logits, layer_boxes) in enumerate(zip(logits, boxes)):
+        torch.testing.assert_close(layer_logits, reference["dec_logits"][layer], rtol=0, atol=TOLERANCE)
+        sigmoid_space = torch.cat([layer_boxes[..., :4], layer_boxes[..., 4:] / math.pi], -1)
+        torch.testing.assert_close(sigmoid_space, reference["dec_coords"][layer], rtol=0, atol=TOLERANCE)
 
 
 def test_inputs_follow_the_fixture_recipe(case):

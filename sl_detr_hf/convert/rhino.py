@@ -1,9 +1,11 @@
 """RHINO (SIAnalytics/RHINO, mmrotate 1.x on mmdetection 3.0) checkpoints -> rotated SL-DETR.
 
 Supported: `type='RHINO'` with `version='v2'` (the DOTA / DIOR configs' decoder: 5-d references whose angle turns
-the sampling), mmdet ResNet-50 / 101 backbones, any head class (`RHINOHead`, the `rhino_phc_haus` heads: they differ
-in training only). Refused with a message: other decoder versions (`''` / `'v1'` drop the angle, `'v4'` embeds it),
-Swin backbones, angle settings other than `width_longer=True` with `angle_factor=pi`.
+the sampling) or `'v3'` (RHINO builds the same decoder for it, `RHINO._init_layers`, and reads `version` nowhere
+else), mmdet ResNet-50 / 101 backbones, any head class (`RHINOHead`, the `rhino_phc_haus` heads: they differ in
+training only). Refused with a message: other decoder versions (`''`, RHINO's default when the config names none,
+and `'v1'` drop the angle; `'v4'` embeds it), Swin backbones, angle settings other than `width_longer=True` with
+`angle_factor=pi`.
 
 The converted model computes what RHINO computes (`RHINO_SWITCHES`: temperature-20 encoder positions, decoder
 output norm, class-aware top-k, theta = sigmoid(a) * pi, ...; `tests/test_rhino_parity.py`), and fine-tunes with
@@ -41,14 +43,21 @@ __all__ = ["RHINO_SPEC", "convert_rhino_checkpoint", "main"]
 # heads whose training SL-DETR's dynamic denoising reproduces (a positive DN query that loses its object to a
 # matching query is trained as background); the others train plain contrastive denoising
 _DYNAMIC_DENOISING_HEADS = ("RHINOPositiveHungarianClassificationHead",)
+# decoder versions whose layers SL-DETR's decoder computes: RHINO builds `RhinoTransformerDecoderV2` for both
+_SUPPORTED_VERSIONS = ("v2", "v3")
 
 
 def _rhino_settings(model_cfg: Mapping | None, reader: StateDictReader) -> dict[str, Any]:
-    """RHINO's decoder version and angle convention -> `SlDetrConfig` fields."""
-    version = (model_cfg or {}).get("version", "v2")
-    if version not in ("v2", "v3"):
-        raise CheckpointError(f"RHINO decoder version {version!r} is not supported: SL-DETR's decoder is RHINO's "
-                              "'v2' (5-d references, angle-rotated sampling), the one of the DOTA / DIOR configs")
+    """RHINO's decoder version and angle convention -> `SlDetrConfig` fields.
+
+    Without a config the version cannot be read from the tensors: 'v2' is assumed (the published configs').
+    """
+    version = "v2" if model_cfg is None else model_cfg.get("version", "")  # RHINO's default: ''
+    if version not in _SUPPORTED_VERSIONS:
+        named = "" if model_cfg is None or "version" in model_cfg else " (the config sets none: RHINO's default)"
+        raise CheckpointError(f"RHINO decoder version {version!r}{named} is not supported: SL-DETR's decoder is "
+                              "RHINO's 'v2' (5-d references, angle-rotated sampling; 'v3' builds the same decoder), "
+                              "the one of the DOTA / DIOR configs; '' / 'v1' drop the angle, 'v4' embeds it")
     head = _get(model_cfg, "bbox_head") or {}
     angle_cfg = head.get("angle_cfg") or {"width_longer": True, "start_angle": 0}
     if not angle_cfg.get("width_longer", True):
