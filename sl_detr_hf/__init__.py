@@ -3,10 +3,13 @@
 Importing the package registers SL-DETR with the transformers Auto classes (`AutoConfig`, `AutoModel`,
 `AutoModelForObjectDetection`, `AutoImageProcessor`) and marks the classes for `register_for_auto_class`, so that
 `save_pretrained` writes `auto_map` and copies the (self-contained) code files next to the weights: the saved folder
-loads with `trust_remote_code=True` where this package is not installed.
+loads with `trust_remote_code=True` where this package is not installed. It also registers the
+`"oriented-object-detection"` task of `transformers.pipeline`: with the package imported, the registered code serves
+every saved folder, those that declare their own pipeline code (`sl_detr_hf.hub.save_for_hub`) included, without
+`trust_remote_code` and without a prompt.
 """
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForObjectDetection
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForObjectDetection, AutoVideoProcessor
 from transformers.models.auto.modeling_auto import MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES
 
 from .configuration_sl_detr import DOTA_CLASSES, SlDetrConfig
@@ -45,6 +48,10 @@ def _register() -> None:
     AutoModelForObjectDetection.register(SlDetrConfig, SlDetrForObjectDetection, exist_ok=True)
     AutoImageProcessor.register(SlDetrConfig, image_processor_classes={"torchvision": SlDetrImageProcessor},
                                 exist_ok=True)
+    # No video processor. transformers' pipelines look for one (softly) in every model folder, and derive its remote
+    # class from the image processor's `auto_map`: without this entry they asked "Do you wish to run the custom
+    # code? [y/N]" for any saved SL-DETR folder, the package installed or not.
+    AutoVideoProcessor.register(SlDetrConfig, video_processor_classes={}, exist_ok=True)
     SlDetrConfig.register_for_auto_class()
     SlDetrModel.register_for_auto_class("AutoModel")
     SlDetrForObjectDetection.register_for_auto_class("AutoModelForObjectDetection")

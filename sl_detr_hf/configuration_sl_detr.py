@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from huggingface_hub.dataclasses import strict
 from transformers import DeformableDetrConfig
 
@@ -253,6 +255,7 @@ class SlDetrConfig(DeformableDetrConfig):
         super().__post_init__(**kwargs)
         if self.id2label is not None and self.label2id is not None and len(self.label2id) != len(self.id2label):
             self.label2id = {name: int(i) for i, name in self.id2label.items()}
+        _forget_pipelines_served_here(self)
 
     @property
     def use_dynamic_denoising(self) -> bool:
@@ -335,3 +338,32 @@ class SlDetrConfig(DeformableDetrConfig):
         if self.two_stage and self.two_stage_num_proposals != self.num_queries:
             raise ValueError(f"with `two_stage`, `two_stage_num_proposals` ({self.two_stage_num_proposals}) must "
                              f"equal `num_queries` ({self.num_queries})")
+
+
+def _forget_pipelines_served_here(config: SlDetrConfig) -> None:
+    """Drop the `custom_pipelines` entries of a saved folder that name the pipeline this very package registered
+    for their task. `sl_detr_hf.hub.save_for_hub` declares the shipped `pipeline_oriented_detection.py` there so that
+    `pipeline(model=folder, trust_remote_code=True)` works where `sl_detr_hf` is not installed; where it is imported,
+    it registers that task itself, and transformers would still ask for `trust_remote_code` (or prompt) for any
+    declared pipeline: without the entry, `pipeline("oriented-object-detection", model=folder)` runs the installed
+    code and asks nothing. A copy of this file loaded as remote code keeps the entry (nothing of its package is
+    registered), and so does an entry naming other code."""
+    pipelines = getattr(config, "custom_pipelines", None)
+    registry = getattr(sys.modules.get("transformers.pipelines"), "PIPELINE_REGISTRY", None)
+    if not isinstance(pipelines, dict) or registry is None:
+        return
+    package = __name__.rpartition(".")[0]
+
+    def served_here(task: str, spec) -> bool:
+        impl = registry.supported_tasks.get(task, {}).get("impl")
+        if impl is None or not isinstance(spec, dict) or impl.__module__.rpartition(".")[0] != package:
+            return False
+        return spec.get("impl") == f"{impl.__module__.rpartition('.')[2]}.{impl.__name__}"
+
+    kept = {task: spec for task, spec in pipelines.items() if not served_here(task, spec)}
+    if len(kept) == len(pipelines):
+        return
+    if kept:
+        config.custom_pipelines = kept
+    else:
+        del config.custom_pipelines

@@ -8,7 +8,9 @@ The folder holds the weights (safetensors), `config.json` (with `auto_map` for `
 `AutoModelForObjectDetection` and `custom_pipelines` for the `"oriented-object-detection"` pipeline),
 `preprocessor_config.json` (with `auto_map` for `AutoImageProcessor`), the model's code files, the pipeline's code
 file and `README.md`, so that `pipeline(model=folder_or_repo_id, trust_remote_code=True)` works where `sl_detr_hf` is
-not installed.
+not installed. Where it is imported, `pipeline("oriented-object-detection", model=folder_or_repo_id)` runs the
+package's registered code instead, with no `trust_remote_code` and no prompt (the package's config does not read
+the folder's `custom_pipelines` entry for its own pipeline).
 """
 
 from __future__ import annotations
@@ -174,9 +176,11 @@ def generate_model_card(model: SlDetrForObjectDetection, metrics: Mapping[str, A
               "```python",
               f'detector = pipeline("object-detection", model="{where}", trust_remote_code=True)',
               "```", "",
-              "With the `sl_detr_hf` package installed (the model's own code, no `trust_remote_code`):", "",
-              "```python", "from sl_detr_hf.inference import load_detector", "",
-              f'detector = load_detector("{where}")  # an OrientedObjectDetectionPipeline', "```", "",
+              "With the `sl_detr_hf` package installed (its own code, no `trust_remote_code`, nothing asked):", "",
+              "```python", "import sl_detr_hf  # registers the task", "from transformers import pipeline", "",
+              f'detector = pipeline("{TASK}", model="{where}")',
+              "# or: from sl_detr_hf.inference import load_detector; "
+              f'detector = load_detector("{where}")', "```", "",
               "or from the command line: `python scripts/predict.py --model "
               f"{where} images/ --output-dir predictions` (JSON + PNGs with the boxes drawn).", "",
               "Boxes: `rbox` is in pixels of the input image, `theta` in radians, le90 (`w >= h`, `theta` in "

@@ -1,8 +1,9 @@
 """The ``"oriented-object-detection"`` pipeline: oriented boxes and polygons from an SL-DETR model.
 
     >>> from transformers import pipeline
-    >>> detector = pipeline(model="folder_or_hub_id", trust_remote_code=True)  # a folder written by save_for_hub
-    >>> import sl_detr_hf  # or, with the package: registers the task for model objects and plain folders
+    >>> detector = pipeline(model="folder_or_hub_id", trust_remote_code=True)  # without sl_detr_hf installed
+    >>> import sl_detr_hf  # with the package: registers the task; its code serves, nothing is asked
+    >>> detector = pipeline("oriented-object-detection", model="folder_or_hub_id")  # any saved folder
     >>> detector = pipeline("oriented-object-detection", model=model, image_processor=image_processor)
     >>> detector("image.png", threshold=0.3)
     [{'score': 0.91, 'label': 'plane', 'box': {'xmin': 10, 'ymin': 20, 'xmax': 74, 'ymax': 70},
@@ -18,8 +19,10 @@ when the box is taller than wide, the le90 convention).
 This file ships with saved models as custom pipeline code (``config.custom_pipelines``, see
 ``sl_detr_hf.hub.save_for_hub``), so that ``pipeline(model=folder_or_hub_id, trust_remote_code=True)`` works where
 ``sl_detr_hf`` is not installed: it imports only torch, transformers, the standard library and its sibling
-``geometry_conversions.py``. transformers asks for ``trust_remote_code=True`` for any folder that declares a custom
-pipeline, also when this package is installed; ``sl_detr_hf.inference.load_detector(folder)`` avoids it.
+``geometry_conversions.py``. Where ``sl_detr_hf`` is imported, the package's config forgets that declaration when it
+reads the folder (the task is registered here, :func:`register_pipeline`), so ``pipeline("oriented-object-detection",
+model=folder)`` runs the installed code without ``trust_remote_code`` and asks nothing; name the task there (without
+one, transformers would look it up on the Hub). ``sl_detr_hf.inference.load_detector(folder)`` does the same.
 """
 
 from __future__ import annotations
@@ -174,7 +177,9 @@ class OrientedObjectDetectionPipeline(ObjectDetectionPipeline):
 
 
 def register_pipeline() -> None:
-    """Register ``"oriented-object-detection"`` with transformers' ``pipeline(...)`` (idempotent)."""
+    """Register ``"oriented-object-detection"`` with transformers' ``pipeline(...)`` (idempotent; ``import
+    sl_detr_hf`` calls it). A saved folder's ``custom_pipelines`` entry naming this class is then not read by the
+    package's config (``configuration_sl_detr._forget_pipelines_served_here``): this registration serves it."""
     from transformers import AutoModelForObjectDetection
     from transformers.pipelines import PIPELINE_REGISTRY
 

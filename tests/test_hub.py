@@ -90,6 +90,7 @@ def test_model_card_content(model):
         assert f"| {i} | {name} |" in card
     assert 'pipeline(model="me/sl-detr-dota", trust_remote_code=True)' in card
     assert 'pipeline("object-detection", model="me/sl-detr-dota", trust_remote_code=True)' in card
+    assert 'import sl_detr_hf  # registers the task' in card and f'pipeline("{TASK}", model="me/sl-detr-dota")' in card
     assert CITATION in card and PAPER_TITLE in card
     assert "| queries | 20 |" in card and "# sl-detr-dota" in card
     empty = generate_model_card(model)

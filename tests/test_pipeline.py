@@ -158,12 +158,29 @@ _REMOTE_SCRIPT = textwrap.dedent("""
         hidden = False
     except ImportError:
         hidden = True
+    import builtins
     from transformers import pipeline
 
+    asked = []
+
+    def prompt(message=""):
+        asked.append(message)
+        raise EOFError("answered nothing")
+
+    builtins.input = prompt
     folder, image = sys.argv[1], sys.argv[2]
+    try:  # without the package, the folder's code runs only when trusted
+        pipeline("oriented-object-detection", model=folder)
+        refused = ""
+    except ValueError as err:
+        refused = str(err)
+    asked_untrusted, asked[:] = len(asked), []
     oriented = pipeline(model=folder, trust_remote_code=True)
     stock = pipeline("object-detection", model=folder, trust_remote_code=True)
     print(json.dumps({
+        "refused": refused,
+        "asked_untrusted": asked_untrusted,
+        "asked_trusted": len(asked),
         "hidden": hidden,
         "pipeline_module": type(oriented).__module__,
         "model_module": type(oriented.model).__module__,
@@ -187,6 +204,8 @@ def test_trust_remote_code_pipeline_without_the_package(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["hidden"] and result["loaded"] == []
+    assert "trust_remote_code=True" in result["refused"] and result["asked_untrusted"] >= 1
+    assert result["asked_trusted"] == 0
     assert result["pipeline_module"].startswith("transformers_modules.")
     assert result["model_module"].startswith("transformers_modules.")
 
