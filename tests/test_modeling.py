@@ -265,7 +265,7 @@ def test_save_load_round_trip_and_auto_classes(tmp_path):
     files = set(os.listdir(tmp_path))
     assert {"model.safetensors", "config.json", "configuration_sl_detr.py", "modeling_sl_detr.py",
             "loss_sl_detr.py", "geometry_conversions.py", "geometry_overlaps.py", "geometry_gaussian.py",
-            "geometry_distances.py", "geometry_nms.py", "decoder_sl_detr.py", "attention_sl_detr.py",
+            "geometry_distances.py", "decoder_sl_detr.py", "attention_sl_detr.py",
             "query_selection_sl_detr.py", "denoising_sl_detr.py", "backbone_sl_detr.py", "hybrid_sl_detr.py"} <= files
     auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
     assert auto_map == {"AutoConfig": "configuration_sl_detr.SlDetrConfig",
