@@ -4,6 +4,9 @@ The fixtures come from the original code (`scripts/make_rhino_reference.py`); SL
 in `test_rhino_parity.py` / `test_mmdet_dino_parity.py` (reader: `_parity_fixtures.py`). Here: the files load
 without any mm package, the input tensor is rebuilt exactly from the PNGs, and the recorded intermediates chain
 into the recorded detections by the formulas the parity code relies on (notes: the harness script's docstring).
+And what SL-DETR's own code must get right on them without the model's numerics in the way: the converters' image
+processor, given the original model's last-layer outputs, gives the original code's detections (top-k over
+query x class, scores, labels, boxes in original pixels, RHINO's angles as le90, DINO's boxes clipped).
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ import math
 
 import pytest
 import torch
-from _parity_fixtures import load_case, load_model_json, load_weights
+from _parity_fixtures import load_case, load_model_json, load_weights, source_config
+
+from sl_detr_hf.convert import convert_mmdet_dino_checkpoint, convert_rhino_checkpoint
 
 KINDS = ("rhino", "mmdet_dino")
 CASES = ("square", "wide", "batch2_padded")
@@ -126,3 +131,49 @@ def test_padded_batch(kind):
     assert side["images"][1]["meta"]["img_shape"] == [384, 512] and side["batch_input_shape"] == [512, 512]
     assert not batch["enc_output_proposals_finite"][1].all()
     assert (batch["dec_logits"][:, 1] - wide["dec_logits"][:, 0]).abs().max() > 1e-3
+
+
+@pytest.fixture(scope="module")
+def processors() -> dict:
+    """The image processor each converter sets up for its fixture's checkpoint."""
+    return {"rhino": convert_rhino_checkpoint(load_weights("rhino"), config=source_config("rhino")).processor,
+            "mmdet_dino": convert_mmdet_dino_checkpoint(load_weights("mmdet_dino"),
+                                                        config=source_config("mmdet_dino")).processor}
+
+
+def _le90(boxes: torch.Tensor) -> torch.Tensor:
+    """``(N, 5)`` rotated boxes as le90 (``w >= h``, theta in ``[-pi/2, pi/2)``), written here independently of
+    sl_detr_hf."""
+    cx, cy, w, h, theta = boxes.double().unbind(-1)
+    swap = w < h
+    theta = torch.where(swap, theta + math.pi / 2, theta)
+    theta = torch.remainder(theta + math.pi / 2, math.pi) - math.pi / 2
+    return torch.stack([cx, cy, torch.maximum(w, h), torch.minimum(w, h), theta], -1)
+
+
+@pytest.mark.parametrize(("kind", "case"), PARAMS)
+def test_post_processing_gives_the_reference_detections(processors, kind, case):
+    """`post_process_object_detection` of the converted processor on the reference's last decoder layer (its
+    sigmoid-space boxes as the model's `pred_boxes`: RHINO's angle `a * pi`) gives the reference detections: as
+    many (the processor's `max_detections` is the checkpoint's `max_per_img`), the same scores, labels and boxes."""
+    t, side = _case(kind, case)
+    coords = t["dec_coords"][-1]
+    pred_boxes = torch.cat([coords[..., :4], coords[..., 4:] * math.pi], -1) if kind == "rhino" else coords
+    results = processors[kind].post_process_object_detection(
+        {"logits": t["dec_logits"][-1], "pred_boxes": pred_boxes}, threshold=0.0,
+        target_sizes=[image["meta"]["ori_shape"] for image in side["images"]])
+    for b, result in enumerate(results):
+        assert len(result["scores"]) == side["max_per_img"]
+        torch.testing.assert_close(result["scores"], t["det_scores"][b], rtol=0, atol=1e-7)  # 1 ulp: batched sigmoid
+        assert torch.equal(result["labels"], t["det_labels"][b])
+        if kind == "mmdet_dino":  # (x1, y1, x2, y2), clipped to the original image
+            torch.testing.assert_close(result["boxes"], t["det_bboxes"][b], rtol=0, atol=1e-3)
+            continue
+        ours, theirs = _le90(result["rboxes"]), _le90(t["det_bboxes"][b])
+        torch.testing.assert_close(ours[:, :4], theirs[:, :4], rtol=0, atol=1e-3)
+        square = (theirs[:, 2] - theirs[:, 3]).abs() < 1e-3  # its angle is defined up to pi / 2 only
+        period = torch.where(square, math.pi / 2, math.pi).double()
+        turn = torch.remainder(ours[:, 4] - theirs[:, 4] + period / 2, period) - period / 2
+        assert float(turn.abs().max()) < 1e-5
+        assert bool((result["rboxes"][:, 2] >= result["rboxes"][:, 3]).all())  # le90 as documented
+
