@@ -70,7 +70,7 @@ class DataArguments:
     class_names: str | None = field(default=None, metadata={
         "help": "dota / yolo_obb: the class list, comma-separated (a,b,c; yolo_obb: in class-index order). Default: "
                 "dota: --dota_version's list if given, else classes.txt in --train_dir, else the names in the "
-                "training labels (sorted; DOTA's list when they are mostly DOTA classes); yolo_obb: data.yaml"})
+                "training labels (DOTA's list when every name is a DOTA class, else sorted); yolo_obb: data.yaml"})
     dota_version: str | None = field(default=None, metadata={
         "help": "dota: use DOTA's class list 1.0 | 1.5 | 2.0 (mmrotate order); default: see --class_names"})
     split_patches: bool = field(default=False, metadata={
