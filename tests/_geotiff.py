@@ -13,7 +13,7 @@ NODATA = 0
 
 
 def write_geotiff(path: Path, data: np.ndarray, transform: Any = None, crs: str | None = UTM33N,
-                  nodata: float | None = NODATA, tiled: bool = False) -> Path:
+                  nodata: float | None = NODATA, tiled: bool = False, block: int = 32) -> Path:
     """Write ``(bands, H, W)`` ``data`` as a GeoTIFF (no georeference when ``transform`` and ``crs`` are None)."""
     import warnings
 
@@ -28,7 +28,7 @@ def write_geotiff(path: Path, data: np.ndarray, transform: Any = None, crs: str 
     if nodata is not None:
         profile["nodata"] = nodata
     if tiled:
-        profile.update(tiled=True, blockxsize=32, blockysize=32)
+        profile.update(tiled=True, blockxsize=block, blockysize=block)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)  # on purpose when transform is None
         with rasterio.open(path, "w", **profile) as dataset:

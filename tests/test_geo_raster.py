@@ -117,11 +117,12 @@ class ReadSpy:
     """Wraps a rasterio dataset; records the shape of every read."""
 
     def __init__(self, dataset):
-        self.dataset, self.reads = dataset, []
+        self.dataset, self.reads, self.calls = dataset, [], []
 
     def read(self, *args, **kwargs):
         out = self.dataset.read(*args, **kwargs)
         self.reads.append(out.shape)
+        self.calls.append(kwargs.get("window"))
         return out
 
     def __getattr__(self, name):
@@ -151,6 +152,30 @@ def test_tiled_path_reads_windows_and_skips_nodata_tiles(tmp_path):
     assert empty == 4 and stats == {"tiles": len(windows), "skipped_nodata": empty}
     assert len(seen) == len(windows) - empty and set(seen) == {(tile, tile)}
     assert spy.reads == [(3, tile, tile)] * len(windows)  # one window per tile, never more
+
+
+def test_large_scene_stretch_from_windows_in_single_blocks(tmp_path, monkeypatch):
+    """Above STRETCH_GRID_ABOVE pixels (no overviews): the percentiles of small windows, each inside one block."""
+    from sl_detr_hf.geo import raster as raster_module
+
+    data = scene_uint16(300, 400, seed=5)
+    path = write_geotiff(tmp_path / "s.tif", data, TRANSFORM, tiled=True, block=64)
+    with open_raster(path) as raster:  # 120,000 px: the decimated read, here the whole scene
+        assert np.allclose(raster.stretch, [np.percentile(b[b != 0], [2, 98]) for b in data[:3].astype(float)])
+        monkeypatch.setattr(raster_module, "STRETCH_GRID_ABOVE", 1000)
+        monkeypatch.setattr(raster_module, "STRETCH_SAMPLE_SIDE", 100)
+        spy = ReadSpy(raster._dataset)
+        raster._dataset = spy
+        windowed = raster._percentiles()
+    reads = spy.calls
+    # 16 evenly spread starts snapped to the block origins: y 0, 64, 128, 192 and x 0, 64, ..., 320
+    starts = sorted((w.row_off, w.col_off) for w in reads)
+    assert starts == [(y, x) for y in range(0, 256, 64) for x in range(0, 384, 64)]
+    assert all(w.width == w.height == 64 for w in reads)  # each window exactly one block
+    values = [np.concatenate([data[b, w.row_off:w.row_off + 64, w.col_off:w.col_off + 64].ravel() for w in reads])
+              for b in range(3)]
+    expected = [np.percentile(v[v != 0].astype(float), [2, 98]) for v in values]
+    assert np.allclose(windowed, expected)
 
 
 def test_pipeline_tiled_path_accepts_a_geotiff(tmp_path):

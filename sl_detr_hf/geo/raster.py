@@ -9,9 +9,12 @@ The rule that turns a scene's bands into the 8-bit RGB the detector takes:
   gray; default: the first three bands, or the first band as gray when the raster has fewer than three;
 - **scaling**: 8-bit bands are taken as they are; any other type (16-bit, 32-bit, float) is stretched per band and
   per scene, 2nd percentile -> 0 and 98th percentile -> 255, clipped (QGIS's default "cumulative count cut"). The
-  percentiles are computed once per scene, over the valid pixels of a decimated read of at most
-  `STRETCH_SAMPLE_SIDE` px a side (GDAL takes it from an overview when the file has one), so every tile of a scene
-  is scaled alike;
+  percentiles are computed once per scene, over the valid pixels of a sample of about a megapixel, so every tile of
+  a scene is scaled alike: the whole raster when it is at most `STRETCH_SAMPLE_SIDE` px a side; else a decimated
+  read of that size when the file has overviews (GDAL reads it from one) or up to 4,096 x 4,096 px; else
+  `STRETCH_GRID` x `STRETCH_GRID` windows of `STRETCH_WINDOW` px spread evenly over the scene, each inside one of the
+  file's blocks (a decimated read of a large file without overviews decompresses every block: a minute for 30,000 x
+  30,000 px). A band without a valid pixel in the windows falls back to the decimated read;
 - **nodata**: pixels masked by the file (its nodata value, an internal mask or an alpha band; NaN in float bands)
   become 0; a window in which every pixel of the chosen bands is masked reads as ``None``, and the tiled path
   skips it (and counts it).
@@ -30,8 +33,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-__all__ = ["GDAL_CACHE_MB", "GEO_EXTRA_HINT", "RASTER_EXTENSIONS", "STRETCH_PERCENTILES", "STRETCH_SAMPLE_SIDE",
-           "RasterScene", "is_raster_path", "open_raster", "parse_bands", "rasterio_available",
+__all__ = ["GDAL_CACHE_MB", "GEO_EXTRA_HINT", "RASTER_EXTENSIONS", "STRETCH_GRID", "STRETCH_PERCENTILES",
+           "STRETCH_SAMPLE_SIDE", "RasterScene", "is_raster_path", "open_raster", "parse_bands", "rasterio_available",
            "tiff_has_georeference"]
 
 RASTER_EXTENSIONS = frozenset({".tif", ".tiff"})
@@ -41,7 +44,11 @@ STRETCH_PERCENTILES = (2.0, 98.0)
 """Percentiles mapped to 0 and 255 for bands that are not 8-bit."""
 
 STRETCH_SAMPLE_SIDE = 1024
-"""Longest side (px) of the decimated read the percentiles are computed on."""
+"""Longest side (px) of the decimated read the percentiles are computed on (see the module docstring)."""
+
+STRETCH_GRID, STRETCH_WINDOW, STRETCH_GRID_ABOVE = 16, 64, 4096**2
+"""Without overviews and above ``STRETCH_GRID_ABOVE`` pixels: the percentiles' sample is ``STRETCH_GRID ** 2``
+windows of ``STRETCH_WINDOW`` px a side."""
 
 GDAL_CACHE_MB = 128
 """GDAL block cache (MB) while a `RasterScene` reads: a row of 512 px blocks of three bands 30,000 px wide is 88 MB.
@@ -170,18 +177,39 @@ class RasterScene:
         return self.width, self.height
 
     def _percentiles(self) -> np.ndarray:
-        """``(C, 2)`` low / high of each chosen band over the valid pixels of a decimated read."""
-        scale = min(1.0, STRETCH_SAMPLE_SIDE / max(self.width, self.height))
-        shape = (len(self.bands), max(1, round(self.height * scale)), max(1, round(self.width * scale)))
+        """``(C, 2)`` low / high of each chosen band over the valid pixels of the sample (module docstring)."""
         with self._env():
-            sample = self._dataset.read(self.bands, out_shape=shape, masked=True)
-        out = np.zeros((len(self.bands), 2))
-        for k, band in enumerate(sample):
-            values = np.ma.compressed(band).astype(np.float64)
-            values = values[np.isfinite(values)]
-            if values.size:
-                out[k] = np.percentile(values, STRETCH_PERCENTILES)
-        return out
+            ds = self._dataset
+            if max(self.width, self.height) <= STRETCH_SAMPLE_SIDE:
+                samples = [ds.read(self.bands, masked=True)]
+            elif ds.overviews(self.bands[0]) or self.width * self.height <= STRETCH_GRID_ABOVE:
+                samples = [self._decimated()]
+            else:
+                samples = [ds.read(self.bands, window=window, masked=True) for window in self._sample_windows()]
+            out = _band_percentiles(samples)
+            if np.isnan(out).any():  # a band without a valid pixel in the windows: the whole scene, decimated
+                out = _band_percentiles([self._decimated()])
+        return np.nan_to_num(out)
+
+    def _decimated(self) -> np.ma.MaskedArray:
+        """``(C, h, w)`` masked read of at most `STRETCH_SAMPLE_SIDE` px a side (nearest)."""
+        scale = STRETCH_SAMPLE_SIDE / max(self.width, self.height)
+        shape = (len(self.bands), max(1, round(self.height * scale)), max(1, round(self.width * scale)))
+        return self._dataset.read(self.bands, out_shape=shape, masked=True)
+
+    def _sample_windows(self) -> list[Any]:
+        """`STRETCH_GRID` x `STRETCH_GRID` windows of `STRETCH_WINDOW` px, evenly spread, each in one block."""
+        from rasterio.windows import Window
+
+        block_rows, block_cols = self._dataset.block_shapes[self.bands[0] - 1]
+        side = min(STRETCH_WINDOW, self.width, self.height)
+
+        def starts(length: int, block: int) -> list[int]:
+            spots = np.linspace(0, length - side, STRETCH_GRID).astype(int)
+            return sorted({min(int(v) // block * block, length - side) for v in spots})
+
+        rows, cols = starts(self.height, block_rows), starts(self.width, block_cols)
+        return [Window(x, y, side, side) for y in rows for x in cols]
 
     def read_rgb(self, window: Sequence[int] | None = None, skip_empty: bool = True) -> Image.Image | None:
         """One window as an 8-bit RGB PIL image.
@@ -229,6 +257,17 @@ class RasterScene:
                 f"dtype={self.dtype}, crs={self.crs})")
 
 
+def _band_percentiles(samples: list[np.ma.MaskedArray]) -> np.ndarray:
+    """``(C, 2)`` `STRETCH_PERCENTILES` of each band's valid, finite values over ``(C, h, w)`` samples (NaN: none)."""
+    out = np.full((samples[0].shape[0], 2), np.nan)
+    for k in range(len(out)):
+        values = np.concatenate([np.ma.compressed(sample[k]).astype(np.float64) for sample in samples])
+        values = values[np.isfinite(values)]
+        if values.size:
+            out[k] = np.percentile(values, STRETCH_PERCENTILES)
+    return out
+
+
 def _to_rgb(data: np.ma.MaskedArray, stretch: np.ndarray | None, skip_empty: bool) -> Image.Image | None:
     """``(C, h, w)`` masked band values -> ``h x w`` RGB by the module's rule (``None``: all nodata, skipped).
 
@@ -252,6 +291,7 @@ def _to_rgb(data: np.ma.MaskedArray, stretch: np.ndarray | None, skip_empty: boo
             scaled *= np.float32(255.0 / max(high - low, 1e-12))
             np.clip(scaled, 0, 255, out=scaled)
             np.rint(scaled, out=scaled)
+            scaled[bad] = 0  # NaN included: set before the cast to uint8
         empty &= bool(bad.all())
         target = rgb[..., k] if channels == 3 else rgb[..., 0]
         target[...] = scaled
