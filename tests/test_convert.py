@@ -14,6 +14,7 @@ import torch
 from _parity_fixtures import available, load_model_json, load_weights, source_config
 
 from sl_detr_hf import SlDetrForObjectDetection, SlDetrImageProcessor
+from sl_detr_hf.commands.convert import main as convert_main
 from sl_detr_hf.convert import (
     CheckpointError,
     convert_mmdet_dino_checkpoint,
@@ -22,7 +23,6 @@ from sl_detr_hf.convert import (
     load_config,
     parse_config_text,
 )
-from sl_detr_hf.convert.rhino import main as rhino_main
 
 needs_rhino = pytest.mark.skipif(not available("rhino"), reason="RHINO reference fixture not present")
 
@@ -138,6 +138,35 @@ def test_a_bgr_model_takes_rgb_after_conversion():
     assert list(converted.processor.image_mean) == [103.53, 116.28, 123.675]
 
 
+# ------------------------------------------------------------------------------------------ the rename table
+
+
+def test_the_rename_table_maps_each_part_by_hand_computed_names():
+    from sl_detr_hf.convert.mapping import rename_key
+
+    expected = {
+        "backbone.conv1.weight": "model.backbone.model.embedder.embedder.convolution.weight",
+        "backbone.layer2.3.bn1.running_mean":
+            "model.backbone.model.encoder.stages.1.layers.3.layer.0.normalization.running_mean",
+        "backbone.layer4.0.conv3.weight": "model.backbone.model.encoder.stages.3.layers.0.layer.2.convolution.weight",
+        "backbone.layer1.0.downsample.1.bias":
+            "model.backbone.model.encoder.stages.0.layers.0.shortcut.normalization.bias",
+        "neck.convs.2.gn.weight": "model.input_proj.2.1.weight",
+        "neck.extra_convs.0.conv.weight": "model.input_proj.3.0.weight",  # after the 3 convs
+        "encoder.layers.5.ffn.layers.0.0.bias": "model.encoder.layers.5.mlp.fc1.bias",
+        "decoder.layers.1.cross_attn.sampling_offsets.weight":
+            "model.decoder.layers.1.encoder_attn.sampling_offsets.weight",
+        "decoder.layers.0.norms.2.weight": "model.decoder.layers.0.final_layer_norm.weight",
+        "bbox_head.reg_branches.6.2.weight": "bbox_embed.6.layers.1.weight",
+        "dn_query_generator.label_embedding.weight": "model.denoising_class_embed.weight",
+    }
+    for source, target in expected.items():
+        assert rename_key(source, {"convs": 3}) == target, source
+    for unknown in ("backbone.layer5.0.conv1.weight", "backbone.layer1.0.conv4.weight", "bbox_head.extra.weight",
+                    "encoder.layers.0.norms.2.weight"):
+        assert rename_key(unknown, {"convs": 3}) is None, unknown
+
+
 # ------------------------------------------------------------------------------------- command line, folder
 
 
@@ -148,7 +177,7 @@ def test_command_line_writes_a_folder_that_loads(tmp_path, capsys):
     torch.save({"meta": meta, "state_dict": load_weights("rhino"),
                 "message_hub": {"runtime_info": {"epoch": 12}}}, path)
     out = tmp_path / "converted"
-    assert rhino_main([str(path), str(out)]) == 0
+    assert convert_main(["rhino", str(path), str(out)]) == 0
     assert "RHINO -> SL-DETR (rotated, 15 classes, 200 queries" in capsys.readouterr().out
     model = SlDetrForObjectDetection.from_pretrained(out).eval()
     processor = SlDetrImageProcessor.from_pretrained(out)
@@ -159,6 +188,38 @@ def test_command_line_writes_a_folder_that_loads(tmp_path, capsys):
     pixels = torch.randn(1, 3, 96, 128, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(model(pixels).logits, direct(pixels).logits)
+
+
+@pytest.mark.skipif(not available("mmdet_dino"), reason="mmdetection DINO reference fixture not present")
+def test_sl_detr_convert_dino_through_the_cli_and_the_script(tmp_path, capsys, monkeypatch):
+    import runpy
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from sl_detr_hf.cli import main as cli_main
+
+    assert cli_main(["--help"]) == 0 and "convert" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["convert", "--help"])
+    assert exit_info.value.code == 0 and "{rhino,dino}" in capsys.readouterr().out
+    weights = tmp_path / "dino.safetensors"
+    save_file({k: v.contiguous() for k, v in load_weights("mmdet_dino").items()}, str(weights))
+    config = tmp_path / "dino_config.py"
+    config.write_text(load_model_json("mmdet_dino")["checkpoint_meta"]["cfg"])
+    assert cli_main(["convert", "dino", str(weights), str(tmp_path / "cli"), "--config", str(config)]) == 0
+    assert "mmdetection DINO -> SL-DETR (horizontal" in capsys.readouterr().out
+    script = Path(__file__).parents[1] / "scripts" / "convert_mmdet_dino_checkpoint.py"
+    monkeypatch.setattr(sys, "argv", [str(script), str(weights), str(tmp_path / "script"), "--config", str(config)])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(script), run_name="__main__")
+    assert exit_info.value.code == 0
+    for folder in ("cli", "script"):
+        model = SlDetrForObjectDetection.from_pretrained(tmp_path / folder)
+        assert model.config.box_type == "horizontal" and model.config.num_queries == 200
+    first = SlDetrForObjectDetection.from_pretrained(tmp_path / "cli").state_dict()
+    second = SlDetrForObjectDetection.from_pretrained(tmp_path / "script").state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
 
 
 @needs_rhino
@@ -172,9 +233,9 @@ def test_missing_config_and_refused_pickles_exit_with_a_message(tmp_path, capsys
     torch.save({"meta": load_model_json("rhino")["checkpoint_meta"], "state_dict": load_weights("rhino"),
                 "message_hub": {"log_scalars": {"loss": fake_mmengine_logging.HistoryBuffer()}}}, path)
     with pytest.raises(SystemExit) as exit_info:
-        rhino_main([str(path), str(tmp_path / "out")])
+        convert_main(["rhino", str(path), str(tmp_path / "out")])
     assert exit_info.value.code == 2 and "--trust-checkpoint" in capsys.readouterr().err
-    assert rhino_main([str(path), str(tmp_path / "out"), "--trust-checkpoint"]) == 0
+    assert convert_main(["rhino", str(path), str(tmp_path / "out"), "--trust-checkpoint"]) == 0
 
 
 # ------------------------------------------------------------------------------------------ fine-tuning
@@ -221,7 +282,7 @@ def test_a_safetensors_state_dict_converts_with_a_config_file(tmp_path):
     config = tmp_path / "rhino_config.py"
     config.write_text(load_model_json("rhino")["checkpoint_meta"]["cfg"])
     out = tmp_path / "converted"
-    assert rhino_main([str(weights), str(out), "--config", str(config)]) == 0
+    assert convert_main(["rhino", str(weights), str(out), "--config", str(config)]) == 0
     assert (out / "model.safetensors").is_file() and (out / "preprocessor_config.json").is_file()
     assert SlDetrForObjectDetection.from_pretrained(out).config.num_queries == 200
 
@@ -357,7 +418,7 @@ def test_hostile_checkpoint_meta_and_the_command_line_are_refused_at_once(hostil
 
 @needs_rhino
 def test_real_configs_stay_far_below_the_bounds():
-    from sl_detr_hf.convert import common
+    from sl_detr_hf.convert import config as common
 
     for kind in ("rhino", "mmdet_dino"):
         budget = common._Budget()

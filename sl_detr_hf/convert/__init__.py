@@ -1,16 +1,26 @@
-"""Checkpoint converters: RHINO (rotated) and mmdetection DINO (horizontal) -> SL-DETR `from_pretrained` folders.
+"""Checkpoint converters -> SL-DETR `from_pretrained` folders: RHINO (rotated), mmdetection DINO (horizontal).
 
-Not shipped with `trust_remote_code` checkpoints (the converted folders hold only the model's own files).
+One job per module: `checkpoint.py` reads checkpoints safely (no pickled code unless trusted) and accounts for every
+key, `config.py` reads mmengine configs without running them (bounded, with the `_base_` chain), `settings.py`
+derives SL-DETR's settings from the source, `mapping.py` is the key rename table, `common.py` runs a conversion,
+and `rhino.py` / `mmdet_dino.py` say what differs per family. The command line is `sl-detr convert`
+(`sl_detr_hf.commands.convert`). Not shipped with `trust_remote_code` checkpoints (the converted folders hold only
+the model's own files).
 """
 
-from .common import CheckpointError, ConfigError, ConvertedCheckpoint, load_checkpoint, load_config, parse_config_text
+from .checkpoint import CheckpointError, StateDictReader, load_checkpoint
+from .common import ConvertedCheckpoint
+from .config import ConfigError, load_config, parse_config_text
 from .mmdet_dino import convert_mmdet_dino_checkpoint
 from .rhino import convert_rhino_checkpoint
+from .settings import COCO_CLASSES
 
 __all__ = [
+    "COCO_CLASSES",
     "CheckpointError",
     "ConfigError",
     "ConvertedCheckpoint",
+    "StateDictReader",
     "convert_mmdet_dino_checkpoint",
     "convert_rhino_checkpoint",
     "load_checkpoint",

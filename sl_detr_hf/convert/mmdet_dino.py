@@ -5,7 +5,7 @@ config of `configs/dino/dino-4scale_r50_*`. Refused with a message: Swin backbon
 The converted model computes what mmdetection computes (`RHINO_SWITCHES`, the same DINO numerics;
 `tests/test_mmdet_dino_parity.py`) and fine-tunes with SL-DETR's synchronized GIoU loss. Usage::
 
-    python scripts/convert_mmdet_dino_checkpoint.py dino-4scale_r50_8xb2-12e_coco.pth converted/
+    sl-detr convert dino dino-4scale_r50_8xb2-12e_coco.pth converted/
     # or
     from sl_detr_hf.convert import convert_mmdet_dino_checkpoint
     convert_mmdet_dino_checkpoint("dino-4scale_r50_8xb2-12e_coco.pth", "converted/")
@@ -19,9 +19,11 @@ from typing import Any
 
 from torch import Tensor
 
-from .common import COCO_CLASSES, ConvertedCheckpoint, SourceSpec, StateDictReader, command_line, convert_checkpoint
+from .checkpoint import StateDictReader
+from .common import ConvertedCheckpoint, SourceSpec, convert_checkpoint
+from .settings import COCO_CLASSES
 
-__all__ = ["MMDET_DINO_SPEC", "convert_mmdet_dino_checkpoint", "main"]
+__all__ = ["MMDET_DINO_SPEC", "convert_mmdet_dino_checkpoint"]
 
 
 def _dino_settings(model_cfg: Mapping | None, reader: StateDictReader) -> dict[str, Any]:
@@ -48,8 +50,3 @@ def convert_mmdet_dino_checkpoint(
     config's, or COCO's 80.
     """
     return convert_checkpoint(MMDET_DINO_SPEC, checkpoint, output_dir, config, trust_checkpoint, id2label)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`scripts/convert_mmdet_dino_checkpoint.py CHECKPOINT OUTPUT_DIR [--config CONFIG] [--trust-checkpoint]`."""
-    return command_line(MMDET_DINO_SPEC, argv)

@@ -11,7 +11,7 @@ The converted model computes what RHINO computes (`RHINO_SWITCHES`: temperature-
 output norm, class-aware top-k, theta = sigmoid(a) * pi, ...; `tests/test_rhino_parity.py`), and fine-tunes with
 SL-DETR's synchronized loss. Usage::
 
-    python scripts/convert_rhino_checkpoint.py rhino_r50_dota.pth converted/ [--config CONFIG.py]
+    sl-detr convert rhino rhino_r50_dota.pth converted/ [--config CONFIG.py]
     # or
     from sl_detr_hf.convert import convert_rhino_checkpoint
     convert_rhino_checkpoint("rhino_r50_dota.pth", "converted/")
@@ -27,18 +27,11 @@ from typing import Any
 from torch import Tensor
 
 from ..configuration_sl_detr import DOTA_CLASSES
-from .common import (
-    CheckpointError,
-    ConvertedCheckpoint,
-    SourceSpec,
-    StateDictReader,
-    _get,
-    command_line,
-    convert_checkpoint,
-    short_type,
-)
+from .checkpoint import CheckpointError, StateDictReader
+from .common import ConvertedCheckpoint, SourceSpec, convert_checkpoint
+from .config import lookup, short_type
 
-__all__ = ["RHINO_SPEC", "convert_rhino_checkpoint", "main"]
+__all__ = ["RHINO_SPEC", "convert_rhino_checkpoint"]
 
 # heads whose training SL-DETR's dynamic denoising reproduces (a positive DN query that loses its object to a
 # matching query is trained as background); the others train plain contrastive denoising
@@ -58,13 +51,13 @@ def _rhino_settings(model_cfg: Mapping | None, reader: StateDictReader) -> dict[
         raise CheckpointError(f"RHINO decoder version {version!r}{named} is not supported: SL-DETR's decoder is "
                               "RHINO's 'v2' (5-d references, angle-rotated sampling; 'v3' builds the same decoder), "
                               "the one of the DOTA / DIOR configs; '' / 'v1' drop the angle, 'v4' embeds it")
-    head = _get(model_cfg, "bbox_head") or {}
+    head = lookup(model_cfg, "bbox_head") or {}
     angle_cfg = head.get("angle_cfg") or {"width_longer": True, "start_angle": 0}
     if not angle_cfg.get("width_longer", True):
         raise CheckpointError(f"angle_cfg {angle_cfg!r}: only width_longer=True is supported")
     if not math.isclose(float(head.get("angle_factor", math.pi)), math.pi):
         raise CheckpointError(f"angle_factor={head['angle_factor']!r}: only pi is supported")
-    decoder_factor = _get(model_cfg, "decoder", "angle_factor", default=math.pi)
+    decoder_factor = lookup(model_cfg, "decoder", "angle_factor", default=math.pi)
     if not math.isclose(float(decoder_factor), math.pi):
         raise CheckpointError(f"decoder.angle_factor={decoder_factor!r}: only pi is supported")
     start = angle_cfg.get("start_angle", 0)
@@ -105,8 +98,3 @@ def convert_rhino_checkpoint(
         A [`ConvertedCheckpoint`] (`.model`, `.processor`, the used / ignored source keys).
     """
     return convert_checkpoint(RHINO_SPEC, checkpoint, output_dir, config, trust_checkpoint, id2label)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`scripts/convert_rhino_checkpoint.py CHECKPOINT OUTPUT_DIR [--config CONFIG] [--trust-checkpoint]`."""
-    return command_line(RHINO_SPEC, argv)
