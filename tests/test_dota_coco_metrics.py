@@ -181,9 +181,10 @@ def _gt(boxes, labels, difficult=None, image_id=0):
 def test_coco_ap_101_points():
     # TP, FP, TP over 2 objects: recall 0.5, 0.5, 1 at precision 1, 0.5, 2/3; the envelope is 1 up to recall
     # 0.5 (51 of the 101 points) then 2/3 (50 points).
-    ap = coco_ap(np.array([[0.5, 0.5, 1.0]]), np.array([[1.0, 0.5, 2 / 3]]))
-    assert ap[0] == pytest.approx((51 + 50 * 2 / 3) / 101, abs=1e-15)
-    assert coco_ap(np.zeros((2, 0)), np.zeros((2, 0))).tolist() == [0.0, 0.0]  # no detection: AP 0
+    ap = coco_ap(np.array([0.5, 0.5, 1.0]), np.array([1.0, 0.5, 2 / 3]))
+    assert ap == pytest.approx((51 + 50 * 2 / 3) / 101, abs=1e-15)
+    assert coco_ap(np.array([0.5, 1.0]), np.array([1.0, 2 / 3])) == ap  # the true positives' points suffice
+    assert coco_ap(np.zeros(0), np.zeros(0)) == 0.0  # no detection: AP 0
 
 
 def test_iou_sweep_of_one_object():

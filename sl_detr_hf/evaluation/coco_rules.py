@@ -22,7 +22,10 @@ The rules are those of ``pycocotools`` ``COCOeval`` (``evaluateImg`` / ``accumul
 
 All 4 sizes x 10 thresholds (*lanes*) are matched together: a Python loop over the rank of a detection within
 its image, each step vectorized over the lanes and over every image (a detection with no ground truth at
-IoU ``>= 0.5`` matches nothing and is skipped).
+IoU ``>= 0.5`` matches nothing and is skipped). The curves are then read at the true positives only (the
+precision envelope peaks there): the false positives before one are the detections of the lane's size range
+ranked before it less the matched ones, from one prefix sum per size, so memory grows with the detections
+times the 4 sizes, not times the 40 lanes.
 """
 
 from __future__ import annotations
@@ -43,28 +46,26 @@ SIZE_RANGES: dict[str, tuple[float, float]] = {"all": (0.0, math.inf), "small": 
 """Object sizes by box area ``w * h`` in pixels, bounds inclusive (COCO's ``areaRng``)."""
 
 
-def coco_ap(recall: np.ndarray, precision: np.ndarray) -> np.ndarray:
-    """101-point AP of rankings, exactly as ``COCOeval.accumulate``.
+def coco_ap(recall: np.ndarray, precision: np.ndarray) -> float:
+    """101-point AP of one ranking, as ``COCOeval.accumulate``.
 
     Args:
-        recall, precision: ``(L, D)`` curves of ``L`` rankings of ``D`` detections (recall non-decreasing).
+        recall, precision: ``(D,)`` curves over the ranking (recall non-decreasing), or only their values at
+            the true positives (the same AP: the envelope peaks there).
     Returns:
-        ``(L,)`` AP: the mean over :data:`COCO_RECALL_POINTS` of the precision envelope, 0 past the last recall.
+        The mean over :data:`COCO_RECALL_POINTS` of the precision envelope (the largest precision at a recall
+        ``>= r``), 0 past the last recall.
     """
-    lanes, d = recall.shape
-    if d == 0:
-        return np.zeros(lanes)
-    envelope = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]
-    out = np.empty(lanes)
-    for lane in range(lanes):
-        idx = np.searchsorted(recall[lane], COCO_RECALL_POINTS, side="left")
-        q = np.where(idx < d, envelope[lane, np.minimum(idx, d - 1)], 0.0)
-        out[lane] = q.mean()
-    return out
+    if recall.size == 0:
+        return 0.0
+    envelope = np.maximum.accumulate(precision[::-1])[::-1]
+    idx = np.searchsorted(recall, COCO_RECALL_POINTS, side="left")
+    return float(np.where(idx < recall.size, envelope[np.minimum(idx, recall.size - 1)], 0.0).mean())
 
 
 def match_lanes(pair_det: np.ndarray, pair_gt: np.ndarray, pair_iou: np.ndarray, det_image: np.ndarray,
-                det_score: np.ndarray, gt_ignored: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                det_score: np.ndarray, gt_ignored: np.ndarray,
+                thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Greedy COCO matching of every lane at once.
 
     Args:
@@ -74,14 +75,14 @@ def match_lanes(pair_det: np.ndarray, pair_gt: np.ndarray, pair_iou: np.ndarray,
         gt_ignored: ``(L, G)`` ground truths ignored in each lane.
         thresholds: ``(L,)`` IoU threshold of each lane.
     Returns:
-        ``tp (L, D)``: matched to a counted ground truth; ``ignored (L, D)``: matched to an ignored one.
+        The matches ``(lane (M,), det (M,), tp (M,))``: ``tp`` if the ground truth is counted in that lane,
+        else the detection is ignored there. Detections absent in a lane are unmatched in it.
     """
     lanes, num_gts = gt_ignored.shape
     num_dets = det_image.shape[0]
-    tp = np.zeros((lanes, num_dets), dtype=bool)
-    ignored = np.zeros((lanes, num_dets), dtype=bool)
+    out_lane, out_det, out_tp = [], [], []
     if pair_det.size == 0:
-        return tp, ignored
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
     # Candidate detections, ranked within their image by decreasing score (ties: input order).
     cand = np.unique(pair_det)
     order = np.lexsort((cand, -det_score[cand], det_image[cand]))
@@ -123,9 +124,10 @@ def match_lanes(pair_det: np.ndarray, pair_gt: np.ndarray, pair_iou: np.ndarray,
         chosen = np.take_along_axis(np.broadcast_to(g, (lanes, *g.shape)), pick[..., None], axis=-1)[..., 0]
         lane_idx, row_idx = np.nonzero(hit)
         matched[lane_idx, chosen[lane_idx, row_idx]] = True
-        tp[:, cand[lo:hi]] = has_reg
-        ignored[:, cand[lo:hi]] = ~has_reg & has_alt
-    return tp, ignored
+        out_lane.append(lane_idx)
+        out_det.append(cand[lo:hi][row_idx])
+        out_tp.append(has_reg[lane_idx, row_idx])
+    return np.concatenate(out_lane), np.concatenate(out_det), np.concatenate(out_tp)
 
 
 def coco_rule_ap(pair_det: np.ndarray, pair_gt: np.ndarray, pair_iou: np.ndarray, det_image: np.ndarray,
@@ -150,23 +152,38 @@ def coco_rule_ap(pair_det: np.ndarray, pair_gt: np.ndarray, pair_iou: np.ndarray
     gt_out = (gt_area[None] < lo) | (gt_area[None] > hi)  # (S, G)
     det_out = (det_area[None] < lo) | (det_area[None] > hi)  # (S, D)
     gt_ign = np.repeat(gt_out | gt_difficult[None], num_thr, axis=0)  # lane = size * T + threshold
-    tp, ignored = match_lanes(pair_det, pair_gt, pair_iou, det_image, det_score, gt_ign,
-                              np.tile(thresholds, num_sizes))
-    unmatched = ~tp & ~ignored
-    ignored |= unmatched & np.repeat(det_out, num_thr, axis=0)
-    fp = ~tp & ~ignored
-    counted = ~gt_ign  # (L, G)
+    lane, det, is_tp = match_lanes(pair_det, pair_gt, pair_iou, det_image, det_score, gt_ign,
+                                   np.tile(thresholds, num_sizes))
+    lanes = num_sizes * num_thr
+    # Each class's ranking: decreasing score, ties in input order; ``rank``: a detection's place in it.
+    order = np.lexsort((-det_score, det_label))
+    sorted_labels = det_label[order]
+    class_start = np.searchsorted(sorted_labels, sorted_labels, side="left")
+    rank = np.empty(det_label.shape[0], dtype=np.int64)
+    rank[order] = np.arange(order.size) - class_start
+    # The matches sorted by class, lane and place.
+    m_class, m_pos = det_label[det], rank[det]
+    m_in = ~det_out[lane // num_thr, det]  # the detection's own area is in its lane's size range
+    group = np.searchsorted(np.unique(det_label), m_class) * lanes + lane  # class, then lane
+    by_place = np.argsort(group * (det_label.shape[0] + 1) + m_pos)  # then place; one int64 key sorts fastest
+    m_class, m_lane, m_pos, m_tp, m_in = m_class[by_place], lane[by_place], m_pos[by_place], is_tp[by_place], \
+        m_in[by_place]
     out: dict[str, Any] = {"AP": {}, "num_gts": {}}
     for c in class_ids:
-        sel = np.nonzero(det_label == c)[0]
-        sel = sel[np.argsort(-det_score[sel], kind="stable")]
-        npig = counted[:, gt_label == c].sum(axis=1)  # (L,)
-        tp_sum = np.cumsum(tp[:, sel], axis=1, dtype=np.float64)
-        fp_sum = np.cumsum(fp[:, sel], axis=1, dtype=np.float64)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            recall = tp_sum / npig[:, None]
-        precision = tp_sum / np.maximum(tp_sum + fp_sum, 1.0)  # COCO adds eps: a perfect AP is 1 - 2e-16
-        ap = np.where(npig > 0, coco_ap(recall, precision), np.nan)
+        sel = order[np.searchsorted(sorted_labels, c, side="left"):np.searchsorted(sorted_labels, c, side="right")]
+        # FP up to place p = detections of the lane's size range up to p - the matched ones among them; only
+        # the true positives' places are needed (the precision envelope peaks there).
+        in_range_cum = np.cumsum(~det_out[:, sel], axis=1)  # (S, Dc)
+        npig = (~gt_ign[:, gt_label == c]).sum(axis=1)  # (L,) counted objects
+        c0, c1 = np.searchsorted(m_class, c, side="left"), np.searchsorted(m_class, c, side="right")
+        edges = c0 + np.searchsorted(m_lane[c0:c1], np.arange(lanes + 1))
+        ap = np.full(lanes, np.nan)
+        for j in np.nonzero(npig)[0]:
+            a, b = edges[j], edges[j + 1]
+            hit = m_tp[a:b]
+            tp_sum = np.cumsum(hit)[hit].astype(np.float64)
+            fp_sum = (in_range_cum[j // num_thr, m_pos[a:b]] - np.cumsum(m_in[a:b]))[hit].astype(np.float64)
+            ap[j] = coco_ap(tp_sum / npig[j], tp_sum / np.maximum(tp_sum + fp_sum, 1.0))
         out["AP"][c] = ap.reshape(num_sizes, num_thr)
         out["num_gts"][c] = npig.reshape(num_sizes, num_thr)[:, 0]
     return out
