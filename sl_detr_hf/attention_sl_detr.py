@@ -9,10 +9,10 @@ Sampling around a 5-d reference, with `o = sampling_offsets / n_points` (per hea
 `s = (w/2, h/2)`:
 
 - `"rhino"` (default, RHINO's code): `centre + o * v` element-wise, `v = R(theta) @ s`.
-- `"geometric"`: `centre + R(theta) @ (o * s)` (the offset itself is turned: the pattern rotates rigidly).
 - `"none"`: Deformable DETR's axis-aligned box sampling on `(cx, cy, w, h)`; theta is ignored.
 
-With `theta = 0` every mode is bit-for-bit the parent's 4-d sampling.
+With `theta = 0` both are bit-for-bit the parent's 4-d sampling. (A third form, turning the scaled offset itself,
+`centre + R(theta) @ (o * s)`, trained clearly worse and was deleted: BENCHMARKS.md, "Removed switches".)
 
 Units. `theta` is in radians in the image's pixel frame (docs/boxes.md#pixel-rotated-boxes-le90: positive theta
 turns +x toward
@@ -25,7 +25,7 @@ of the unpadded image. RHINO's code rotates the normalized vector directly (`R(t
 normalized `w, h`), which equals the pixel rotation only when the (padded) feature map is square, as in its
 1024 x 1024 DOTA patches; on a non-square map it shears the pattern (a 100 x 20 px box at 90 degrees in a
 1000 x 500 image samples a 40 x 50 px footprint instead of 20 x 100). `rotate_in_pixels=False` reproduces that
-literal form for checkpoint ablations.
+literal form (`config.numerics="rhino"`, so that RHINO checkpoints compute what they computed).
 
 Usage (the decoder's cross-attention, `DeformableDetrDecoderLayer.encoder_attn`)::
 
@@ -54,8 +54,8 @@ from transformers.models.deformable_detr.modeling_deformable_detr import (
     DeformableDetrMultiscaleDeformableAttention,
 )
 
-SamplingMode = Literal["rhino", "geometric", "none"]
-SAMPLING_MODES: tuple[str, ...] = ("rhino", "geometric", "none")
+SamplingMode = Literal["rhino", "none"]
+SAMPLING_MODES: tuple[str, ...] = ("rhino", "none")
 
 
 def _rotate(vector: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, aspect: torch.Tensor) -> torch.Tensor:
@@ -83,7 +83,7 @@ def rotated_sampling_locations(
         sampling_offsets: `(B, Q, heads, L, P, 2)` raw offsets from the `sampling_offsets` projection.
         n_points: `P`, the number of sampling points per head and level.
         spatial_shapes: `(L, 2)` `(H_l, W_l)` of each feature level.
-        sampling: `"rhino"`, `"geometric"` or `"none"` (see the module docstring).
+        sampling: `"rhino"` or `"none"` (see the module docstring).
         rotate_in_pixels: rotate in level-cell (pixel) units (default) or in normalized units (RHINO's code).
 
     Returns:
@@ -100,12 +100,10 @@ def rotated_sampling_locations(
         aspect = (shapes[:, 1] / shapes[:, 0])[None, None, None, :, None]  # (1, 1, 1, L, 1): W_l / H_l
     else:
         aspect = torch.ones_like(theta)
-    if sampling == "rhino":
-        half_size = _rotate(size * 0.5, cos, sin, aspect)  # v = R(theta) @ (w/2, h/2)
-        return centre + sampling_offsets / n_points * half_size
-    if sampling == "geometric":
-        return centre + _rotate(sampling_offsets / n_points * size * 0.5, cos, sin, aspect)
-    raise ValueError(f"`sampling` must be one of {SAMPLING_MODES}, got {sampling!r}")
+    if sampling != "rhino":
+        raise ValueError(f"`sampling` must be one of {SAMPLING_MODES}, got {sampling!r}")
+    half_size = _rotate(size * 0.5, cos, sin, aspect)  # v = R(theta) @ (w/2, h/2)
+    return centre + sampling_offsets / n_points * half_size
 
 
 class SlDetrRotatedDeformableAttention(DeformableDetrMultiscaleDeformableAttention):
@@ -115,7 +113,7 @@ class SlDetrRotatedDeformableAttention(DeformableDetrMultiscaleDeformableAttenti
         config: the model config (`d_model`, `num_feature_levels`, `disable_custom_kernels`).
         num_heads: attention heads.
         n_points: sampling points per head and level.
-        sampling: `"rhino"`, `"geometric"` or `"none"` (config field `rotated_sampling`).
+        sampling: `"rhino"` or `"none"` (config field `rotated_sampling`).
         rotate_in_pixels: rotate in pixel units (default; see the module docstring) or in normalized units.
 
     Forward: as the parent; `reference_points` may be `(B, Q, L, 2)`, `(B, Q, L, 4)` (parent's behaviour) or

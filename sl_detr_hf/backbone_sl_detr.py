@@ -19,16 +19,21 @@ mmrotate expose the same two choices as `frozen_stages` and `norm_cfg=dict(type=
   the original does (`sl_detr_hf.convert`).
 
 Both apply to transformers' and timm's ResNets (other backbones keep what transformers does with them).
+[`check_pixel_inputs`] and [`check_feature_sizes`] refuse, with a message, inputs the backbone and its feature
+levels cannot take.
 This file ships with ``trust_remote_code`` checkpoints: it imports only torch and transformers.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from transformers.models.deformable_detr.modeling_deformable_detr import DeformableDetrFrozenBatchNorm2d
 
-__all__ = ["SlDetrEvalBatchNorm2d", "apply_backbone_policy", "frozen_backbone_prefixes"]
+__all__ = ["SlDetrEvalBatchNorm2d", "apply_backbone_policy", "check_feature_sizes", "check_pixel_inputs",
+           "frozen_backbone_prefixes"]
 
 _RESNET_STAGES = 4
 
@@ -137,3 +142,45 @@ def apply_backbone_policy(conv_encoder: nn.Module, config) -> None:
         _use_eval_batch_norms(backbone)
     for name, parameter in backbone.named_parameters():
         parameter.requires_grad_(not name.startswith(frozen))
+
+
+def check_feature_sizes(pixel_values: torch.Tensor, sizes: list, input_proj: nn.ModuleList) -> None:
+    """Raise a ValueError naming the minimum image size when a feature level is too small for its GroupNorm
+    (torch needs more than one value per group over the batch: `B * C / G * h * w > 1`).
+
+    `sizes` are the backbone levels' `(h, w)`; the extra levels (3x3 stride-2 convolutions, `ceil(size / 2)`) are
+    derived. Only shapes are read (no data-dependent control flow).
+    """
+    batch_size, _, height, width = pixel_values.shape
+    sizes = [(int(h), int(w)) for h, w in sizes]
+    while len(sizes) < len(input_proj):
+        sizes.append(((sizes[-1][0] + 1) // 2, (sizes[-1][1] + 1) // 2))
+    for level, (size, projection) in enumerate(zip(sizes, input_proj)):
+        norm = projection[-1]
+        if batch_size * (norm.num_channels // norm.num_groups) * size[0] * size[1] > 1:
+            continue
+        # The first 1 x 1 level has a stride in [max(H, W), 2 max(H, W)): the nominal power of two; every later
+        # level halves again, so the last level's stride is that times 2 per remaining level.
+        last_stride = 2 ** math.ceil(math.log2(max(height, width, 1))) * 2 ** (len(sizes) - 1 - level)
+        raise ValueError(
+            f"`pixel_values` of {height} x {width} px are too small for this model: feature level {level} is "
+            f"{size[0]} x {size[1]} and its GroupNorm({norm.num_groups}, {norm.num_channels}) needs more than one "
+            f"value per group; use images of at least {last_stride + 1} px a side (the last level's stride is "
+            f"{last_stride}), or a batch of 2 or more"
+        )
+
+
+def check_pixel_inputs(config, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None) -> None:
+    """Raise a ValueError unless `pixel_values` is `(B, num_channels, H, W)` and `pixel_mask` is `(B, H, W)`."""
+    if not isinstance(pixel_values, torch.Tensor):
+        raise ValueError(f"`pixel_values` must be a torch.Tensor, got {type(pixel_values).__name__}")
+    if pixel_values.ndim != 4 or pixel_values.shape[1] != config.num_channels:
+        raise ValueError(
+            f"`pixel_values` must have shape (batch_size, {config.num_channels}, height, width), got "
+            f"{tuple(pixel_values.shape)}"
+        )
+    if pixel_mask is not None:
+        expected = (pixel_values.shape[0], *pixel_values.shape[2:])
+        if not isinstance(pixel_mask, torch.Tensor) or tuple(pixel_mask.shape) != expected:
+            shape = tuple(pixel_mask.shape) if isinstance(pixel_mask, torch.Tensor) else type(pixel_mask).__name__
+            raise ValueError(f"`pixel_mask` must have shape {expected} (batch_size, height, width), got {shape}")

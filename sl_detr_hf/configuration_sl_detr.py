@@ -1,13 +1,25 @@
-"""SL-DETR configuration: Deformable DETR plus an oriented box head and the synchronized loss."""
+"""SL-DETR configuration: Deformable DETR plus an oriented box head, the DINO / RHINO decoder parts and the
+synchronized loss; its presets (`SlDetrConfig.paper`, `.tiny`, `.deformable_detr`) and the rule that reads a
+`config.json` written by an earlier version (`config_version`, [`upgrade_config_v1`]).
+
+Ships with `trust_remote_code` checkpoints: imports only huggingface_hub and transformers.
+"""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 
 from huggingface_hub.dataclasses import strict
-from transformers import DeformableDetrConfig
+from transformers import DeformableDetrConfig, ResNetConfig
+from transformers.utils import logging
 
-__all__ = ["DOTA_CLASSES", "RHINO_SWITCHES", "SlDetrConfig"]
+__all__ = ["CONFIG_VERSION", "DEFORMABLE_DETR_PARTS", "DOTA_CLASSES", "NUMERICS", "SlDetrConfig", "upgrade_config_v1"]
+
+logger = logging.get_logger(__name__)
+
+TINY_QUERY_SELECTION_NMS = 0.6
+"""ProbIoU above which the tiny preset's query selection drops a proposal (BENCHMARKS.md, "Proposal NMS")."""
 
 # DOTA class lists in mmrotate's order (docs/dota.md#class-lists).
 _DOTA_V10 = (
@@ -22,68 +34,152 @@ DOTA_CLASSES: dict[str, tuple[str, ...]] = {
 }
 
 _BOX_TYPES = ("rotated", "horizontal")
-_ROTATED_SAMPLING = ("rhino", "geometric", "none")
+_ROTATED_SAMPLING = ("rhino", "none")
 _MATCHER_BOX_COSTS = ("l1", "hausdorff")
 BACKBONE_NORMS = ("frozen", "batch_norm", "eval_batch_norm")
-# RHINO's (and mmdetection DINO's) numerics, each read in their code (see the fields' docs). The defaults of the
-# fields are the computation of models saved before these switches existed; the paper preset and the checkpoint
-# converters (`sl_detr_hf.convert`) set these values.
-RHINO_SWITCHES: dict = dict(
-    position_embedding_temperature=20, position_embedding_offset=0.0, query_position_temperature=10000,
-    query_position_valid_ratios=True, decoder_output_norm=True, class_aware_topk=True, angle_start=0,
-    decoder_refine_eps=1e-3, mask_invalid_proposal_angle=True, rotated_sampling_in_pixels=False,
-)
+
+CONFIG_VERSION = 2
+"""What a `config.json` holds: 1 (no `config_version` key, written before 2026-12) or 2 (`numerics`, the rejected
+switches deleted). A version-1 config is read by [`upgrade_config_v1`]: it loads and predicts as it did."""
+
+NUMERICS: dict[str, dict] = {
+    "rhino": dict(position_embedding_temperature=20, position_embedding_offset=0.0, angle_start=0),
+    "deformable_detr": dict(position_embedding_temperature=10000, position_embedding_offset=-0.5, angle_start=-90),
+}
+"""The two numerics of `SlDetrConfig.numerics` and the defaults each gives the three fields that converters also set
+one by one (read from the source checkpoint's config)."""
+
+DEFORMABLE_DETR_PARTS: dict = dict(num_denoising=0, mixed_query_selection=False, look_forward_twice=False,
+                                   rotated_sampling="none")
+"""The DINO / RHINO decoder parts off (`SlDetrConfig.deformable_detr`): with `numerics="deformable_detr"` a model
+converted from Deformable DETR computes what it computed."""
+
+RHINO_SWITCHES: dict = dict(numerics="rhino", **NUMERICS["rhino"])
+"""Transition alias of the version-1 dict of RHINO's numerics, for `convert/common.py` and `commands/train.py` until
+they call `SlDetrConfig.paper` (the defaults); delete it then."""
+
+# Inherited Deformable DETR fields that SL-DETR does not read (its losses and matcher have their own fields); a
+# value other than Deformable DETR's default is refused.
+_IGNORED_INHERITED = dict(giou_cost=2, mask_loss_coefficient=1, dice_loss_coefficient=1, giou_loss_coefficient=2,
+                          eos_coefficient=0.1)
+
+# Version-1 fields folded into `numerics`: their value under each choice (and version 1's defaults: "deformable_detr").
+_FOLDED_NUMERICS: dict[str, dict] = {
+    "rhino": dict(query_position_valid_ratios=True, decoder_output_norm=True, class_aware_topk=True,
+                  decoder_refine_eps=1e-3, mask_invalid_proposal_angle=True, rotated_sampling_in_pixels=False,
+                  query_position_temperature=10000),
+    "deformable_detr": dict(query_position_valid_ratios=False, decoder_output_norm=False, class_aware_topk=False,
+                            decoder_refine_eps=1e-5, mask_invalid_proposal_angle=False,
+                            rotated_sampling_in_pixels=True, query_position_temperature=10000),
+}
+# Version-1 training-only switches deleted in version 2 (BENCHMARKS.md, "Removed switches"), with their version-1
+# defaults: inference never read them, so a version-1 folder that set them predicts as before.
+_REMOVED_TRAINING: dict = dict(one_to_many_k=1, rank_weights=None, num_hybrid_queries=0, hybrid_k=6,
+                               hybrid_loss_coefficient=1.0, match_once_per_step=False)
+_REMOVED_WHY = ("deleted in config_version 2: H-DETR's hybrid queries did not pay, matching once per step was "
+                "1.3 points lower, one-to-many matching was never measured (BENCHMARKS.md, 'Removed switches')")
+# Version-1 field folded into `mixed_query_selection` (DINO's encoder loss on the selected proposals).
+_ENCODER_LOSS_ON_TOPK = "encoder_loss_on_topk"
+
+
+def _numerics_of(values: dict, where: str) -> str:
+    """The `numerics` choice whose folded values `values` (version-1 field -> value) hold, or a ValueError."""
+    for name, expected in _FOLDED_NUMERICS.items():
+        if all(values[key] == value for key, value in expected.items()):
+            return name
+    rhino = sorted(key for key, value in _FOLDED_NUMERICS["rhino"].items() if values[key] == value)
+    raise ValueError(
+        f"{where} mixes RHINO's numerics ({', '.join(rhino) or 'none'}) with Deformable DETR's (the rest of "
+        f"{sorted(_FOLDED_NUMERICS['rhino'])}); config_version 2 computes one or the other "
+        "(`numerics='rhino'` or `'deformable_detr'`): load this folder with sl_detr_hf 91dbc22 or earlier")
+
+
+def upgrade_config_v1(values: dict) -> dict:
+    """A version-1 `config.json` dict (no `config_version`) -> the version-2 fields that compute the same.
+
+    Version 1's numerics switches default to Deformable DETR's values (absent keys included), and fold into
+    `numerics` when they are all RHINO's or all Deformable DETR's (a mix is refused); `encoder_loss_on_topk` folds
+    into `mixed_query_selection`; the deleted training-only switches are dropped (with a warning when set: the
+    folder predicts as before, fine-tuning it trains without them); `rotated_sampling="geometric"` is refused.
+    """
+    values = dict(values)
+    where = "a config_version-1 config"
+    if values.get("rotated_sampling") == "geometric":
+        raise ValueError(f"{where} sets rotated_sampling='geometric', deleted in config_version 2 (it trained "
+                         "worse, BENCHMARKS.md): load this folder with sl_detr_hf 91dbc22 or earlier")
+    folded = {key: values.pop(key, default) for key, default in _FOLDED_NUMERICS["deformable_detr"].items()}
+    values["numerics"] = _numerics_of(folded, where)
+    for key, default in NUMERICS["deformable_detr"].items():  # version 1's defaults
+        values.setdefault(key, default)
+    two_stage_mqs = values.get("two_stage", True) and values.get("mixed_query_selection", True)
+    on_topk = values.pop(_ENCODER_LOSS_ON_TOPK, True)
+    if values.get("two_stage", True) and bool(on_topk) != bool(two_stage_mqs):
+        logger.warning("%s: encoder_loss_on_topk=%s ignored (config_version 2: the encoder loss is on the selected "
+                       "proposals exactly with mixed query selection); training only, predictions unchanged",
+                       where, on_topk)
+    dropped = {key: values.pop(key) for key in list(values) if key in _REMOVED_TRAINING}
+    changed = {key: value for key, value in dropped.items() if value != _REMOVED_TRAINING[key]}
+    if changed:
+        logger.warning("%s: %s ignored, %s; training only, predictions unchanged", where, changed, _REMOVED_WHY)
+    values["config_version"] = CONFIG_VERSION
+    return values
 
 
 @strict
 class SlDetrConfig(DeformableDetrConfig):
     r"""Configuration of [`SlDetrForObjectDetection`].
 
-    `SlDetrConfig()` is the paper's DOTA-v1.0 architecture (`sldetr-4scale_r50`): ResNet-50, 4 feature levels,
-    6 + 6 layers, d_model 256, FFN 2048, dropout 0, 900 queries, two-stage proposals with iterative box
-    refinement, 15 DOTA classes. All Deformable DETR fields keep their meaning; the fields below are new.
+    `SlDetrConfig()` is the paper's model (`sldetr-4scale_r50`, `SlDetrConfig.paper()`): RHINO's R50 architecture
+    and numerics (ResNet-50, 4 feature levels, 6 + 6 layers, d_model 256, FFN 2048, dropout 0, 900 queries,
+    two-stage proposals with iterative box refinement, denoising, mixed query selection, look forward twice,
+    rotated sampling) with the synchronized losses on and 15 DOTA classes. Presets: [`SlDetrConfig.paper`],
+    [`SlDetrConfig.tiny`] (trains on a CPU in minutes), [`SlDetrConfig.deformable_detr`] (what a converted
+    Deformable DETR computes). All Deformable DETR fields keep their meaning, except five that SL-DETR does not
+    read (`giou_cost`, `mask_loss_coefficient`, `dice_loss_coefficient`, `giou_loss_coefficient`,
+    `eos_coefficient`: its losses have their own fields), refused at another value than their default.
 
+    config_version (`int`, defaults to 2):
+        The layout of the fields (`CONFIG_VERSION`); a `config.json` without it is version 1 and is upgraded on
+        load by [`upgrade_config_v1`] (it predicts as it did).
     box_type (`str`, defaults to `"rotated"`):
         `"rotated"`: boxes `(cx, cy, w, h, theta)`, L1 + (synchronized) KLD. `"horizontal"`: boxes
         `(cx, cy, w, h)`, L1 + (synchronized) GIoU, a drop-in for Deformable DETR.
+
+    Matcher and losses (docs/losses.md):
+
     class_cost, bbox_cost, geometric_cost (`float`, defaults 2, 5, 2):
-        Hungarian matcher weights of the focal classification cost, the L1 cost and the geometric cost
-        (KLD loss for rotated boxes, `-GIoU` for horizontal ones).
+        Hungarian matcher weights of the focal classification cost, the box cost and the geometric cost (KLD loss
+        for rotated boxes, `-GIoU` for horizontal ones).
+    matcher_box_cost (`str`, defaults to `"l1"`):
+        The box term weighted by `bbox_cost`: `"l1"` or `"hausdorff"` (the Hausdorff distance of the two boxes'
+        corners, RHINO's 36-epoch config with `bbox_cost=5, geometric_cost=5`).
     cls_loss_coefficient, bbox_loss_coefficient, sync_loss_coefficient (`float`, defaults 1, 5, 2):
         Loss weights of classification, L1 and the (synchronized) KLD / GIoU term, per decoder layer.
     focal_alpha, focal_gamma (`float`, defaults 0.25, 2):
         Focal loss parameters (the matcher cost always; the classification loss when `use_quality_cls=False`).
     use_sync_loc (`bool`, defaults to `True`):
-        Synchronize the localization loss with the L1 distance (docs/losses.md#synchronized-giou,
-        docs/losses.md#synchronized-kld); `False` gives plain
-        GIoU / KLD losses.
+        Synchronize the localization loss with the L1 distance; `False` gives plain GIoU / KLD losses (the paper's
+        ablation).
     use_quality_cls (`bool`, defaults to `True`):
-        Quality-aware classification (dynamic weights, docs/losses.md#quality-aware-classification); `False`
-        gives the focal loss.
+        Quality-aware classification (dynamic weights); `False` gives the focal loss (the paper's ablation).
     quality_alpha (`float`, defaults to 0.25), quality_gamma (`float`, defaults to 2), quality_min (`float`,
     defaults to 0.01):
         `t = clamp(p^alpha * q^(1 - alpha), min=quality_min)`; negatives weighted by `p^gamma`.
     sync_gain (`float`, defaults to 1.5):
         The gain `k` in the synchronization factor `exp(k * (t - 1))`.
     sync_giou_floor (`float`, defaults to 0.001), sync_giou_t_min / sync_giou_t_max (defaults 0, 1.2):
-        GIoU clamp and `t` clamp range of the synchronized GIoU (docs/losses.md#synchronized-giou).
+        GIoU clamp and `t` clamp range of the synchronized GIoU.
     sync_kld_t_min / sync_kld_t_max (`float`, defaults 0.8, 1.1):
-        `t` clamp range of the synchronized KLD (docs/losses.md#synchronized-kld).
+        `t` clamp range of the synchronized KLD.
     kld_tau (`float`, defaults to 1.0):
         `tau` in the KLD loss `1 - 1 / (tau + ln(1 + d))`.
-    one_to_many_k (`int`, defaults to 1), rank_weights (`list[float]`, optional):
-        One-to-many matching: each target takes its `k` best queries, the i-th weighted by `rank_weights[i]`
-        (defaults to all ones). `k = 1` is one-to-one Hungarian matching.
     max_detections (`int`, defaults to 500):
         Detections kept per image by post-processing.
 
-    DINO / RHINO parts (docs/architecture.md#dino-and-rhino-parts; each a switch so that its effect can be
-    measured alone). Denoising and
-    mixed query selection need two-stage proposals: single-stage models (`two_stage=False`) ignore them. With
-    denoising or mixed query selection the decoder builds every query's position embedding from its current
-    reference box (DINO's `ref_point_head`). `SlDetrForObjectDetection.from_deformable_detr` turns all of them off
-    (`num_denoising=0, mixed_query_selection=False, look_forward_twice=False, rotated_sampling="none",
-    encoder_loss_on_topk=False`): the converted model then computes what the Deformable DETR computed.
+    DINO / RHINO parts (docs/architecture.md#dino-and-rhino-parts). Denoising and mixed query selection need
+    two-stage proposals: single-stage models (`two_stage=False`) ignore them. With denoising or mixed query
+    selection the decoder builds every query's position embedding from its current reference box (DINO's
+    `ref_point_head`). `SlDetrConfig.deformable_detr` turns them off (`DEFORMABLE_DETR_PARTS`).
 
     num_denoising (`int`, defaults to 100):
         Contrastive denoising: about this many noised ground-truth queries per image at training time, in
@@ -100,72 +196,40 @@ class SlDetrConfig(DeformableDetrConfig):
         together; a positive query that loses its object is trained as background (its box target kept).
         `None` (default) means on for `"rotated"`, off for `"horizontal"`.
     mixed_query_selection (`bool`, defaults to `True`):
-        Two-stage: the decoder's initial reference boxes (5-d, proposal angle 0) come from the top-k encoder
-        proposals, its content queries are learned embeddings (DINO). `False`: Deformable DETR's two-stage
-        queries (content and position from the proposals).
+        Two-stage: the decoder's initial reference boxes come from the top-k encoder proposals, its content
+        queries are learned embeddings, and the encoder loss is on those k proposals (DINO). `False`: Deformable
+        DETR's two-stage queries (content and position from the proposals) and its encoder loss on every token.
     query_selection_nms (`float`, *optional*):
         Two-stage: before taking the top-k proposals, drop those that overlap a better-scoring one with ProbIoU
         above this (a fixed-shape Fast NMS over the best `4k` proposals; DETA's proposal NMS), so that the
         queries start on different objects. `None` (default, RHINO's config): plain top-k.
-    num_hybrid_queries (`int`, defaults to 0), hybrid_k (`int`, defaults to 6), hybrid_loss_coefficient (`float`,
-    defaults to 1.0):
-        H-DETR's hybrid matching (`hybrid_sl_detr.py`; needs mixed query selection): at training time this many
-        extra queries start from the top encoder proposals, see no other queries, and are matched one-to-many
-        (each target takes its `hybrid_k` best); their losses, normalized by `hybrid_k * num_boxes`, are weighted
-        by `hybrid_loss_coefficient`. Inference does not run them. 0 (default, RHINO's config): off.
     look_forward_twice (`bool`, defaults to `True`):
         Layer `l`'s box loss uses the undetached refined reference of layer `l - 1` (DINO / RHINO).
     rotated_sampling (`str`, defaults to `"rhino"`):
         Decoder deformable sampling around 5-d references: `"rhino"` (offsets times the rotated half-size
-        vector), `"geometric"` (offsets rotated by the angle), `"none"` (Deformable DETR's axis-aligned
-        sampling). Ignored for `"horizontal"`.
-    matcher_box_cost (`str`, defaults to `"l1"`):
-        The box term weighted by `bbox_cost` in the matcher: `"l1"` (today's) or `"hausdorff"` (the Hausdorff
-        distance of the two boxes' corners, RHINO's best config with `bbox_cost=5, geometric_cost=5`).
-    encoder_loss_on_topk (`bool`, defaults to `True`):
-        The two-stage encoder loss on the top-k selected proposals (DINO / RHINO); `False` matches all encoder
-        tokens (the original Deformable DETR).
-    match_once_per_step (`bool`, defaults to `False`):
-        Match the selected encoder proposals once and reuse the assignment for every decoder layer (the seed's
-        reported head) instead of matching every layer.
+        vector) or `"none"` (Deformable DETR's axis-aligned sampling). Ignored for `"horizontal"`.
 
-    Numerical fidelity to RHINO / mmdetection's DINO (`RHINO_SWITCHES`, docs/rhino_numerics.md#the-switches).
-    The defaults are the
-    computation of SL-DETR models saved before these fields existed (a `config.json` without them loads as it
-    was); `RHINO_SWITCHES` are RHINO's values, set by the paper-size preset and the checkpoint converters
-    (`sl_detr_hf.convert`), with which a converted RHINO / DINO checkpoint computes what it computed there:
+    Numerics (docs/rhino_numerics.md):
 
-    position_embedding_temperature (`float`, defaults to 10000), position_embedding_offset (`float`, defaults to
-    -0.5):
+    numerics (`str`, defaults to `"rhino"`):
+        `"rhino"`: RHINO's / mmdetection DINO's computation, with which a converted RHINO / DINO checkpoint computes
+        what it computed there: DINO's final decoder LayerNorm before the heads (not in the refinement), proposals
+        ranked by their best class logit (the encoder loss class-aware), the query position built from the
+        valid-ratio-scaled box, inverse-sigmoid eps 1e-3 in the decoder's refinement, a `+inf` proposal angle for
+        padded / border tokens and the rotated sampling's offset vector turned in normalized units (RHINO's code:
+        a rigid rotation on square feature maps only). `"deformable_detr"`: transformers' Deformable DETR (none of
+        these; eps 1e-5; the offset vector turned in pixel units), the computation of the tiny preset and of
+        models saved by config_version 1 with the switches off. Also sets the defaults of the three fields below.
+    position_embedding_temperature (`float`, *optional*), position_embedding_offset (`float`, *optional*):
         The encoder's normalized sine position encoding, `(cumsum + offset) / (total + 1e-6) * 2 pi` over
-        `temperature ** (2 floor(i / 2) / (d_model / 2))` (transformers: 10000 and -0.5; RHINO / DINO: 20 and 0).
-    query_position_temperature (`float`, defaults to 10000):
-        Temperature of the sine embedding of the reference boxes that gives the decoder's query positions
-        (`ref_point_head`; RHINO and DINO keep 10000 there).
-    query_position_valid_ratios (`bool`, defaults to `False`):
-        Build the query position from the reference box scaled by the first level's valid ratios, as DINO /
-        RHINO do (differs from the unscaled box only for padded images).
-    decoder_output_norm (`bool`, defaults to `False`):
-        mmdetection DINO's final decoder LayerNorm (`decoder.norm`): each layer's output is normalized before the
-        class / box heads; the state passed to the next layer and the in-loop box refinement are not.
-    class_aware_topk (`bool`, defaults to `False`):
-        Two-stage: rank the encoder proposals by their best class logit (DINO / RHINO; the encoder loss is then
-        class-aware too) instead of by the first class (Deformable DETR's binary proposal score).
-    angle_start (`float`, defaults to -90):
+        `temperature ** (2 floor(i / 2) / (d_model / 2))`. `None` (default): `numerics`' values (`"rhino"`: 20 and
+        0; `"deformable_detr"`: transformers' 10000 and -0.5). The converters set them from the source's config.
+    angle_start (`float`, *optional*):
         The angle range in degrees (mmrotate's `start_angle`): the model decodes `theta = (a + angle_start / 180)
         * pi` from its sigmoid-space angle `a`, so its native range is `[angle_start, angle_start + 180)`. -90 is le90
-        (`(a - 0.5) * pi`); RHINO's `width_longer=True, start_angle=0` is 0 (`a * pi`). The proposals start at
-        `a = 0.5`. Targets are brought to the native range for the losses; returned boxes (`pred_boxes`,
-        post-processing) are le90 whatever the range.
-    decoder_refine_eps (`float`, defaults to 1e-5):
-        The inverse-sigmoid clamp of the decoder's in-loop reference refinement (DINO / RHINO: 1e-3); the heads'
-        predictions keep 1e-5.
-    mask_invalid_proposal_angle (`bool`, defaults to `False`):
-        Give padded / border encoder tokens a `+inf` proposal angle logit like their other coordinates (RHINO)
-        instead of the angle head's finite prediction.
-    rotated_sampling_in_pixels (`bool`, defaults to `True`):
-        Rotated decoder sampling turns the offset vector in pixel units (`True`, a rigid rotation on any feature
-        map) or in normalized units (`False`, RHINO's code: equal only on square maps; see `attention_sl_detr.py`).
+        (`(a - 0.5) * pi`); RHINO's `width_longer=True, start_angle=0` is 0 (`a * pi`). `None` (default):
+        `numerics`' value (0 or -90). The proposals start at `a = 0.5`. Targets are brought to the native range
+        for the losses; returned boxes (`pred_boxes`, post-processing) are le90 whatever the range.
 
     Backbone training policy (transformers' ResNet backbones; `backbone_sl_detr.py`):
 
@@ -181,7 +245,9 @@ class SlDetrConfig(DeformableDetrConfig):
 
     model_type = "sl_detr"
 
+    config_version: int = CONFIG_VERSION
     box_type: str = "rotated"
+    # RHINO's R50 sizes (the other architecture fields keep Deformable DETR's defaults, which are RHINO's)
     num_queries: int = 900
     two_stage_num_proposals: int = 900
     two_stage: bool = True
@@ -194,6 +260,7 @@ class SlDetrConfig(DeformableDetrConfig):
     class_cost: float | int = 2.0
     bbox_cost: float | int = 5.0
     geometric_cost: float | int = 2.0
+    matcher_box_cost: str = "l1"
     # losses
     cls_loss_coefficient: float | int = 1.0
     bbox_loss_coefficient: float | int = 5.0
@@ -212,10 +279,8 @@ class SlDetrConfig(DeformableDetrConfig):
     sync_kld_t_min: float | int = 0.8
     sync_kld_t_max: float | int = 1.1
     kld_tau: float | int = 1.0
-    one_to_many_k: int = 1
-    rank_weights: list[float] | None = None
     max_detections: int = 500
-    # DINO / RHINO parts (docs/architecture.md#dino-and-rhino-parts)
+    # DINO / RHINO parts
     num_denoising: int = 100
     max_denoising_groups: int = 30
     label_noise_ratio: float | int = 0.5
@@ -224,30 +289,23 @@ class SlDetrConfig(DeformableDetrConfig):
     dynamic_denoising: bool | None = None
     mixed_query_selection: bool = True
     query_selection_nms: float | None = None
-    num_hybrid_queries: int = 0
-    hybrid_k: int = 6
-    hybrid_loss_coefficient: float | int = 1.0
     look_forward_twice: bool = True
     rotated_sampling: str = "rhino"
-    matcher_box_cost: str = "l1"
-    encoder_loss_on_topk: bool = True
-    match_once_per_step: bool = False
-    # numerical fidelity to RHINO / DINO (RHINO_SWITCHES); defaults: the computation before these fields
-    position_embedding_temperature: float | int = 10000
-    position_embedding_offset: float | int = -0.5
-    query_position_temperature: float | int = 10000
-    query_position_valid_ratios: bool = False
-    decoder_output_norm: bool = False
-    class_aware_topk: bool = False
-    angle_start: float | int = -90
-    decoder_refine_eps: float = 1e-5
-    mask_invalid_proposal_angle: bool = False
-    rotated_sampling_in_pixels: bool = True
+    # numerics (None: the value of `numerics`)
+    numerics: str = "rhino"
+    position_embedding_temperature: float | int | None = None
+    position_embedding_offset: float | int | None = None
+    angle_start: float | int | None = None
     # backbone training policy
     backbone_frozen_stages: int = 1
     backbone_norm: str = "frozen"
 
     def __post_init__(self, **kwargs):
+        _refuse_removed_fields(self, kwargs)
+        if self.numerics in NUMERICS:
+            for key, value in NUMERICS[self.numerics].items():
+                if getattr(self, key) is None:
+                    setattr(self, key, value)
         if self.id2label is None and "num_labels" not in kwargs:
             self.id2label = dict(enumerate(DOTA_CLASSES["1.0"]))
         if self.id2label is not None and self.label2id is None:
@@ -257,12 +315,81 @@ class SlDetrConfig(DeformableDetrConfig):
             self.label2id = {name: int(i) for i, name in self.id2label.items()}
         _forget_pipelines_served_here(self)
 
+    # ------------------------------------------------------------------------------------------------ presets
+
+    @classmethod
+    def paper(cls, **overrides) -> SlDetrConfig:
+        """The paper's model (the defaults): RHINO's R50 architecture and numerics, the synchronized losses on."""
+        return cls(**overrides)
+
+    @classmethod
+    def deformable_detr(cls, **overrides) -> SlDetrConfig:
+        """Deformable DETR with SL-DETR's angle heads and losses: the DINO / RHINO parts off
+        (`DEFORMABLE_DETR_PARTS`) and transformers' numerics, so that a converted Deformable DETR computes what it
+        computed (`SlDetrForObjectDetection.from_deformable_detr`)."""
+        return cls(**{**DEFORMABLE_DETR_PARTS, "numerics": "deformable_detr", **overrides})
+
+    @classmethod
+    def tiny(cls, id2label: dict[int, str] | None = None, d_model: int = 128, layers: int = 2,
+             num_queries: int = 100, backbone_stages: Sequence[str] = ("stage2", "stage3", "stage4"),
+             num_feature_levels: int | None = None, **overrides) -> SlDetrConfig:
+        """A small SL-DETR that trains on a CPU in minutes (the demo's and `sl-detr train --size tiny`'s model).
+
+        A slim random-init ResNet (`backbone_stages` fed to the encoder: strides 8, 16, 32 for stage2..4;
+        `num_feature_levels`, default one per stage, may add stride-2 levels after the last), trained whole with
+        learning batch norms (`backbone_frozen_stages=-1, backbone_norm="batch_norm"`: Deformable DETR's frozen
+        stem and norms are for a pretrained backbone); `d_model`, FFN `4 * d_model`, `layers` encoder and decoder
+        layers, `num_queries` queries and detections. The query selection drops proposals that repeat a better
+        one (`query_selection_nms=0.6`, BENCHMARKS.md "Proposal NMS"): with few queries and layers, several
+        queries on one object end as duplicates. Numerics: `"deformable_detr"` (its BENCHMARKS.md figures were
+        measured so). `overrides` are further fields.
+        """
+        stages = list(backbone_stages)
+        levels = len(stages) if num_feature_levels is None else num_feature_levels
+        if not stages or levels < len(stages):
+            raise ValueError(f"need >= 1 backbone stage and num_feature_levels >= {len(stages)}, got {stages}, "
+                             f"{levels}")
+        backbone = ResNetConfig(embedding_size=32, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 2, 1],
+                                layer_type="basic", out_features=stages)
+        values = dict(
+            backbone_config=backbone, use_pretrained_backbone=False, num_feature_levels=levels, d_model=d_model,
+            encoder_layers=layers, decoder_layers=layers, encoder_attention_heads=4, decoder_attention_heads=4,
+            encoder_ffn_dim=4 * d_model, decoder_ffn_dim=4 * d_model, encoder_n_points=4, decoder_n_points=4,
+            num_queries=num_queries, two_stage_num_proposals=num_queries, max_detections=num_queries,
+            backbone_frozen_stages=-1, backbone_norm="batch_norm", query_selection_nms=TINY_QUERY_SELECTION_NMS,
+            numerics="deformable_detr",
+        )
+        if id2label is not None:
+            values.update(id2label=dict(id2label), label2id={name: int(i) for i, name in id2label.items()})
+        return cls(**{**values, **overrides})
+
+    # ------------------------------------------------------------------------------------------------ loading
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs) -> SlDetrConfig:
+        """`PretrainedConfig.from_dict`; a version-1 dict (no `config_version`) is upgraded first
+        ([`upgrade_config_v1`]), a dict of a newer version than this code knows is refused."""
+        version = config_dict.get("config_version", 1)
+        if version == 1:
+            config_dict = upgrade_config_v1(config_dict)
+        elif not isinstance(version, int) or version > CONFIG_VERSION:
+            raise ValueError(f"config_version {version!r}: written by a newer sl_detr_hf than this one (which reads "
+                             f"versions 1 to {CONFIG_VERSION}); upgrade sl_detr_hf")
+        return super().from_dict(config_dict, **kwargs)
+
+    # ------------------------------------------------------------------------------------------------ derived
+
     @property
     def use_dynamic_denoising(self) -> bool:
         """Whether dynamic denoising is on: `dynamic_denoising`, or by default on for `"rotated"` only."""
         if self.dynamic_denoising is None:
             return self.box_type == "rotated"
         return self.dynamic_denoising
+
+    @property
+    def rhino_numerics(self) -> bool:
+        """`numerics == "rhino"`: the switch each numerics detail reads (see `numerics`)."""
+        return self.numerics == "rhino"
 
     @property
     def angle_offset(self) -> float:
@@ -277,10 +404,19 @@ class SlDetrConfig(DeformableDetrConfig):
     def validate_architecture(self):
         """Reject inconsistent values with a message that names the field."""
         super().validate_architecture()
+        if self.config_version != CONFIG_VERSION:
+            raise ValueError(f"`config_version` must be {CONFIG_VERSION} (a version-1 dict is upgraded by "
+                             f"`SlDetrConfig.from_dict`), got {self.config_version!r}")
         if self.box_type not in _BOX_TYPES:
             raise ValueError(f"`box_type` must be one of {_BOX_TYPES}, got {self.box_type!r}")
+        if self.numerics not in NUMERICS:
+            raise ValueError(f"`numerics` must be one of {tuple(NUMERICS)}, got {self.numerics!r}")
+        for name, default in _IGNORED_INHERITED.items():
+            if getattr(self, name) != default:
+                raise ValueError(f"`{name}` is not read by SL-DETR (its matcher and losses have their own fields: "
+                                 f"docs/losses.md); leave it at {default}, got {getattr(self, name)!r}")
         for name in ("num_queries", "two_stage_num_proposals", "d_model", "encoder_layers", "decoder_layers",
-                     "num_feature_levels", "max_detections", "one_to_many_k"):
+                     "num_feature_levels", "max_detections"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
@@ -298,10 +434,7 @@ class SlDetrConfig(DeformableDetrConfig):
         for lo, hi in (("sync_giou_t_min", "sync_giou_t_max"), ("sync_kld_t_min", "sync_kld_t_max")):
             if getattr(self, lo) > getattr(self, hi):
                 raise ValueError(f"`{lo}` ({getattr(self, lo)}) must be <= `{hi}` ({getattr(self, hi)})")
-        if self.rank_weights is not None and len(self.rank_weights) != self.one_to_many_k:
-            raise ValueError(f"`rank_weights` must have `one_to_many_k` = {self.one_to_many_k} entries, "
-                             f"got {len(self.rank_weights)}")
-        for name in ("num_denoising", "max_denoising_groups", "num_hybrid_queries"):
+        for name in ("num_denoising", "max_denoising_groups"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"`{name}` must be a non-negative integer, got {value!r}")
@@ -317,20 +450,11 @@ class SlDetrConfig(DeformableDetrConfig):
         if not isinstance(self.backbone_frozen_stages, int) or not -1 <= self.backbone_frozen_stages <= 4:
             raise ValueError(
                 f"`backbone_frozen_stages` must be an integer in [-1, 4], got {self.backbone_frozen_stages!r}")
-        if not isinstance(self.hybrid_k, int) or self.hybrid_k < 1:
-            raise ValueError(f"`hybrid_k` must be a positive integer, got {self.hybrid_k!r}")
-        if self.hybrid_loss_coefficient < 0:
-            raise ValueError(f"`hybrid_loss_coefficient` must be >= 0, got {self.hybrid_loss_coefficient!r}")
-        if self.num_hybrid_queries > 0 and self.one_to_many_k > 1:
-            raise ValueError("`num_hybrid_queries` > 0 (hybrid matching) needs one-to-one matching of the other "
-                             f"queries (`one_to_many_k` = 1), got `one_to_many_k` = {self.one_to_many_k}")
         if self.query_selection_nms is not None and not 0 < self.query_selection_nms <= 1:
             raise ValueError(f"`query_selection_nms` must be None or in (0, 1], got {self.query_selection_nms!r}")
-        for name in ("position_embedding_temperature", "query_position_temperature"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"`{name}` must be > 0, got {getattr(self, name)!r}")
-        if not 0 < self.decoder_refine_eps < 0.5:
-            raise ValueError(f"`decoder_refine_eps` must be in (0, 0.5), got {self.decoder_refine_eps!r}")
+        if not self.position_embedding_temperature > 0:
+            raise ValueError(f"`position_embedding_temperature` must be > 0, got "
+                             f"{self.position_embedding_temperature!r}")
         if not -90 <= self.angle_start <= 0:
             raise ValueError(f"`angle_start` must be in [-90, 0] degrees, got {self.angle_start!r}")
         if self.backbone_norm not in BACKBONE_NORMS:
@@ -338,6 +462,31 @@ class SlDetrConfig(DeformableDetrConfig):
         if self.two_stage and self.two_stage_num_proposals != self.num_queries:
             raise ValueError(f"with `two_stage`, `two_stage_num_proposals` ({self.two_stage_num_proposals}) must "
                              f"equal `num_queries` ({self.num_queries})")
+
+
+def _refuse_removed_fields(config: SlDetrConfig, kwargs: dict) -> None:
+    """Pop version-1 field names from `kwargs` (the keyword arguments that are not fields) when their value is what
+    `config` computes anyway (e.g. `num_hybrid_queries=0`, or a folded numerics switch at `config.numerics`' value);
+    raise a ValueError naming the field and its replacement otherwise. A version-1 `config.json` is read by
+    [`upgrade_config_v1`] instead, which keeps what it computed."""
+    numerics = _FOLDED_NUMERICS.get(config.numerics, {})
+    for key in [key for key in kwargs if key in _FOLDED_NUMERICS["rhino"]]:
+        if kwargs[key] != numerics.get(key):
+            raise ValueError(f"`{key}` is folded into `numerics` (config_version 2): `numerics='rhino'` or "
+                             f"'deformable_detr' (docs/rhino_numerics.md); got {key}={kwargs[key]!r} with "
+                             f"numerics={config.numerics!r}")
+        kwargs.pop(key)
+    if _ENCODER_LOSS_ON_TOPK in kwargs:
+        value = kwargs.pop(_ENCODER_LOSS_ON_TOPK)
+        if config.two_stage and bool(value) != bool(config.mixed_query_selection):
+            raise ValueError(f"`encoder_loss_on_topk` is folded into `mixed_query_selection` (config_version 2: the "
+                             f"encoder loss is on the selected proposals exactly with mixed query selection); got "
+                             f"encoder_loss_on_topk={value!r} with mixed_query_selection="
+                             f"{config.mixed_query_selection!r}")
+    for key in [key for key in kwargs if key in _REMOVED_TRAINING]:
+        if kwargs[key] != _REMOVED_TRAINING[key]:
+            raise ValueError(f"`{key}` was {_REMOVED_WHY}; got {key}={kwargs[key]!r}")
+        kwargs.pop(key)
 
 
 def _forget_pipelines_served_here(config: SlDetrConfig) -> None:

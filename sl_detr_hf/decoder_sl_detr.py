@@ -5,17 +5,18 @@
 
 - rotated references: in `"rotated"` mode a reference is `(cx, cy, w, h, a)` in sigmoid space (`theta =
   (a + config.angle_offset) * pi`: `(a - 0.5) * pi` for le90, `a * pi` for RHINO); each layer's cross-attention
-  is [`SlDetrRotatedDeformableAttention`], which turns its sampling pattern by theta (`config.rotated_sampling`,
-  `config.rotated_sampling_in_pixels`; `"none"` samples as Deformable DETR does);
+  is [`SlDetrRotatedDeformableAttention`], which turns its sampling pattern by theta (`config.rotated_sampling`;
+  in normalized units with RHINO's numerics, else in pixels; `"none"` samples as Deformable DETR does);
 - box AND angle refinement: `ref_l = sigmoid(delta_l + inverse_sigmoid(ref_{l-1}, eps))` on all coordinates, with
-  the angle delta read out of the box head's features (`angle_embed`; `eps = config.decoder_refine_eps`);
+  the angle delta read out of the box head's features (`angle_embed`; `eps` 1e-3 with RHINO's numerics, else
+  1e-5);
 - look forward twice (`config.look_forward_twice`): the refined references it returns keep their gradient, so
   that layer `l`'s prediction (made on `ref_{l-1}`) trains layer `l - 1` too; the reference passed on to the next
   layer is always detached;
 - a self-attention mask (denoising queries, see `denoising_sl_detr.py`);
 - the query position embedding from the current reference box (`ref_point_head`, DINO), when set, optionally
-  from the box scaled by the first level's valid ratios (`config.query_position_valid_ratios`, DINO / RHINO);
-- mmdetection DINO's final LayerNorm (`norm`, `config.decoder_output_norm`) on every layer's returned output (what
+  from the box scaled by the first level's valid ratios (DINO / RHINO, `config.numerics="rhino"`);
+- mmdetection DINO's final LayerNorm (`norm`, `config.numerics="rhino"`) on every layer's returned output (what
   the heads see); the state passed on and the in-loop refinement use the layer's output before it.
 
 Ships with `trust_remote_code` checkpoints: imports only its sibling files, torch and transformers.
@@ -42,11 +43,14 @@ from .configuration_sl_detr import SlDetrConfig
 
 __all__ = ["SlDetrDecoder", "init_marked_module", "mlp_with_features", "refine_boxes"]
 
+REFINE_EPS = {"rhino": 1e-3, "deformable_detr": 1e-5}
+"""The inverse-sigmoid clamp of the decoder's in-loop refinement, by `config.numerics` (the heads keep 1e-5)."""
+
 
 @torch.no_grad()
 def init_marked_module(module: nn.Module) -> None:
     """The init of layers marked by the model, applied after transformers' default init (see
-    `modeling_sl_detr._init_linear`): Linear `_sl_detr_zero_init` (zero weight and bias) and `_sl_detr_bias_init`
+    `heads_sl_detr.init_linear`): Linear `_sl_detr_zero_init` (zero weight and bias) and `_sl_detr_bias_init`
     (this bias); Embedding `_sl_detr_normal_std` (normal weights of this std, DINO's query and label embeddings;
     the padding row zero).
     """
@@ -108,23 +112,24 @@ class SlDetrDecoder(DeformableDetrDecoder):
     Like Deformable DETR's, its heads are set by the owning model: `bbox_embed` (per layer, box refinement),
     `class_embed` (two-stage) and, new, `angle_embed` (per layer, `"rotated"` with box refinement) and
     `ref_point_head` (the query position from the reference box; `None` keeps the position embeddings passed in).
-    `norm` is DINO's output LayerNorm (`config.decoder_output_norm`), else `None`.
+    `norm` is DINO's output LayerNorm (`config.numerics="rhino"`), else `None`.
     """
 
     def __init__(self, config: SlDetrConfig):
         super().__init__(config)
         self.look_forward_twice = bool(config.look_forward_twice)
         self.angle_offset = float(config.angle_offset)
-        self.refine_eps = float(config.decoder_refine_eps)
-        self.query_position_valid_ratios = bool(config.query_position_valid_ratios)
+        self.refine_eps = REFINE_EPS[config.numerics]
+        self.query_position_valid_ratios = config.rhino_numerics
         self.angle_embed = None
         self.ref_point_head = None
-        self.norm = nn.LayerNorm(config.d_model) if config.decoder_output_norm else None
+        self.norm = nn.LayerNorm(config.d_model) if config.rhino_numerics else None
         if config.box_type == "rotated":
-            # the same parameters (already initialized), a module that also samples around 5-d references
+            # the same parameters (already initialized), a module that also samples around 5-d references;
+            # RHINO's code turns the normalized offset vector, Deformable DETR-numerics models the pixel one
             for layer in self.layers:
                 layer.encoder_attn = SlDetrRotatedDeformableAttention.from_deformable(
-                    layer.encoder_attn, config.rotated_sampling, config.rotated_sampling_in_pixels
+                    layer.encoder_attn, config.rotated_sampling, rotate_in_pixels=not config.rhino_numerics
                 )
 
     @torch.no_grad()

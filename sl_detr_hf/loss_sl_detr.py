@@ -13,7 +13,8 @@ files.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .configuration_sl_detr import SlDetrConfig
-from .geometry_conversions import EPS, denormalize_rboxes
+from .geometry_conversions import EPS, denormalize_rboxes, regularize_rboxes, wrap_angle_range
 from .geometry_distances import l1_coords
 from .geometry_gaussian import kld, kld_to_loss, pairwise_kld
 from .geometry_overlaps import generalized_iou
@@ -34,6 +35,7 @@ __all__ = [
     "generalized_iou",
     "kld_loss",
     "pairwise_kld",
+    "prepare_targets",
     "quality_aware_bce",
     "sigmoid_focal_loss",
     "sync_giou_loss",
@@ -143,20 +145,8 @@ def sigmoid_focal_loss(logits: Tensor, batch_idx: Tensor, query_idx: Tensor, lab
     return _focal_elements(logits, (batch_idx, query_idx, labels), alpha, gamma).sum() / num_boxes
 
 
-def _rank_in_group(score: Tensor, groups: Tensor) -> Tensor:
-    """Rank (0 = highest ``score``) of each entry among the entries of its group, ``(N,)`` -> ``(N,)``."""
-    by_score = torch.argsort(score, descending=True, stable=True)
-    perm = by_score[torch.argsort(groups[by_score], stable=True)]  # grouped, best first within a group
-    counts = torch.unique_consecutive(groups[perm], return_counts=True)[1]
-    starts = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-    rank = torch.empty_like(perm)
-    rank[perm] = torch.arange(perm.numel(), device=perm.device) - starts
-    return rank
-
-
 def _quality_bce_elements(logits: Tensor, index: tuple[Tensor, ...], quality: Tensor, alpha: float, gamma: float,
-                          quality_min: float, rank_weights: Sequence[float] | Tensor | None = None,
-                          groups: Tensor | None = None) -> Tensor:
+                          quality_min: float) -> Tensor:
     """Per-entry quality-aware BCE (docs/losses.md#quality-aware-classification), positives at ``logits[index]``;
     same shape as ``logits``."""
     prob = logits.sigmoid()
@@ -165,41 +155,111 @@ def _quality_bce_elements(logits: Tensor, index: tuple[Tensor, ...], quality: Te
         p = prob[index]
         q = quality.detach().to(p.dtype)
         t = torch.where(q > 0, p.pow(alpha) * q.clamp_min(0).pow(1 - alpha), p).clamp_min(quality_min)
-        weight = t
-        if rank_weights is not None and t.numel():
-            if groups is None:
-                raise ValueError("`groups` is required with `rank_weights`")
-            table = torch.as_tensor(rank_weights, dtype=t.dtype, device=t.device)
-            rank = _rank_in_group(t, groups).clamp_max(table.numel() - 1)
-            weight = t * table[rank]
-    pos_w = torch.zeros_like(logits).index_put(index, weight)
+    pos_w = torch.zeros_like(logits).index_put(index, t)
     neg_w = neg_w.index_put(index, 1 - t)
     return -pos_w * F.logsigmoid(logits) - neg_w * F.logsigmoid(-logits)
 
 
 def quality_aware_bce(logits: Tensor, batch_idx: Tensor, query_idx: Tensor, labels: Tensor, quality: Tensor,
-                      num_boxes: Tensor | float, alpha: float = 0.25, gamma: float = 2.0, quality_min: float = 0.01,
-                      rank_weights: Sequence[float] | Tensor | None = None, groups: Tensor | None = None) -> Tensor:
+                      num_boxes: Tensor | float, alpha: float = 0.25, gamma: float = 2.0,
+                      quality_min: float = 0.01) -> Tensor:
     """Quality-aware BCE with dynamic weights (docs/losses.md#quality-aware-classification).
 
     ``p = sigmoid(logits)``; every entry is a negative weighted ``p^gamma``; a matched entry ``(b, q, c)`` with
     localization quality ``q_i`` gets the detached target ``t = clamp(p^alpha * q_i^(1 - alpha), quality_min)``
     (``t = clamp(p, quality_min)`` where ``q_i <= 0``, e.g. a negative GIoU), positive weight
-    ``t * rank_weight`` and negative weight ``1 - t``.
+    ``t`` and negative weight ``1 - t``.
 
     Args:
         logits: ``(B, Q, C)``.
         batch_idx, query_idx, labels: ``(N,)`` int64, the matched positives.
         quality: ``(N,)`` localization quality (GIoU, or ``1 - KLD loss``); detached here.
         num_boxes: normalizer.
-        rank_weights: ``(k,)`` weights by rank within a target's candidates (one-to-many matching), ranked
-            by ``t``, highest first; ``None``: all 1.
-        groups: ``(N,)`` target id of each positive (required with ``rank_weights``).
     Returns:
         scalar ``sum(-pos_w log p - neg_w log(1 - p)) / num_boxes``.
     """
-    return _quality_bce_elements(logits, (batch_idx, query_idx, labels), quality, alpha, gamma, quality_min,
-                                 rank_weights, groups).sum() / num_boxes
+    return _quality_bce_elements(logits, (batch_idx, query_idx, labels), quality, alpha, gamma,
+                                 quality_min).sum() / num_boxes
+
+
+# --------------------------------------------------------------------------------------------------
+# Targets
+# --------------------------------------------------------------------------------------------------
+
+
+def _checked_target(target: object, index: int, config: SlDetrConfig, device: torch.device) -> tuple[Tensor, Tensor]:
+    """`labels[index]`'s `(class_labels (n,), boxes (n, D))` on `device`, or a ValueError naming what is wrong."""
+    where = f"`labels[{index}]"
+    if not isinstance(target, Mapping):
+        raise ValueError(f"{where}` must be a dict (a mapping), got {type(target).__name__}")
+    missing = [key for key in ("class_labels", "boxes") if key not in target]
+    if missing:
+        raise ValueError(f"{where}` is missing the key(s) {missing}")
+    classes = torch.as_tensor(target["class_labels"], device=device)
+    boxes = torch.as_tensor(target["boxes"], device=device)
+    if classes.ndim != 1 or classes.is_floating_point() or classes.is_complex():
+        raise ValueError(f"{where}['class_labels']` must be a 1-d integer tensor, got shape {tuple(classes.shape)} "
+                         f"and dtype {classes.dtype}")
+    if boxes.ndim != 2 or boxes.shape[-1] != config.box_dim or boxes.shape[0] != classes.shape[0]:
+        raise ValueError(f"{where}['boxes']` must have shape ({classes.shape[0]}, {config.box_dim}) for "
+                         f"box_type={config.box_type!r}, got {tuple(boxes.shape)}")
+    if classes.numel() and (int(classes.min()) < 0 or int(classes.max()) >= config.num_labels):
+        raise ValueError(f"{where}['class_labels']` must be in [0, {config.num_labels}) (config.num_labels), got "
+                         f"values in [{int(classes.min())}, {int(classes.max())}]")
+    if boxes.numel() and not bool(torch.isfinite(boxes).all()):
+        raise ValueError(f"{where}['boxes']` contains NaN or inf")
+    if boxes.numel() and bool((boxes[:, 2:4] < 0).any()):
+        raise ValueError(f"{where}['boxes']` has a negative width or height (columns 2 and 3)")
+    return classes.long(), boxes
+
+
+def _le90_normalized(boxes: Tensor, size: Tensor) -> Tensor:
+    """Normalized rotated boxes `(n, 5)` of an image of `size = (H, W)`, brought to le90 (`w >= h` in pixels, theta
+    in `[-pi/2, pi/2)`); boxes already in le90 are returned bit for bit."""
+    if not boxes.numel():
+        return boxes
+    scale = torch.cat([size.flip(0), size.flip(0), size.new_ones(1)]).to(boxes)  # (W, H, W, H, 1)
+    pixel = boxes * scale
+    inside = (pixel[:, 2] >= pixel[:, 3]) & (boxes[:, 4] >= -math.pi / 2) & (boxes[:, 4] < math.pi / 2)
+    return torch.where(inside[:, None], boxes, regularize_rboxes(pixel) / scale)
+
+
+def prepare_targets(labels: Sequence[Mapping], config: SlDetrConfig, pixel_values: Tensor,
+                    pixel_mask: Tensor | None) -> list[dict]:
+    """The model's `labels` -> the targets the loss and the denoising queries read.
+
+    Checks every entry (a ValueError naming `labels[i]` and the key), moves it to the device of `pixel_values
+    (B, C, H, W)`, fills a missing `"size"` (the image's unpadded extent in `pixel_mask (B, H, W)`, else `(H, W)`),
+    brings rotated boxes to le90 (`w >= h` in pixels, `theta` in `[-pi/2, pi/2)`,
+    docs/boxes.md#pixel-rotated-boxes-le90), then theta into the model's native range (`config.angle_start`;
+    RHINO's `[0, pi)`), where the losses compare angles.
+    """
+    batch_size, _, height, width = pixel_values.shape
+    if not isinstance(labels, (list, tuple)) or len(labels) != batch_size:
+        length = f" of length {len(labels)}" if isinstance(labels, (list, tuple)) else ""
+        raise ValueError(f"`labels` must be a list of {batch_size} dicts (one per image), got "
+                         f"{type(labels).__name__}{length}")
+    device = pixel_values.device
+    targets = []
+    for index, target in enumerate(labels):
+        classes, boxes = _checked_target(target, index, config, device)
+        prepared = {key: value.to(device) if isinstance(value, Tensor) else value for key, value in target.items()}
+        prepared["class_labels"] = classes
+        boxes = boxes.to(pixel_values.dtype if pixel_values.is_floating_point() else torch.float32)
+        if "size" in target:
+            prepared["size"] = torch.as_tensor(target["size"], device=device)
+        elif pixel_mask is not None:
+            valid = pixel_mask[index].bool()
+            prepared["size"] = torch.stack([valid.any(1).sum(), valid.any(0).sum()])
+        else:
+            prepared["size"] = torch.tensor([height, width], device=device)
+        if config.box_dim == 5:
+            boxes = _le90_normalized(boxes, prepared["size"])
+            if config.angle_offset != -0.5:  # the losses compare angles in the model's native range
+                boxes = torch.cat([boxes[:, :4], wrap_angle_range(boxes[:, 4:], config.angle_offset * math.pi)], -1)
+        prepared["boxes"] = boxes
+        targets.append(prepared)
+    return targets
 
 
 # --------------------------------------------------------------------------------------------------
@@ -219,7 +279,7 @@ class _Segment:
 
 def _stack_layers(layers: list[dict], tag: str, rows: int, segments: list[_Segment], flat_logits: list[Tensor],
                   flat_boxes: list[Tensor]) -> tuple[Tensor, Tensor, int]:
-    """Stack one query group's per-decoder-layer predictions (denoising or hybrid queries) as segments.
+    """Stack one query group's per-decoder-layer predictions (the denoising queries) as segments.
 
     Appends a class-specific segment per layer (prefix ``d{i}.<tag>``, the last layer ``<tag>``) and the flattened
     predictions. Returns ``logits (L, B, N, C)``, ``boxes (L, B, N, D)`` and the flat row count after them.
@@ -244,15 +304,14 @@ class SlDetrLoss(nn.Module):
     the plain KLD / GIoU loss. Each is summed over matched pairs and divided by ``num_boxes`` (the batch's
     target count, averaged over processes, ``>= 1``). Layers: the last decoder layer (no prefix), every
     auxiliary layer ``i`` (prefix ``d{i}.``), the two-stage encoder output (prefix ``enc.``, class-agnostic as in
-    Deformable DETR, ``enc_class_agnostic``, unless ``config.class_aware_topk`` as in DINO) and the denoising
+    Deformable DETR, ``enc_class_agnostic``, unless ``config.numerics="rhino"`` as in DINO) and the denoising
     queries of every decoder layer (prefixes ``dn.`` and ``d{i}.dn.``).
 
     One step: the matching costs of all layers (decoder layers, encoder proposals, the positive DN queries of
     dynamic denoising) are computed in one batched pass and copied to the host once; scipy solves each
     ``(layer, image)`` (and ``(layer, image, DN group)``); the matched pairs of every layer are concatenated and
     all loss terms computed in one pass, per-layer reductions (sums, the synchronized KLD's min / max) by segment
-    ops. ``config.match_once_per_step`` reuses the encoder proposals' assignment for every decoder layer (decoder
-    query ``i`` starts from selected proposal ``i``).
+    ops.
 
     Denoising (``outputs["dn_outputs"]``, ``dn_meta = {"num_groups": G, "max_objects": M}``): query ``2 M g + j``
     is the positive copy of target ``j`` (all terms), ``2 M g + M + j`` the negative one and ``j >= n_b`` padding
@@ -261,11 +320,6 @@ class SlDetrLoss(nn.Module):
     queries are matched together to the targets; a positive DN query that does not win its own target is trained
     as background in classification (its box terms kept), and the DN classification term is normalized by the
     number of winners (averaged over processes, ``>= 1``), as RHINO's ``RHINOPositiveHungarianClassificationHead``.
-
-    Hybrid matching (``outputs["hybrid_outputs"]``, H-DETR, ``hybrid_sl_detr.py``): the one-to-many queries of every
-    decoder layer (prefixes ``o2m.`` and ``d{i}.o2m.``) are matched in the same batched cost pass and host copy,
-    each target taking its ``config.hybrid_k`` best queries; their terms are normalized by ``hybrid_k * num_boxes``
-    and weighted by ``config.hybrid_loss_coefficient`` in the total.
 
     ``loss_dict`` holds the **unweighted** terms; the returned total is their weighted sum.
     """
@@ -276,7 +330,7 @@ class SlDetrLoss(nn.Module):
         super().__init__()
         self.config = config
         # proposals ranked by their best class (DINO / RHINO) are trained on the classes, as DINO's encoder loss
-        self.enc_class_agnostic = not getattr(config, "class_aware_topk", False)
+        self.enc_class_agnostic = not config.rhino_numerics
         self.matcher = SlDetrHungarianMatcher(config)
         self.weight_dict = {
             "loss_cls": config.cls_loss_coefficient,
@@ -335,9 +389,6 @@ class SlDetrLoss(nn.Module):
             flat_logits.append(enc_logits.flatten(0, 1))
             flat_boxes.append(enc_boxes.flatten(0, 1))
             rows += batch * enc_queries
-        if cfg.match_once_per_step and enc_queries != queries:
-            raise ValueError("`match_once_per_step` needs `enc_outputs` with one proposal per decoder query "
-                             f"(got {enc_queries} proposals for {queries} queries; `encoder_loss_on_topk=True`)")
 
         groups = max_objects = 0
         first_dn = len(segments)
@@ -355,33 +406,21 @@ class SlDetrLoss(nn.Module):
             dn_logits, dn_boxes, rows = _stack_layers(dn, "dn.", rows, segments, flat_logits, flat_boxes)
         dynamic = groups > 0 and cfg.use_dynamic_denoising and num_t > 0
 
-        first_hybrid = len(segments)
-        hybrid = outputs.get("hybrid_outputs")
-        if hybrid:
-            if len(hybrid) != num_layers:
-                raise ValueError(f"`hybrid_outputs` has {len(hybrid)} layers, the decoder {num_layers}")
-            hybrid_logits, hybrid_boxes, rows = _stack_layers(hybrid, "o2m.", rows, segments, flat_logits, flat_boxes)
-
         # Matching costs: decoder layers (+ the positive DN queries appended as extra rows for dynamic
         # denoising, + the encoder as an extra layer when it has as many queries) in one pass.
         costs: list[Tensor] = []
         layout: dict[str, int] = {}
         if num_t > 0:
-            need_decoder = not cfg.match_once_per_step or dynamic
-            stack_logits, stack_boxes, stack_labels = [], [], []
             extra = groups * max_objects if dynamic else 0
-            if need_decoder:
-                lg, bx = dec_logits, dec_boxes
-                if dynamic:
-                    positive = (np.arange(groups)[:, None] * 2 * max_objects + np.arange(max_objects)).ravel()
-                    positive = torch.from_numpy(positive).to(device)
-                    lg = torch.cat((lg, dn_logits.index_select(2, positive)), dim=2)
-                    bx = torch.cat((bx, dn_boxes.index_select(2, positive)), dim=2)
-                stack_logits.append(lg)
-                stack_boxes.append(bx)
-                stack_labels.append(labels.expand(num_layers, -1, -1))
+            lg, bx = dec_logits, dec_boxes
+            if dynamic:
+                positive = (np.arange(groups)[:, None] * 2 * max_objects + np.arange(max_objects)).ravel()
+                positive = torch.from_numpy(positive).to(device)
+                lg = torch.cat((lg, dn_logits.index_select(2, positive)), dim=2)
+                bx = torch.cat((bx, dn_boxes.index_select(2, positive)), dim=2)
+            stack_logits, stack_boxes, stack_labels = [lg], [bx], [labels.expand(num_layers, -1, -1)]
             enc_labels = labels if not self.enc_class_agnostic else torch.zeros_like(labels)
-            enc_alone = enc is not None and (not need_decoder or enc_queries != queries)
+            enc_alone = enc is not None and enc_queries != queries
             if enc is not None and not enc_alone:  # one more layer of the same stack
                 lg, bx = enc_logits[None], enc_boxes[None]
                 if extra:
@@ -390,17 +429,12 @@ class SlDetrLoss(nn.Module):
                 stack_logits.append(lg)
                 stack_boxes.append(bx)
                 stack_labels.append(enc_labels[None])
-            if stack_logits:
-                costs.append(self.matcher.cost(torch.cat(stack_logits), torch.cat(stack_boxes),
-                                               torch.cat(stack_labels), boxes, sizes))
-                layout["stack"] = len(costs) - 1
+            costs.append(self.matcher.cost(torch.cat(stack_logits), torch.cat(stack_boxes),
+                                           torch.cat(stack_labels), boxes, sizes))
+            layout["stack"] = len(costs) - 1
             if enc_alone:
                 costs.append(self.matcher.cost(enc_logits[None], enc_boxes[None], enc_labels, boxes, sizes))
                 layout["enc"] = len(costs) - 1
-            if hybrid:
-                costs.append(self.matcher.cost(hybrid_logits, hybrid_boxes, labels.expand(num_layers, -1, -1),
-                                               boxes, sizes))
-                layout["hybrid"] = len(costs) - 1
         # The one device -> host copy of the step.
         host: list[np.ndarray] = []
         if costs:
@@ -409,14 +443,14 @@ class SlDetrLoss(nn.Module):
             host = [part.reshape(c.shape) for part, c in zip(np.split(flat, split), costs)]
         return {"segments": segments, "counts": counts, "num_layers": num_layers, "batch": batch,
                 "queries": queries, "groups": groups, "max_objects": max_objects, "dynamic": dynamic,
-                "first_dn": first_dn, "first_hybrid": first_hybrid, "hybrid": bool(hybrid),
+                "first_dn": first_dn,
                 "has_enc": enc is not None, "host": host, "layout": layout, "labels": labels, "boxes": boxes,
                 "sizes": sizes, "flat_logits": flat_logits, "flat_boxes": flat_boxes, "rows": rows}
 
     def _solve(self, plan: dict) -> list[list[tuple[int, np.ndarray, np.ndarray]]]:
         """Host: per matching segment (decoder layers, then the encoder), per image ``(b, query_idx, target_idx)``."""
         counts, num_layers, queries = plan["counts"], plan["num_layers"], plan["queries"]
-        host, layout, k = plan["host"], plan["layout"], self.matcher.k
+        host, layout = plan["host"], plan["layout"]
         empty = np.zeros(0, dtype=np.int64)
         enc_cost = None
         if "enc" in layout:
@@ -425,28 +459,16 @@ class SlDetrLoss(nn.Module):
             enc_cost = host[layout["stack"]][-1]
 
         def solve(cost):
-            return [(b, *assign(cost[b, :, :n], k)) if n else (b, empty, empty) for b, n in enumerate(counts)]
+            return [(b, *assign(cost[b, :, :n])) if n else (b, empty, empty) for b, n in enumerate(counts)]
 
         nothing = [(b, empty, empty) for b in range(len(counts))]
         enc = solve(enc_cost[:, :plan["segments"][num_layers].queries]) if enc_cost is not None else nothing
         if sum(counts) == 0:
             decoder = [nothing] * num_layers
-        elif self.config.match_once_per_step:
-            decoder = [enc] * num_layers
         else:
             stack = host[layout["stack"]]
             decoder = [solve(stack[i, :, :queries]) for i in range(num_layers)]
         return decoder + ([enc] if plan["has_enc"] else [])
-
-    def _solve_hybrid(self, plan: dict) -> list[list[tuple[int, np.ndarray, np.ndarray]]]:
-        """Host: per decoder layer, per image ``(b, query_idx, target_idx)`` of the hybrid queries, each target
-        taking up to ``config.hybrid_k`` of them."""
-        counts, k, empty = plan["counts"], self.config.hybrid_k, np.zeros(0, dtype=np.int64)
-        if "hybrid" not in plan["layout"]:
-            return [[(b, empty, empty) for b in range(len(counts))]] * plan["num_layers"]
-        cost = plan["host"][plan["layout"]["hybrid"]]  # (L, B, T, n)
-        return [[(b, *assign(cost[layer, b, :, :n], k)) if n else (b, empty, empty) for b, n in enumerate(counts)]
-                for layer in range(plan["num_layers"])]
 
     def _dn_winners(self, plan: dict) -> np.ndarray:
         """Dynamic denoising, host: ``(L, B, G, M)`` bool, whether positive DN query ``j`` of group ``g`` wins
@@ -461,7 +483,7 @@ class SlDetrLoss(nn.Module):
                 main = stack[layer, b, :queries, :n]
                 dn = stack[layer, b, queries:queries + groups * m, :n].reshape(groups, m, n)
                 for g in range(groups):
-                    rows, cols = assign(np.concatenate((dn[g, :n], main)), 1)
+                    rows, cols = assign(np.concatenate((dn[g, :n], main)))
                     mine = rows < n
                     won[layer, b, g, rows[mine]] = cols[mine] == rows[mine]
         return won
@@ -486,8 +508,7 @@ class SlDetrLoss(nn.Module):
         device = outputs["logits"].device
         segments, counts, batch = plan["segments"], plan["counts"], plan["batch"]
         num_t, groups, m = plan["labels"].shape[1], plan["groups"], plan["max_objects"]
-        num_seg, num_layers, first_dn, first_hybrid = len(segments), plan["num_layers"], plan["first_dn"], \
-            plan["first_hybrid"]
+        num_seg, num_layers, first_dn = len(segments), plan["num_layers"], plan["first_dn"]
         num_boxes = self._num_boxes(targets, device)
 
         # Matched pairs of every segment, on the host: (segment, flat row, flat target, image, positive in cls).
@@ -498,16 +519,7 @@ class SlDetrLoss(nn.Module):
                 if len(q):
                     parts.append((np.full(len(q), s), seg.offset + b * seg.queries + q, b * num_t + t,
                                   np.full(len(q), b), np.ones(len(q), dtype=np.int64)))
-        cls_norm_scale, segment_weight = np.ones(num_seg), np.ones(num_seg)
-        if plan["hybrid"]:
-            for layer, per_image in enumerate(self._solve_hybrid(plan)):
-                seg = segments[first_hybrid + layer]
-                for b, q, t in per_image:
-                    if len(q):
-                        parts.append((np.full(len(q), first_hybrid + layer), seg.offset + b * seg.queries + q,
-                                      b * num_t + t, np.full(len(q), b), np.ones(len(q), dtype=np.int64)))
-            cls_norm_scale[first_hybrid:] = cfg.hybrid_k
-            segment_weight[first_hybrid:] = cfg.hybrid_loss_coefficient
+        cls_norm_scale = np.ones(num_seg)
         if groups:
             won = self._dn_winners(plan) if plan["dynamic"] else None
             for layer in range(num_layers):
@@ -567,12 +579,8 @@ class SlDetrLoss(nn.Module):
 
         index = (row[pos], labels[pos])
         if cfg.use_quality_cls:
-            rank_weights = rank_groups = None
-            if cfg.one_to_many_k > 1:
-                rank_weights = cfg.rank_weights or [1.0] * cfg.one_to_many_k
-                rank_groups = tgt[pos] + seg_idx[pos] * (batch * num_t + 1)
             elements = _quality_bce_elements(flat_logits, index, quality[pos], cfg.quality_alpha, cfg.quality_gamma,
-                                             cfg.quality_min, rank_weights, rank_groups)
+                                             cfg.quality_min)
         else:
             elements = _focal_elements(flat_logits, index, cfg.focal_alpha, cfg.focal_gamma)
 
@@ -586,10 +594,6 @@ class SlDetrLoss(nn.Module):
         loss_bbox = per_segment(l1, seg_idx) / box_norm
         loss_sync = per_segment(loc, seg_idx) / box_norm
         terms = {"loss_cls": loss_cls, "loss_bbox": loss_bbox, "loss_sync": loss_sync}
-        if plan["hybrid"]:
-            weight = torch.from_numpy(segment_weight).to(device, loss_cls.dtype)
-            total = sum(self.weight_dict[name] * (value * weight).sum() for name, value in terms.items())
-        else:
-            total = sum(self.weight_dict[name] * value.sum() for name, value in terms.items())
+        total = sum(self.weight_dict[name] * value.sum() for name, value in terms.items())
         loss_dict = {seg.prefix + name: value[s] for s, seg in enumerate(segments) for name, value in terms.items()}
         return total, loss_dict

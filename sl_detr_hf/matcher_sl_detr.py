@@ -66,8 +66,8 @@ def image_sizes(targets: list[dict], device: torch.device, dtype: torch.dtype) -
     return torch.stack([torch.as_tensor(t["size"]).reshape(2) for t in targets]).to(device=device, dtype=dtype)
 
 
-def assign(cost: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Hungarian assignment of one ``(Q, n)`` block; with ``k > 1`` each column takes up to ``k`` rows.
+def assign(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Hungarian assignment of one ``(Q, n)`` block: each column (target) takes one row (query).
 
     Returns:
         ``(rows, cols)`` int64, sorted by row.
@@ -75,14 +75,12 @@ def assign(cost: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
     if cost.shape[1] == 0:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty
-    if k > 1:
-        cost = cost.repeat(k, axis=1)  # column j * k + r is target j
     rows, cols = linear_sum_assignment(cost)
-    return rows.astype(np.int64), (cols // k).astype(np.int64)
+    return rows.astype(np.int64), cols.astype(np.int64)
 
 
 class SlDetrHungarianMatcher(nn.Module):
-    """One-to-one (or one-to-``k``) assignment of queries to targets (docs/losses.md#matcher).
+    """One-to-one assignment of queries to targets (docs/losses.md#matcher).
 
     :meth:`cost` computes the costs of ``L`` stacked layers on targets padded to the largest count (NaN / inf
     and invalid boxes become :data:`INVALID_COST`); :func:`assign` solves each ``(layer, image)`` block on the
@@ -99,7 +97,6 @@ class SlDetrHungarianMatcher(nn.Module):
         self.focal_alpha = config.focal_alpha
         self.focal_gamma = config.focal_gamma
         self.kld_tau = config.kld_tau
-        self.k = config.one_to_many_k
 
     @torch.no_grad()
     def cost(self, logits: Tensor, pred: Tensor, labels: Tensor, target: Tensor, sizes: Tensor | None) -> Tensor:
@@ -172,6 +169,6 @@ class SlDetrHungarianMatcher(nn.Module):
         cost = cost.cpu().numpy()
         out = []
         for i, n in enumerate(counts):
-            rows, cols = assign(cost[i, :, :n], self.k)
+            rows, cols = assign(cost[i, :, :n])
             out.append((torch.from_numpy(rows), torch.from_numpy(cols)))
         return out

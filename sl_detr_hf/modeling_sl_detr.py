@@ -12,19 +12,19 @@ file wires in what SL-DETR changes, each part in its own module next to this one
   (``attention_sl_detr.py``, ``config.rotated_sampling``);
 - mixed query selection (``query_selection_sl_detr.py``, ``config.mixed_query_selection``), contrastive
   denoising queries at training time (``denoising_sl_detr.py``, ``config.num_denoising``) and look forward twice
-  (``config.look_forward_twice``); optionally a proposal NMS in the query selection (``config.query_selection_nms``)
-  and H-DETR's one-to-many hybrid queries at training time (``hybrid_sl_detr.py``, ``config.num_hybrid_queries``);
-- RHINO's / mmdetection DINO's numerics as config switches, each in the module of its part
-  (`configuration_sl_detr.RHINO_SWITCHES`): the encoder's sine encoding (``position_embedding_sl_detr.py``), the
-  decoder's output norm, in-loop eps and query-position input (``decoder_sl_detr.py``), class-aware proposal
-  ranking (``query_selection_sl_detr.py``), the angle range (``config.angle_start``), the proposal angle of padded
-  tokens and the rotated sampling's units (``attention_sl_detr.py``);
+  (``config.look_forward_twice``); optionally a proposal NMS in the query selection (``config.query_selection_nms``);
+- RHINO's / mmdetection DINO's numerics (``config.numerics``), each detail in the module of its part: the encoder's
+  sine encoding (``position_embedding_sl_detr.py``), the decoder's output norm, in-loop eps and query-position
+  input (``decoder_sl_detr.py``), class-aware proposal ranking (``query_selection_sl_detr.py``), the angle range
+  (``config.angle_start``), the proposal angle of padded tokens (here) and the rotated sampling's units
+  (``attention_sl_detr.py``);
 - Deformable DETR's original head initialization (class bias at the focal prior, last box layer zero);
 - the backbone's frozen stages and batch norms as a config choice (``backbone_sl_detr.py``), so that a backbone
   trained from scratch can train whole with learning batch norms;
 - the loss is [`SlDetrLoss`] (synchronized GIoU / KLD and quality-aware classification), built once per model.
 
-With every new switch off (what `from_deformable_detr` sets), ``box_type="horizontal"`` *is* Deformable DETR (same
+With the DINO / RHINO parts off and Deformable DETR's numerics (`SlDetrConfig.deformable_detr`, what
+`from_deformable_detr` sets), ``box_type="horizontal"`` *is* Deformable DETR (same
 weights, same outputs), and in ``"rotated"`` mode logits and the first four box coordinates equal those of the
 Deformable DETR it was converted from.
 
@@ -32,7 +32,6 @@ This file ships with ``trust_remote_code`` checkpoints: it imports only its sibl
 torch and transformers.
 """
 
-import copy
 import math
 import os
 from collections.abc import Mapping
@@ -42,7 +41,6 @@ import torch
 from torch import nn
 from transformers.models.deformable_detr.modeling_deformable_detr import (
     DeformableDetrForObjectDetection,
-    DeformableDetrMLPPredictionHead,
     DeformableDetrModel,
     DeformableDetrModelOutput,
     DeformableDetrObjectDetectionOutput,
@@ -51,13 +49,13 @@ from transformers.models.deformable_detr.modeling_deformable_detr import (
 from transformers.utils import logging
 from transformers.utils.generic import can_return_tuple
 
-from .backbone_sl_detr import apply_backbone_policy
-from .configuration_sl_detr import SlDetrConfig
+from .backbone_sl_detr import apply_backbone_policy, check_feature_sizes, check_pixel_inputs
+from .configuration_sl_detr import DEFORMABLE_DETR_PARTS, SlDetrConfig
 from .decoder_sl_detr import SlDetrDecoder, init_marked_module, refine_boxes
 from .denoising_sl_detr import build_denoising_queries
-from .geometry_conversions import regularize_rboxes, wrap_angle_range
-from .hybrid_sl_detr import hybrid_attention_mask
-from .loss_sl_detr import SlDetrLoss
+from .geometry_conversions import wrap_angle_range
+from .heads_sl_detr import SlDetrAngleHead, angle_heads, box_heads, class_heads
+from .loss_sl_detr import SlDetrLoss, prepare_targets
 from .position_embedding_sl_detr import SlDetrSinePositionEmbedding
 from .query_selection_sl_detr import (
     SlDetrBoxPositionEmbedding,
@@ -87,14 +85,9 @@ _DDETR_LOSS_FIELDS = (
 )
 # Bookkeeping fields of a serialized config that must not be passed to a new config.
 _CONFIG_META_FIELDS = ("model_type", "transformers_version", "architectures", "auto_map", "_name_or_path")
-# The DINO / RHINO switches, all off: a converted Deformable DETR then computes exactly what it computed before.
-DEFORMABLE_DETR_SWITCHES = dict(
-    num_denoising=0, mixed_query_selection=False, look_forward_twice=False, rotated_sampling="none",
-    encoder_loss_on_topk=False, position_embedding_temperature=10000, position_embedding_offset=-0.5,
-    query_position_valid_ratios=False, decoder_output_norm=False, class_aware_topk=False, decoder_refine_eps=1e-5,
-)
-# Focal prior of the class biases (Deformable DETR's original init): sigmoid(bias) = 0.01.
-_CLASS_BIAS_PRIOR = -math.log((1 - 0.01) / 0.01)
+# Transition alias for scripts/convert_deformable_detr.py (its --dino restores these parts); the preset is
+# `SlDetrConfig.deformable_detr`.
+DEFORMABLE_DETR_SWITCHES = DEFORMABLE_DETR_PARTS
 
 
 def angle_from_sigmoid(angle: torch.Tensor, offset: float = -0.5) -> torch.Tensor:
@@ -111,8 +104,7 @@ class SlDetrModelOutput(DeformableDetrModelOutput):
     With `B` the batch size, `Q` the number of queries (`config.num_queries`, or the number of encoder tokens `S`
     when an image has fewer), `L = config.decoder_layers`, `d = config.d_model`, `C = config.num_labels`,
     `D = config.box_dim` (5 for `"rotated"`, 4 for `"horizontal"`). At training time with denoising queries the
-    query axis holds `N + Q` queries, the `N = 2 * G * M` denoising queries first (`dn_meta`), and with hybrid
-    matching `N + Q + T`, the `T = num_hybrid` one-to-many queries last.
+    query axis holds `N + Q` queries, the `N = 2 * G * M` denoising queries first (`dn_meta`).
 
     init_reference_points (`(B, Q, 4)`, or `(B, Q, 2)` for single-stage models):
         Initial reference boxes (sigmoid space) sent through the decoder.
@@ -124,7 +116,7 @@ class SlDetrModelOutput(DeformableDetrModelOutput):
     enc_outputs_coord_logits (`(B, S, D)`, two-stage only):
         Proposals in inverse-sigmoid space: `(cx, cy, w, h)` logits and, for `"rotated"`, the angle logit `z`
         (`theta = (sigmoid(z) + config.angle_offset) * pi`, le90: `(sigmoid(z) - 0.5) * pi`). Padding / invalid
-        tokens have `+inf` box logits, as in Deformable DETR (and angle logits with `mask_invalid_proposal_angle`).
+        tokens have `+inf` box logits, as in Deformable DETR (and angle logits with RHINO's numerics).
     init_reference_angles (`(B, Q, 1)`, `"rotated"` only):
         Initial angle of the queries in sigmoid space (`0.5` is `theta = 0` in le90): the selected encoder proposals'
         angles (detached) with two-stage, else `0.5`.
@@ -132,15 +124,12 @@ class SlDetrModelOutput(DeformableDetrModelOutput):
     enc_topk_indices (`(B, Q)`, two-stage only): the encoder tokens the matching queries start from (query `i`
         from token `enc_topk_indices[:, i]`, the `i`-th best proposal).
     dn_meta (`dict`, training with denoising only): `{"num_groups": G, "max_objects": M}`.
-    num_hybrid (`int`, training with hybrid matching only): `T`, the one-to-many queries at the end of the query
-        axis (`hybrid_sl_detr.py`).
     """
 
     init_reference_angles: torch.Tensor | None = None
     intermediate_reference_angles: torch.Tensor | None = None
     enc_topk_indices: torch.Tensor | None = None
     dn_meta: dict | None = None
-    num_hybrid: int | None = None
 
 
 @dataclass
@@ -159,14 +148,12 @@ class SlDetrObjectDetectionOutput(DeformableDetrObjectDetectionOutput):
         Normalized boxes of the last decoder layer: `(cx, cy, w, h)` in `[0, 1]` relative to the image's own
         (unpadded) size and, for `"rotated"`, `theta` in radians in `[-pi/2, pi/2)`
         (docs/boxes.md#normalized-boxes) whatever
-        `config.angle_start` (`auxiliary_outputs` too; `dn_outputs`, `hybrid_outputs` and `layer_predictions` keep
-        the native range the losses use).
+        `config.angle_start` (`auxiliary_outputs` too; `dn_outputs` and `layer_predictions` keep the native range
+        the losses use).
     auxiliary_outputs (`list[dict]`, when `labels` are given and `config.auxiliary_loss`):
         `{"logits": (B, Q, C), "pred_boxes": (B, Q, D)}` for decoder layers `0 .. L - 2`.
     dn_outputs (`list[dict]`, training with denoising only): `{"logits": (B, N, C), "pred_boxes": (B, N, D)}` of
         the denoising queries for decoder layers `0 .. L - 1`; dn_meta: their layout.
-    hybrid_outputs (`list[dict]`, training with hybrid matching only): `{"logits": (B, T, C), "pred_boxes":
-        (B, T, D)}` of the one-to-many queries for decoder layers `0 .. L - 1`.
     enc_outputs_class (`(B, S, C)`), enc_outputs_coord_logits (`(B, S, D)`): two-stage proposals, see
         [`SlDetrModelOutput`].
     init_reference_angles (`(B, Q, 1)`, `"rotated"` only): see [`SlDetrModelOutput`].
@@ -177,7 +164,6 @@ class SlDetrObjectDetectionOutput(DeformableDetrObjectDetectionOutput):
     init_reference_angles: torch.Tensor | None = None
     dn_outputs: list[dict] | None = None
     dn_meta: dict | None = None
-    hybrid_outputs: list[dict] | None = None
 
 
 @dataclass
@@ -198,90 +184,12 @@ class SlDetrConversionReport:
         return "\n".join(lines)
 
 
-def _init_linear(layer: nn.Linear, bias: float | list[float] | None = None, zero: bool = False) -> nn.Linear:
-    """Mark a Linear layer for `SlDetrPreTrainedModel._init_weights`: zero weight and bias (`zero`), or this bias.
-
-    The flag sits on the Linear itself: for custom-code models transformers skips `_init_weights` on modules
-    without parameters of their own (such as the MLP heads), so a head-level rule would never run.
-    """
-    if zero:
-        layer._sl_detr_zero_init = True
-    if bias is not None:
-        layer._sl_detr_bias_init = bias
-    return layer
-
-
-def _zero_init_linear(in_features: int, out_features: int) -> nn.Linear:
-    """A Linear layer that `SlDetrPreTrainedModel._init_weights` initializes to zero (weight and bias)."""
-    return _init_linear(nn.Linear(in_features, out_features), zero=True)
-
-
-class SlDetrAngleHead(DeformableDetrMLPPredictionHead):
-    """MLP predicting the angle delta (inverse-sigmoid space) of an encoder proposal: `(..., d_model) -> (..., 1)`.
-
-    Its last layer is zero-initialized (see `SlDetrPreTrainedModel._init_weights`), so the initial delta is 0.
-    """
-
-    def __init__(self, d_model: int, num_layers: int = 3):
-        super().__init__(input_dim=d_model, hidden_dim=d_model, output_dim=1, num_layers=num_layers)
-        self.layers[-1] = _zero_init_linear(d_model, 1)
-
-
-class SlDetrProposalBoxHead(DeformableDetrMLPPredictionHead):
-    """The two-stage encoder box head of the rotated model: `(..., d_model) -> (..., 5)`.
-
-    Deformable DETR's box delta (the parent MLP, same parameter names) with a zero fifth column: the proposal angle
-    is predicted by `SlDetrModel.enc_angle_embed` into the proposals themselves (see
-    `SlDetrModel.gen_encoder_output_proposals`), so that the parent's `delta + proposals` stays one addition.
-    """
-
-    def __init__(self, d_model: int, num_layers: int = 3):
-        super().__init__(input_dim=d_model, hidden_dim=d_model, output_dim=4, num_layers=num_layers)
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return nn.functional.pad(super().forward(hidden_states), (0, 1))
-
-
-def _build_heads(config: SlDetrConfig, num_pred: int) -> tuple[nn.ModuleList, nn.ModuleList]:
-    """Class and box heads of `num_pred` prediction stages (decoder layers, plus the encoder when two-stage).
-
-    Deformable DETR's original init: class biases at the focal prior, the box heads' last layer zero (its bias
-    `w, h` at -2 for the first layer of a single-stage model, whose references are points). The last head is the
-    two-stage encoder head when `config.two_stage`; in `"rotated"` mode it outputs 5 columns (see
-    `SlDetrProposalBoxHead`). The per-layer angle heads are built by the models.
-    """
-    class_embed = nn.ModuleList([
-        _init_linear(nn.Linear(config.d_model, config.num_labels), bias=_CLASS_BIAS_PRIOR) for _ in range(num_pred)
-    ])
-    boxes = [
-        DeformableDetrMLPPredictionHead(input_dim=config.d_model, hidden_dim=config.d_model, output_dim=4, num_layers=3)
-        for _ in range(num_pred)
-    ]
-    if config.two_stage and config.box_type == "rotated":
-        boxes[-1] = SlDetrProposalBoxHead(config.d_model)
-    for index, head in enumerate(boxes):
-        point_reference = not config.two_stage and (index == 0 or not config.with_box_refine)
-        _init_linear(head.layers[-1], zero=True, bias=[0.0, 0.0, -2.0, -2.0] if point_reference else None)
-    return class_embed, nn.ModuleList(boxes)
-
-
-def _angle_heads(config: SlDetrConfig) -> nn.ModuleList | None:
-    """Per decoder layer, the angle delta: a zero-initialized linear read-out of the box head's hidden features."""
-    if config.box_type != "rotated":
-        return None
-    return nn.ModuleList([_zero_init_linear(config.d_model, 1) for _ in range(config.decoder_layers)])
-
-
 def _uses_query_selection(config: SlDetrConfig) -> bool:
     return bool(config.two_stage and config.mixed_query_selection)
 
 
 def _uses_denoising(config: SlDetrConfig) -> bool:
     return bool(config.two_stage and config.num_denoising > 0)
-
-
-def _uses_hybrid(config: SlDetrConfig) -> bool:
-    return bool(_uses_query_selection(config) and config.num_hybrid_queries > 0)
 
 
 class SlDetrPreTrainedModel(DeformableDetrPreTrainedModel):
@@ -337,8 +245,8 @@ class SlDetrModel(SlDetrPreTrainedModel, DeformableDetrModel):
     Deformable DETR's model with [`SlDetrDecoder`] and, by config switch, mixed query selection (`query_selection`,
     `decoder.ref_point_head`) and denoising queries (`denoising_class_embed`). In `"rotated"` mode the two-stage
     encoder head also proposes an angle (`enc_angle_embed`). Unlike the bare Deformable DETR model, its decoder owns
-    the box / class / angle heads that box refinement and two-stage proposals need, so that it runs on its own (in
-    [`SlDetrForObjectDetection`] they are tied to the detection heads).
+    the box / class / angle heads that box refinement and two-stage proposals need, so that it runs on its own
+    ([`SlDetrForObjectDetection`] predicts with the same modules).
 
     The DINO parts need two-stage proposals: with `two_stage=False`, `mixed_query_selection` and `num_denoising`
     are ignored (Deformable DETR's single-stage queries).
@@ -355,9 +263,6 @@ class SlDetrModel(SlDetrPreTrainedModel, DeformableDetrModel):
         if not config.two_stage and (config.mixed_query_selection or config.num_denoising > 0):
             logger.info("SL-DETR: mixed query selection and denoising need two_stage=True; single-stage model "
                         "built without them")
-        if config.num_hybrid_queries > 0 and not _uses_query_selection(config):
-            logger.info("SL-DETR: hybrid matching needs two_stage=True and mixed_query_selection=True; built "
-                        "without it")
         new_modules = [self.decoder]
         # The two-stage encoder's angle head (the proposal angle delta).
         self.enc_angle_embed = (
@@ -371,25 +276,21 @@ class SlDetrModel(SlDetrPreTrainedModel, DeformableDetrModel):
             self.pos_trans = self.pos_trans_norm = None
         if _uses_query_selection(config) or _uses_denoising(config):
             # Denoising queries need a position built from their box, as DINO's queries
-            self.decoder.ref_point_head = SlDetrBoxPositionEmbedding(config.d_model, config.query_position_temperature)
-        # H-DETR's one-to-many queries start as the matching queries do, from proposals without the NMS
-        self.hybrid_queries = (SlDetrMixedQuerySelection(config.num_hybrid_queries, config.d_model)
-                               if _uses_hybrid(config) else None)
+            self.decoder.ref_point_head = SlDetrBoxPositionEmbedding(config.d_model)
         self.denoising_class_embed = None
         if _uses_denoising(config):
             self.denoising_class_embed = nn.Embedding(
                 config.num_labels + 1, config.d_model, padding_idx=config.num_labels
             )
             self.denoising_class_embed._sl_detr_normal_std = 1.0
-        if config.with_box_refine or config.two_stage:
-            num_pred = config.decoder_layers + 1 if config.two_stage else config.decoder_layers
-            class_embed, bbox_embed = _build_heads(config, num_pred)
-            if config.with_box_refine:
-                self.decoder.bbox_embed = bbox_embed
-                self.decoder.angle_embed = _angle_heads(config)
-            if config.two_stage:
-                self.decoder.class_embed = class_embed
-        new_modules += [self.enc_angle_embed, self.query_selection, self.denoising_class_embed, self.hybrid_queries]
+        # the heads box refinement and two-stage proposals need (`heads_sl_detr.py`); the detection model
+        # predicts with these same modules
+        if config.with_box_refine:
+            self.decoder.bbox_embed = box_heads(config)
+            self.decoder.angle_embed = angle_heads(config)
+        if config.two_stage:
+            self.decoder.class_embed = class_heads(config)
+        new_modules += [self.enc_angle_embed, self.query_selection, self.denoising_class_embed]
         for module in new_modules:
             if module is not None:
                 module.apply(self._init_weights)
@@ -401,8 +302,8 @@ class SlDetrModel(SlDetrPreTrainedModel, DeformableDetrModel):
 
         The proposal angle logit is `0 + enc_angle_embed(object_query)`: the initial angle `a = 0.5` (`theta = 0` in
         le90, `pi / 2` in RHINO's range) plus the encoder head's angle delta (the box head adds a zero delta to it,
-        see `SlDetrProposalBoxHead`). With `config.mask_invalid_proposal_angle`, padded / border tokens get `+inf`
-        like their other coordinates (RHINO).
+        see `SlDetrProposalBoxHead`). With RHINO's numerics, padded / border tokens get `+inf` like their other
+        coordinates (RHINO).
 
         Returns:
             object_query (`(B, S, d_model)`) and output_proposals (`(B, S, D)`, inverse-sigmoid space).
@@ -410,7 +311,7 @@ class SlDetrModel(SlDetrPreTrainedModel, DeformableDetrModel):
         object_query, output_proposals = super().gen_encoder_output_proposals(enc_output, padding_mask, spatial_shapes)
         if self.enc_angle_embed is not None:
             angle = self.enc_angle_embed(object_query)
-            if self.config.mask_invalid_proposal_angle:
+            if self.config.rhino_numerics:
                 angle = angle.masked_fill(torch.isinf(output_proposals[..., :1]), float("inf"))
             output_proposals = torch.cat([output_proposals, angle], dim=-1)
         return object_query, output_proposals
@@ -419,7 +320,7 @@ class SlDetrModel(SlDetrPreTrainedModel, DeformableDetrModel):
         """Backbone, input projections, extra levels and flattening: the first steps of
         `DeformableDetrModel.forward`, the same operations in the same order (so the same numbers)."""
         features = self.backbone(pixel_values, pixel_mask)
-        _check_feature_sizes(pixel_values, [feature.shape[-2:] for feature, _ in features], self.input_proj)
+        check_feature_sizes(pixel_values, [feature.shape[-2:] for feature, _ in features], self.input_proj)
         sources, masks, positions = [], [], []
         for level, (source, mask) in enumerate(features):
             sources.append(self.input_proj[level](source))
@@ -468,7 +369,7 @@ class SlDetrModel(SlDetrPreTrainedModel, DeformableDetrModel):
         # a detection head on every encoder token (Deformable DETR's two-stage, A.4 of its paper)
         enc_outputs_class = self.decoder.class_embed[-1](object_query)
         enc_outputs_coord_logits = self.decoder.bbox_embed[-1](object_query) + output_proposals
-        scores = proposal_scores(enc_outputs_class, self.config.class_aware_topk)
+        scores = proposal_scores(enc_outputs_class, class_aware=self.config.rhino_numerics)
         if self.query_selection is not None:
             target, reference, topk = self.query_selection(scores, enc_outputs_coord_logits)
             position = None
@@ -506,7 +407,7 @@ class SlDetrModel(SlDetrPreTrainedModel, DeformableDetrModel):
         Returns:
             [`SlDetrModelOutput`].
         """
-        _check_pixel_inputs(self.config, pixel_values, pixel_mask)
+        check_pixel_inputs(self.config, pixel_values, pixel_mask)
         if pixel_mask is None:
             batch_size, _, height, width = pixel_values.shape
             pixel_mask = torch.ones((batch_size, height, width), dtype=torch.long, device=pixel_values.device)
@@ -537,16 +438,6 @@ class SlDetrModel(SlDetrPreTrainedModel, DeformableDetrModel):
                 dn_content, dn_reference, self_attention_mask, dn_meta = denoising
                 content = torch.cat([dn_content.to(content.dtype), content], dim=1)
                 reference = torch.cat([dn_reference.to(reference.dtype), reference], dim=1)
-        num_hybrid = None
-        if self.training and labels is not None and self.hybrid_queries is not None:
-            hybrid_content, hybrid_reference, _ = self.hybrid_queries(
-                proposal_scores(queries.enc_outputs_class, self.config.class_aware_topk),
-                queries.enc_outputs_coord_logits)
-            num_hybrid = hybrid_content.shape[1]
-            self_attention_mask = hybrid_attention_mask(self_attention_mask, content.shape[1], num_hybrid,
-                                                        content.device)
-            content = torch.cat([content, hybrid_content.to(content.dtype)], dim=1)
-            reference = torch.cat([reference, hybrid_reference.to(reference.dtype)], dim=1)
 
         decoder_outputs = self.decoder(
             inputs_embeds=content,
@@ -584,7 +475,6 @@ class SlDetrModel(SlDetrPreTrainedModel, DeformableDetrModel):
             intermediate_reference_angles=inter_angles,
             enc_topk_indices=queries.topk_indices,
             dn_meta=dn_meta,
-            num_hybrid=num_hybrid,
         )
 
 
@@ -612,24 +502,23 @@ class SlDetrForObjectDetection(SlDetrPreTrainedModel, DeformableDetrForObjectDet
         # heads; the structure and the tying below are the same, with SlDetrModel and the angle heads.
         DeformableDetrPreTrainedModel.__init__(self, config)
         self.model = SlDetrModel(config)
-        # if two-stage, the last class / box head generates the region proposals
-        num_pred = config.decoder_layers + 1 if config.two_stage else config.decoder_layers
-        self.class_embed, self.bbox_embed = _build_heads(config, num_pred)
-        # Per decoder layer, the angle delta is a linear read-out of the layer's box-head features (the hidden
-        # activations of `bbox_embed[layer]`, shared as in RHINO's 5-d box head): an angle costs almost nothing.
-        self.angle_embed = _angle_heads(config)
+        # One set of heads (`heads_sl_detr.py`): the decoder's where box refinement / two-stage put them there
+        # (one module under both names, the keys Deformable DETR ties), else built here. With two-stage, the last
+        # class / box head generates the region proposals. The angle delta is a linear read-out of the box head's
+        # features (shared as in RHINO's 5-d box head): an angle costs almost nothing.
+        decoder = self.model.decoder
+        self.class_embed = decoder.class_embed if decoder.class_embed is not None else class_heads(config)
+        self.bbox_embed = decoder.bbox_embed if decoder.bbox_embed is not None else box_heads(config)
+        self.angle_embed = decoder.angle_embed if decoder.angle_embed is not None else angle_heads(config)
         self._tied_weights_keys = dict(self._tied_weights_keys)
         if config.with_box_refine:
-            self.model.decoder.bbox_embed = copy.deepcopy(self.bbox_embed)
             self._tied_weights_keys["bbox_embed"] = "model.decoder.bbox_embed"
             if self.angle_embed is not None:
-                self.model.decoder.angle_embed = copy.deepcopy(self.angle_embed)
                 self._tied_weights_keys["angle_embed"] = "model.decoder.angle_embed"
         elif self.angle_embed is not None:
             # without box refinement the per-layer heads are shared, as Deformable DETR's class / box heads are
             self._tied_weights_keys[r"angle_embed.(?![0])\d+"] = "angle_embed.0"
         if config.two_stage:
-            self.model.decoder.class_embed = copy.deepcopy(self.class_embed)
             self._tied_weights_keys["class_embed"] = "model.decoder.class_embed"
         self.post_init()
 
@@ -682,8 +571,8 @@ class SlDetrForObjectDetection(SlDetrPreTrainedModel, DeformableDetrForObjectDet
         (torch.Size([1, 20, 15]), torch.Size([1, 20, 5]))
         ```
         """
-        _check_pixel_inputs(self.config, pixel_values, pixel_mask)
-        targets = None if labels is None else self._prepare_targets(labels, pixel_values, pixel_mask)
+        check_pixel_inputs(self.config, pixel_values, pixel_mask)
+        targets = None if labels is None else prepare_targets(labels, self.config, pixel_values, pixel_mask)
 
         outputs = self.model(
             pixel_values,
@@ -706,14 +595,6 @@ class SlDetrForObjectDetection(SlDetrPreTrainedModel, DeformableDetrForObjectDet
                           for c, b in zip(outputs_classes, outputs_coords)]
             outputs_classes = [c[:, num_dn:] for c in outputs_classes]
             outputs_coords = [b[:, num_dn:] for b in outputs_coords]
-        # hybrid (one-to-many) queries come last (training only)
-        num_hybrid = outputs.num_hybrid or 0
-        hybrid_outputs = None
-        if num_hybrid:
-            hybrid_outputs = [{"logits": c[:, -num_hybrid:], "pred_boxes": b[:, -num_hybrid:]}
-                              for c, b in zip(outputs_classes, outputs_coords)]
-            outputs_classes = [c[:, :-num_hybrid] for c in outputs_classes]
-            outputs_coords = [b[:, :-num_hybrid] for b in outputs_coords]
         logits, pred_boxes = outputs_classes[-1], outputs_coords[-1]
 
         loss, loss_dict, auxiliary_outputs = None, None, None
@@ -725,7 +606,7 @@ class SlDetrForObjectDetection(SlDetrPreTrainedModel, DeformableDetrForObjectDet
             loss, loss_dict = self.criterion(
                 {"logits": logits, "pred_boxes": pred_boxes, "auxiliary_outputs": auxiliary_outputs,
                  "enc_outputs": self._encoder_loss_outputs(outputs), "dn_outputs": dn_outputs,
-                 "dn_meta": outputs.dn_meta, "hybrid_outputs": hybrid_outputs},
+                 "dn_meta": outputs.dn_meta},
                 targets,
             )
         # the losses saw the model's native angle range; what it returns is le90
@@ -756,12 +637,11 @@ class SlDetrForObjectDetection(SlDetrPreTrainedModel, DeformableDetrForObjectDet
             init_reference_angles=outputs.init_reference_angles,
             dn_outputs=dn_outputs,
             dn_meta=outputs.dn_meta,
-            hybrid_outputs=hybrid_outputs,
         )
 
     def layer_predictions(self, outputs: SlDetrModelOutput) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Every decoder layer's class logits `(B, N, C)` and boxes `(B, N, D)` (all `N` queries, denoising and
-        hybrid ones included), the boxes normalized with theta in the model's native range
+        """Every decoder layer's class logits `(B, N, C)` and boxes `(B, N, D)` (all `N` queries, denoising ones
+        included), the boxes normalized with theta in the model's native range
         (`[angle_start, angle_start + 180)` degrees; `forward` returns `pred_boxes` in le90).
 
         Layer `l` predicts on the reference it started from: the initial one, or layer `l - 1`'s refinement (which
@@ -790,12 +670,12 @@ class SlDetrForObjectDetection(SlDetrPreTrainedModel, DeformableDetrForObjectDet
         return torch.cat([boxes[..., :4], wrap_angle_range(boxes[..., 4:])], dim=-1)
 
     def _encoder_loss_outputs(self, outputs: SlDetrModelOutput) -> dict | None:
-        """The two-stage proposals the encoder loss sees: the selected top-k (`config.encoder_loss_on_topk`, in the
-        order of the decoder queries) or every encoder token; `None` for single-stage models."""
+        """The two-stage proposals the encoder loss sees: the selected top-k with mixed query selection (DINO, in the
+        order of the decoder queries), else every encoder token (Deformable DETR); `None` for single-stage models."""
         if not self.config.two_stage:
             return None
         enc_class, enc_coord_logits = outputs.enc_outputs_class, outputs.enc_outputs_coord_logits
-        if self.config.encoder_loss_on_topk:
+        if self.model.query_selection is not None:
             enc_class = gather_queries(enc_class, outputs.enc_topk_indices)
             enc_coord_logits = gather_queries(enc_coord_logits, outputs.enc_topk_indices)
         return {"logits": enc_class, "pred_boxes": self._proposal_boxes(enc_coord_logits)}
@@ -821,71 +701,6 @@ class SlDetrForObjectDetection(SlDetrPreTrainedModel, DeformableDetrForObjectDet
                               dim=-1)
         return boxes
 
-    def _prepare_targets(
-        self, labels: list[Mapping], pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None
-    ) -> list[dict]:
-        """Validate `labels` and move them to the model's device; fill a missing `"size"` (see `forward`); bring
-        rotated boxes to le90 (`w >= h` in pixels, `theta` in `[-pi/2, pi/2)`), the one convention of
-        docs/boxes.md#pixel-rotated-boxes-le90,
-        then theta into the model's native range (`config.angle_start`; RHINO's `[0, pi)`), where its losses compare
-        angles."""
-        batch_size, _, height, width = pixel_values.shape
-        if not isinstance(labels, (list, tuple)) or len(labels) != batch_size:
-            raise ValueError(
-                f"`labels` must be a list of {batch_size} dicts (one per image), got "
-                f"{type(labels).__name__}{f' of length {len(labels)}' if isinstance(labels, (list, tuple)) else ''}"
-            )
-        box_dim, num_labels = self.config.box_dim, self.config.num_labels
-        device = pixel_values.device
-        targets = []
-        for index, target in enumerate(labels):
-            if not isinstance(target, Mapping):
-                raise ValueError(f"`labels[{index}]` must be a dict (a mapping), got {type(target).__name__}")
-            missing = [key for key in ("class_labels", "boxes") if key not in target]
-            if missing:
-                raise ValueError(f"`labels[{index}]` is missing the key(s) {missing}")
-            classes = torch.as_tensor(target["class_labels"], device=device)
-            boxes = torch.as_tensor(target["boxes"], device=device)
-            if classes.ndim != 1 or classes.is_floating_point() or classes.is_complex():
-                raise ValueError(
-                    f"`labels[{index}]['class_labels']` must be a 1-d integer tensor, got shape "
-                    f"{tuple(classes.shape)} and dtype {classes.dtype}"
-                )
-            if boxes.ndim != 2 or boxes.shape[-1] != box_dim or boxes.shape[0] != classes.shape[0]:
-                raise ValueError(
-                    f"`labels[{index}]['boxes']` must have shape ({classes.shape[0]}, {box_dim}) for "
-                    f"box_type={self.config.box_type!r}, got {tuple(boxes.shape)}"
-                )
-            if classes.numel() and (int(classes.min()) < 0 or int(classes.max()) >= num_labels):
-                raise ValueError(
-                    f"`labels[{index}]['class_labels']` must be in [0, {num_labels}) (config.num_labels), got "
-                    f"values in [{int(classes.min())}, {int(classes.max())}]"
-                )
-            if boxes.numel() and not bool(torch.isfinite(boxes).all()):
-                raise ValueError(f"`labels[{index}]['boxes']` contains NaN or inf")
-            if boxes.numel() and bool((boxes[:, 2:4] < 0).any()):
-                raise ValueError(f"`labels[{index}]['boxes']` has a negative width or height (columns 2 and 3)")
-            prepared = {
-                key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in target.items()
-            }
-            prepared["class_labels"] = classes.long()
-            boxes = boxes.to(pixel_values.dtype if pixel_values.is_floating_point() else torch.float32)
-            if "size" in target:
-                prepared["size"] = torch.as_tensor(target["size"], device=device)
-            elif pixel_mask is not None:
-                valid = pixel_mask[index].bool()
-                prepared["size"] = torch.stack([valid.any(1).sum(), valid.any(0).sum()])
-            else:
-                prepared["size"] = torch.tensor([height, width], device=device)
-            if box_dim == 5:
-                boxes = _le90_normalized(boxes, prepared["size"])
-                if self.config.angle_offset != -0.5:  # the losses compare angles in the model's native range
-                    theta = wrap_angle_range(boxes[:, 4:], self.config.angle_offset * math.pi)
-                    boxes = torch.cat([boxes[:, :4], theta], dim=-1)
-            prepared["boxes"] = boxes
-            targets.append(prepared)
-        return targets
-
     @classmethod
     def from_deformable_detr(
         cls,
@@ -907,9 +722,10 @@ class SlDetrForObjectDetection(SlDetrPreTrainedModel, DeformableDetrForObjectDet
             return_report: also return a [`SlDetrConversionReport`] (copied / new / skipped keys).
             config_kwargs: overrides of the SL-DETR config, e.g. `id2label` for another label set (the class heads
                 are then skipped and newly initialized), or loss settings. The architecture fields come from the
-                Deformable DETR config; its loss / matcher fields are replaced by SL-DETR's defaults. The DINO / RHINO
-                switches are off (`DEFORMABLE_DETR_SWITCHES`: no denoising, Deformable DETR's two-stage queries, no
-                look forward twice, unrotated sampling, encoder loss on all tokens) unless overridden here.
+                Deformable DETR config; its loss / matcher fields are replaced by SL-DETR's defaults. The config is
+                `SlDetrConfig.deformable_detr`'s (no denoising, Deformable DETR's two-stage queries and encoder loss
+                on all tokens, no look forward twice, unrotated sampling, transformers' numerics) unless overridden
+                here.
 
         Returns:
             The model (in the source's train / eval mode and dtype), and the report when `return_report`.
@@ -931,10 +747,9 @@ class SlDetrForObjectDetection(SlDetrPreTrainedModel, DeformableDetrForObjectDet
             for key in ("id2label", "label2id"):
                 if key not in config_kwargs:
                     values.pop(key, None)
-        values.update(DEFORMABLE_DETR_SWITCHES)  # the DINO / RHINO parts off: same outputs as the source
         values.update(config_kwargs)
         values["box_type"] = box_type
-        config = SlDetrConfig(**values)
+        config = SlDetrConfig.deformable_detr(**values)  # the DINO / RHINO parts off: same outputs as the source
 
         model = cls(config)
         source_state, target_state = source.state_dict(), model.state_dict()
@@ -957,59 +772,3 @@ class SlDetrForObjectDetection(SlDetrPreTrainedModel, DeformableDetrForObjectDet
         model.train(source.training)
         logger.info("Converted Deformable DETR to SL-DETR (%s): %s", box_type, report)
         return (model, report) if return_report else model
-
-
-
-
-def _le90_normalized(boxes: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
-    """Normalized rotated boxes `(n, 5)` of an image of `size = (H, W)`, brought to le90 (`w >= h` in pixels, theta
-    in `[-pi/2, pi/2)`); boxes already in le90 are returned bit for bit."""
-    if not boxes.numel():
-        return boxes
-    scale = torch.cat([size.flip(0), size.flip(0), size.new_ones(1)]).to(boxes)  # (W, H, W, H, 1)
-    pixel = boxes * scale
-    half_pi = math.pi / 2
-    inside = (pixel[:, 2] >= pixel[:, 3]) & (boxes[:, 4] >= -half_pi) & (boxes[:, 4] < half_pi)
-    return torch.where(inside[:, None], boxes, regularize_rboxes(pixel) / scale)
-
-
-def _check_feature_sizes(pixel_values: torch.Tensor, sizes: list, input_proj: nn.ModuleList) -> None:
-    """Raise a ValueError naming the minimum image size when a feature level is too small for its GroupNorm
-    (torch needs more than one value per group over the batch: `B * C / G * h * w > 1`).
-
-    `sizes` are the backbone levels' `(h, w)`; the extra levels (3x3 stride-2 convolutions, `ceil(size / 2)`) are
-    derived. Only shapes are read (no data-dependent control flow).
-    """
-    batch_size, _, height, width = pixel_values.shape
-    sizes = [(int(h), int(w)) for h, w in sizes]
-    while len(sizes) < len(input_proj):
-        sizes.append(((sizes[-1][0] + 1) // 2, (sizes[-1][1] + 1) // 2))
-    for level, (size, projection) in enumerate(zip(sizes, input_proj)):
-        norm = projection[-1]
-        if batch_size * (norm.num_channels // norm.num_groups) * size[0] * size[1] > 1:
-            continue
-        # The first 1 x 1 level has a stride in [max(H, W), 2 max(H, W)): the nominal power of two; every later
-        # level halves again, so the last level's stride is that times 2 per remaining level.
-        last_stride = 2 ** math.ceil(math.log2(max(height, width, 1))) * 2 ** (len(sizes) - 1 - level)
-        raise ValueError(
-            f"`pixel_values` of {height} x {width} px are too small for this model: feature level {level} is "
-            f"{size[0]} x {size[1]} and its GroupNorm({norm.num_groups}, {norm.num_channels}) needs more than one "
-            f"value per group; use images of at least {last_stride + 1} px a side (the last level's stride is "
-            f"{last_stride}), or a batch of 2 or more"
-        )
-
-
-def _check_pixel_inputs(config: SlDetrConfig, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None) -> None:
-    """Raise a ValueError unless `pixel_values` is `(B, num_channels, H, W)` and `pixel_mask` is `(B, H, W)`."""
-    if not isinstance(pixel_values, torch.Tensor):
-        raise ValueError(f"`pixel_values` must be a torch.Tensor, got {type(pixel_values).__name__}")
-    if pixel_values.ndim != 4 or pixel_values.shape[1] != config.num_channels:
-        raise ValueError(
-            f"`pixel_values` must have shape (batch_size, {config.num_channels}, height, width), got "
-            f"{tuple(pixel_values.shape)}"
-        )
-    if pixel_mask is not None:
-        expected = (pixel_values.shape[0], *pixel_values.shape[2:])
-        if not isinstance(pixel_mask, torch.Tensor) or tuple(pixel_mask.shape) != expected:
-            shape = tuple(pixel_mask.shape) if isinstance(pixel_mask, torch.Tensor) else type(pixel_mask).__name__
-            raise ValueError(f"`pixel_mask` must have shape {expected} (batch_size, height, width), got {shape}")

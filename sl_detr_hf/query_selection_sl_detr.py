@@ -2,7 +2,7 @@
 start the decoder, and with what.
 
 - [`proposal_scores`]: what ranks the encoder proposals: the first class logit (Deformable DETR's binary score) or
-  the best class logit (DINO / RHINO, `config.class_aware_topk`);
+  the best class logit (DINO / RHINO, `config.numerics="rhino"`);
 - [`select_proposals`]: the indices of the top-k encoder proposals, `k = min(num_queries, S)` so that an image
   with fewer encoder tokens than queries still works (the decoder then runs `S` queries); optionally after a
   fixed-shape NMS of the candidates (`config.query_selection_nms`, [`proposal_nms_order`]), so that the decoder's
@@ -123,7 +123,7 @@ class SlDetrBoxPositionEmbedding(nn.Module):
     """Query position embedding from a reference box: `(B, Q, >= 4)` sigmoid space -> `(B, Q, d_model)`.
 
     An MLP (`2 * d_model -> d_model -> d_model`) on the sine embedding of `(cx, cy, w, h)` (`temperature`:
-    `config.query_position_temperature`); an angle (fifth coordinate) is not used
+    10000 in DINO and RHINO as in Deformable DETR); an angle (fifth coordinate) is not used
     (docs/architecture.md#query-positions). DINO's
     `ref_point_head` is the same MLP on `(cy, cx, w, h)` blocks: a converter permutes its first layer's columns.
     """

@@ -69,11 +69,8 @@ def match_layer(config: SlDetrConfig, layer: dict, targets: list[dict]) -> list[
             continue
         cost = image_cost(config, layer["logits"][i], layer["pred_boxes"][i], t["class_labels"], t["boxes"],
                           t.get("size", torch.tensor([1, 1]))).cpu().numpy()
-        if config.one_to_many_k > 1:
-            cost = cost.repeat(config.one_to_many_k, axis=1)
         rows, cols = linear_sum_assignment(cost)
-        out.append((torch.as_tensor(rows, dtype=torch.long),
-                    torch.as_tensor(cols // config.one_to_many_k, dtype=torch.long)))
+        out.append((torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long)))
     return out
 
 
@@ -82,7 +79,6 @@ def layer_losses(config: SlDetrConfig, layer: dict, targets: list[dict], indices
     logits, boxes = layer["logits"], layer["pred_boxes"]
     batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)])
     query_idx = torch.cat([src for src, _ in indices])
-    tgt_idx = torch.cat([tgt for _, tgt in indices])
     labels = torch.cat([t["class_labels"][j] for t, (_, j) in zip(targets, indices)])
     target_boxes = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices)]).to(boxes.dtype)
     src = boxes[batch_idx, query_idx]
@@ -101,12 +97,8 @@ def layer_losses(config: SlDetrConfig, layer: dict, targets: list[dict], indices
                               config.sync_giou_t_max) if config.use_sync_loc else 1 - giou)
         quality = giou.detach()
     if config.use_quality_cls:
-        rank_weights = groups = None
-        if config.one_to_many_k > 1:
-            rank_weights = config.rank_weights or [1.0] * config.one_to_many_k
-            groups = batch_idx * (1 + max(len(t["class_labels"]) for t in targets)) + tgt_idx
         loss_cls = quality_aware_bce(logits, batch_idx, query_idx, labels, quality, num_boxes, config.quality_alpha,
-                                     config.quality_gamma, config.quality_min, rank_weights, groups)
+                                     config.quality_gamma, config.quality_min)
     else:
         loss_cls = sigmoid_focal_loss(logits, batch_idx, query_idx, labels, num_boxes, config.focal_alpha,
                                       config.focal_gamma)
@@ -119,8 +111,9 @@ def reference_criterion(config: SlDetrConfig, outputs: dict, targets: list[dict]
     layers = [("", outputs, targets)]
     layers += [(f"d{i}.", aux, targets) for i, aux in enumerate(outputs.get("auxiliary_outputs") or [])]
     if outputs.get("enc_outputs") is not None:
+        # Deformable DETR's proposals are class-agnostic; RHINO's numerics rank (and train) them by class
         agnostic = [{**t, "class_labels": torch.zeros_like(t["class_labels"])} for t in targets]
-        layers.append(("enc.", outputs["enc_outputs"], agnostic))
+        layers.append(("enc.", outputs["enc_outputs"], targets if config.rhino_numerics else agnostic))
     weights = {"loss_cls": config.cls_loss_coefficient, "loss_bbox": config.bbox_loss_coefficient,
                "loss_sync": config.sync_loss_coefficient}
     total, loss_dict, matchings = 0.0, {}, {}

@@ -9,7 +9,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from _criterion_reference import layer_losses, match_layer, reference_criterion
+from _criterion_reference import layer_losses, reference_criterion
 from test_loss import make_problem, rand_norm_boxes
 
 from sl_detr_hf.configuration_sl_detr import SlDetrConfig
@@ -27,7 +27,7 @@ def assert_same(loss_dict, expected, rtol=1e-6):
 
 
 def with_enc_tokens(rng, outputs, tokens, classes, rotated, dtype):
-    """Replace the encoder output with ``tokens`` proposals (the all-token form, ``encoder_loss_on_topk=False``)."""
+    """Replace the encoder output with ``tokens`` proposals (the all-token form, ``mixed_query_selection=False``)."""
     batch = outputs["logits"].shape[0]
     dim = 5 if rotated else 4
     outputs["enc_outputs"] = {
@@ -42,18 +42,19 @@ def with_enc_tokens(rng, outputs, tokens, classes, rotated, dtype):
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("box_type,sync,quality,k,tokens", [
-    ("rotated", True, True, 1, 30), ("rotated", True, True, 1, 12), ("rotated", False, False, 1, 30),
-    ("horizontal", True, True, 1, 30), ("horizontal", False, False, 1, 12), ("rotated", True, True, 2, 30),
+@pytest.mark.parametrize("box_type,sync,quality,numerics,tokens", [
+    ("rotated", True, True, "rhino", 30), ("rotated", True, True, "rhino", 12), ("rotated", False, False, "rhino", 30),
+    ("horizontal", True, True, "rhino", 30), ("horizontal", False, False, "rhino", 12),
+    ("rotated", True, True, "deformable_detr", 30), ("horizontal", True, True, "deformable_detr", 12),
 ])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_batched_equals_per_layer_reference(box_type, sync, quality, k, tokens, dtype):
-    """All-token encoder (30 tokens for 12 queries) or top-k (12), no DN: same losses and matchings."""
-    rng = np.random.default_rng(20 + k + tokens)
+def test_batched_equals_per_layer_reference(box_type, sync, quality, numerics, tokens, dtype):
+    """All-token encoder (30 tokens for 12 queries) or top-k (12), no DN: same losses and matchings (the encoder
+    terms class-aware with RHINO's numerics, class-agnostic with Deformable DETR's)."""
+    rng = np.random.default_rng(21 + tokens + (numerics == "deformable_detr"))
     rotated = box_type == "rotated"
     config = SlDetrConfig(num_labels=5, box_type=box_type, use_sync_loc=sync, use_quality_cls=quality,
-                          one_to_many_k=k, rank_weights=[1.0, 0.4] if k == 2 else None, sync_gain=1.2,
-                          cls_loss_coefficient=1.5)
+                          sync_gain=1.2, cls_loss_coefficient=1.5, numerics=numerics)
     for counts in ([4, 0, 7], [1, 3, 2], [0, 0, 1]):
         outputs, targets = make_problem(rng, counts, queries=12, rotated=rotated, dtype=dtype)
         outputs = with_enc_tokens(rng, outputs, tokens, 5, rotated, dtype)
@@ -201,35 +202,6 @@ def test_dn_meta_mismatch_is_an_error():
     outputs["dn_meta"] = {"num_groups": 3, "max_objects": 3}
     with pytest.raises(ValueError, match="dn_outputs"):
         SlDetrLoss(SlDetrConfig(num_labels=5))(outputs, targets)
-
-
-# --------------------------------------------------------------------------------------------------
-# Match once per step
-# --------------------------------------------------------------------------------------------------
-
-
-def test_match_once_per_step_reuses_the_encoder_assignment():
-    rng = np.random.default_rng(60)
-    config = SlDetrConfig(num_labels=5, match_once_per_step=True)
-    outputs, targets = make_problem(rng, [3, 0, 5], queries=10)
-    criterion = SlDetrLoss(config)
-    _, loss_dict = criterion(outputs, targets)
-    agnostic = [{**t, "class_labels": torch.zeros_like(t["class_labels"])} for t in targets]
-    enc_indices = match_layer(config, outputs["enc_outputs"], agnostic)
-    matchings = criterion.match(outputs, targets)
-    num_boxes = torch.tensor(8.0)
-    layers = {"": outputs, "d0.": outputs["auxiliary_outputs"][0], "d1.": outputs["auxiliary_outputs"][1]}
-    expected = {}
-    for prefix, layer in layers.items():
-        for (q1, t1), (q2, t2) in zip(matchings[prefix], enc_indices):
-            assert torch.equal(q1, q2) and torch.equal(t1, t2)
-        expected.update({prefix + k: v for k, v in layer_losses(config, layer, targets, enc_indices,
-                                                                num_boxes).items()})
-    expected.update({"enc." + k: v for k, v in layer_losses(config, outputs["enc_outputs"], agnostic, enc_indices,
-                                                            num_boxes).items()})
-    assert_same(loss_dict, expected, rtol=1e-9)
-    with pytest.raises(ValueError, match="match_once_per_step"):
-        criterion(with_enc_tokens(rng, outputs, 30, 5, True, torch.float64), targets)
 
 
 # --------------------------------------------------------------------------------------------------

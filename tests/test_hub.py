@@ -14,7 +14,7 @@ from _tiny_sl_detr import CLASS_NAMES, random_image, tiny_model, tiny_processor
 from huggingface_hub import HfApi
 from transformers import AutoImageProcessor, AutoModelForObjectDetection
 
-from sl_detr_hf import hub
+from sl_detr_hf.commands.push import main as push_main
 from sl_detr_hf.hub import CITATION, PAPER_TITLE, generate_model_card, push_to_hub, save_for_hub
 from sl_detr_hf.pipeline_oriented_detection import TASK
 
@@ -23,7 +23,7 @@ GEOMETRY_FILES = {f"geometry_{name}.py" for name in ("conversions", "overlaps", 
 CODE_FILES = GEOMETRY_FILES | {
     "configuration_sl_detr.py", "modeling_sl_detr.py", "loss_sl_detr.py", "image_processing_sl_detr.py",
     "pipeline_oriented_detection.py", "matcher_sl_detr.py", "decoder_sl_detr.py", "attention_sl_detr.py",
-    "query_selection_sl_detr.py", "denoising_sl_detr.py", "backbone_sl_detr.py", "hybrid_sl_detr.py",
+    "query_selection_sl_detr.py", "denoising_sl_detr.py", "backbone_sl_detr.py", "heads_sl_detr.py",
     "position_embedding_sl_detr.py"}
 EXPECTED_FILES = CODE_FILES | {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"}
 
@@ -155,8 +155,8 @@ def test_push_rejects_bad_input(tmp_path, fake_hub):
 def test_push_cli(saved, fake_hub, tmp_path, capsys):
     metrics = tmp_path / "metrics.json"
     metrics.write_text(json.dumps({"mAP50": 0.9}))
-    assert hub.main([str(saved), "me/cli-model", "--metrics", "mAP=0.3", str(metrics), "--private",
-                     "--dataset-name", "DOTA-v1.5", "--commit-message", "cli upload"]) == 0
+    assert push_main([str(saved), "me/cli-model", "--metrics", "mAP=0.3", str(metrics), "--private",
+                      "--dataset-name", "DOTA-v1.5", "--commit-message", "cli upload"]) == 0
     readme = fake_hub["files"]["README.md"].decode()
     assert "| mAP | 0.3000 |" in readme and "| mAP50 | 0.9000 |" in readme and "eval_mAP50" not in readme
     assert "Dataset: DOTA-v1.5." in readme
@@ -165,7 +165,7 @@ def test_push_cli(saved, fake_hub, tmp_path, capsys):
 
 
 def test_push_cli_local_dir_writes_without_uploading(saved, fake_hub, tmp_path):
-    assert hub.main([str(saved), "me/local", "--local-dir", str(tmp_path / "out")]) == 0
+    assert push_main([str(saved), "me/local", "--local-dir", str(tmp_path / "out")]) == 0
     assert "upload_folder" not in fake_hub and "create_repo" not in fake_hub
     files = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
     _check_model_files(files)
@@ -185,7 +185,7 @@ def test_push_cli_bad_arguments(saved, tmp_path, fake_hub, capsys, argv, message
     paths = {"missing": tmp_path / "missing", "empty": tmp_path / "empty", "saved": saved,
              "bad_json": tmp_path / "bad.json"}
     with pytest.raises(SystemExit) as exit_info:
-        hub.main([a.format(**paths) for a in argv])
+        push_main([a.format(**paths) for a in argv])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert "create_repo" not in fake_hub
@@ -196,7 +196,7 @@ def test_push_cli_upload_error_is_one_clear_line(saved, monkeypatch, capsys):
         raise PermissionError("401 Unauthorized")
 
     monkeypatch.setattr(HfApi, "create_repo", refuse)
-    assert hub.main([str(saved), "me/x"]) == 1
+    assert push_main([str(saved), "me/x"]) == 1
     err = capsys.readouterr().err
     assert "upload to me/x failed: PermissionError: 401 Unauthorized" in err and "Traceback" not in err
 

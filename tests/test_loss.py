@@ -110,21 +110,14 @@ def np_sigmoid(x):
     return 1 / (1 + np.exp(-x))
 
 
-def np_quality_bce(logits, b, q, c, quality, num_boxes, alpha=0.25, gamma=2.0, qmin=0.01, rank_w=None, groups=None):
+def np_quality_bce(logits, b, q, c, quality, num_boxes, alpha=0.25, gamma=2.0, qmin=0.01):
     p = np_sigmoid(logits)
     pos = np.zeros_like(p)
     neg = p**gamma
     pm = p[b, q, c]
     t = np.where(quality > 0, pm**alpha * np.maximum(quality, 0) ** (1 - alpha), pm)
     t = np.maximum(t, qmin)
-    w = np.ones_like(t)
-    if rank_w is not None:
-        for g in np.unique(groups):
-            members = np.flatnonzero(groups == g)
-            order = members[np.argsort(-t[members], kind="stable")]
-            for rank, i in enumerate(order):
-                w[i] = rank_w[min(rank, len(rank_w) - 1)]
-    pos[b, q, c] = t * w
+    pos[b, q, c] = t
     neg[b, q, c] = 1 - t
     return np.sum(-pos * np.log(p) - neg * np.log1p(-p)) / num_boxes
 
@@ -285,8 +278,8 @@ def test_edge_cases_finite_values_and_gradients():
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(0, 2**31 - 1), st.integers(0, 6), st.sampled_from([None, [1.0, 0.5], [1.0, 0.7, 0.2]]))
-def test_quality_aware_bce_matches_numpy(seed, n, rank_w):
+@given(st.integers(0, 2**31 - 1), st.integers(0, 6))
+def test_quality_aware_bce_matches_numpy(seed, n):
     rng = np.random.default_rng(seed)
     b_sz, q_sz, c_sz = 2, 8, 4
     logits = rng.normal(0, 3, (b_sz, q_sz, c_sz))
@@ -294,12 +287,10 @@ def test_quality_aware_bce_matches_numpy(seed, n, rank_w):
     b, q = flat // q_sz, flat % q_sz
     c = rng.integers(0, c_sz, n)
     quality = rng.uniform(-0.5, 1, n)  # includes GIoU <= 0
-    groups = rng.integers(0, 3, n)
-    kwargs = {"rank_weights": rank_w, "groups": torch.tensor(groups)} if rank_w else {}
     x = torch.tensor(logits, requires_grad=True)
     out = quality_aware_bce(x, torch.tensor(b), torch.tensor(q), torch.tensor(c), torch.tensor(quality), 3.0,
-                            alpha=0.25, gamma=2.0, quality_min=0.01, **kwargs)
-    ref = np_quality_bce(logits, b, q, c, quality, 3.0, rank_w=rank_w, groups=groups)
+                            alpha=0.25, gamma=2.0, quality_min=0.01)
+    ref = np_quality_bce(logits, b, q, c, quality, 3.0)
     assert abs(out.item() - ref) <= 1e-6 * max(1.0, abs(ref))
     out.backward()
     assert torch.isfinite(x.grad).all()
@@ -339,13 +330,9 @@ def test_matcher_cost_and_brute_force_optimum(rotated):
             assert got == pytest.approx(best, abs=1e-9), trial
 
 
-def test_matcher_one_to_many_and_invalid_costs():
+def test_matcher_invalid_costs():
     rng = np.random.default_rng(5)
     outputs, targets = make_problem(rng, [3, 0, 2], queries=10, classes=4, layers=1, enc=False)
-    matcher = SlDetrHungarianMatcher(SlDetrConfig(num_labels=4, one_to_many_k=2))
-    for (qi, ti), n in zip(matcher(outputs, targets), [3, 0, 2]):
-        assert len(qi) == 2 * n and len(set(qi.tolist())) == 2 * n
-        assert sorted(ti.tolist()) == sorted(list(range(n)) * 2)
     # NaN / inf predictions and logits never crash the assignment, and are matched last.
     outputs["pred_boxes"][0, :4] = float("nan")
     outputs["pred_boxes"][0, 4, 2] = float("inf")
@@ -402,13 +389,14 @@ def expected_layer(layer, targets, indices, num_boxes, config, labels_override=N
     return {"loss_cls": cls, "loss_bbox": l1, "loss_sync": loc.sum() / num_boxes}
 
 
-@pytest.mark.parametrize("box_type,sync,quality", [("rotated", True, True), ("rotated", False, False),
-                                                   ("horizontal", True, True), ("horizontal", False, False),
-                                                   ("rotated", True, False)])
-def test_criterion_matches_numpy(box_type, sync, quality):
+@pytest.mark.parametrize("box_type,sync,quality,numerics", [
+    ("rotated", True, True, "rhino"), ("rotated", False, False, "rhino"), ("horizontal", True, True, "rhino"),
+    ("horizontal", False, False, "rhino"), ("rotated", True, False, "rhino"),
+    ("rotated", True, True, "deformable_detr"), ("horizontal", True, True, "deformable_detr")])
+def test_criterion_matches_numpy(box_type, sync, quality, numerics):
     rng = np.random.default_rng(7)
     config = SlDetrConfig(num_labels=5, box_type=box_type, use_sync_loc=sync, use_quality_cls=quality,
-                          sync_gain=1.2, kld_tau=1.5, quality_alpha=0.3, cls_loss_coefficient=1.5)
+                          sync_gain=1.2, kld_tau=1.5, quality_alpha=0.3, cls_loss_coefficient=1.5, numerics=numerics)
     outputs, targets = make_problem(rng, [4, 0, 7], rotated=box_type == "rotated")
     criterion = SlDetrLoss(config)
     total, loss_dict = criterion(outputs, targets)
@@ -418,7 +406,7 @@ def test_criterion_matches_numpy(box_type, sync, quality):
     expected_total = 0.0
     for prefix, layer in layers.items():
         layer_targets = targets
-        if prefix == "enc.":  # class-agnostic two-stage proposals
+        if prefix == "enc." and numerics == "deformable_detr":  # Deformable DETR: class-agnostic proposals
             layer_targets = [{**t, "class_labels": torch.zeros_like(t["class_labels"])} for t in targets]
         indices = criterion.matcher(layer, layer_targets)
         exp = expected_layer(layer, layer_targets, indices, 11.0, config)
@@ -497,20 +485,6 @@ def test_criterion_empty_degenerate_and_gradients():
         assert all(torch.isfinite(x.grad).all() for x in leaves)
         if sum(counts) == 0:
             assert loss_dict["loss_bbox"] == 0 and loss_dict["loss_sync"] == 0 and loss_dict["loss_cls"] > 0
-
-
-def test_one_to_many_rank_weights_in_criterion():
-    rng = np.random.default_rng(10)
-    config = SlDetrConfig(num_labels=5, one_to_many_k=2, rank_weights=[1.0, 0.5])
-    outputs, targets = make_problem(rng, [3, 2], enc=False, layers=1)
-    criterion = SlDetrLoss(config)
-    _, loss_dict = criterion(outputs, targets)
-    indices = criterion.matcher(outputs, targets)
-    b, q, labels, pred, tgt, size = matched(indices, targets, outputs)
-    groups = b * 100 + np.concatenate([j.numpy() for _, j in indices])
-    quality = 1 - np_sync_kld(pred, tgt, size)
-    ref = np_quality_bce(outputs["logits"].numpy(), b, q, labels, quality, 5.0, rank_w=[1.0, 0.5], groups=groups)
-    assert loss_dict["loss_cls"].item() == pytest.approx(ref, abs=1e-6)
 
 
 def test_num_boxes_averaged_across_processes(monkeypatch):

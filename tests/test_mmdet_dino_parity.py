@@ -36,7 +36,7 @@ def case(request, converted):
 def test_conversion_accounts_for_every_key(converted):
     assert_every_key_accounted(converted, KIND)
     config = converted.model.config
-    assert config.box_type == "horizontal" and config.class_aware_topk and config.decoder_output_norm
+    assert config.box_type == "horizontal" and config.numerics == "rhino"
     assert config.num_labels == 80 and config.id2label[0] == "person"
 
 

@@ -13,6 +13,7 @@ from transformers import BatchFeature, ResNetConfig
 
 from sl_detr_hf import SlDetrConfig, SlDetrForObjectDetection
 from sl_detr_hf.commands._common import tiny_config_kwargs
+from sl_detr_hf.loss_sl_detr import prepare_targets
 
 PRIOR = -math.log((1 - 0.01) / 0.01)
 
@@ -106,10 +107,9 @@ def test_inference_runs_no_training_part():
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("on_topk", [True, False])
-def test_queries_start_from_the_selected_proposals_and_the_encoder_loss_sees_them(on_topk):
+def test_queries_start_from_the_selected_proposals_and_the_encoder_loss_sees_them():
     torch.manual_seed(0)
-    model = SlDetrForObjectDetection(tiny_config(encoder_loss_on_topk=on_topk, num_denoising=0)).train()
+    model = SlDetrForObjectDetection(tiny_config(num_denoising=0)).train()
     randomize_angle_heads(model)
     seen = {}
 
@@ -127,15 +127,17 @@ def test_queries_start_from_the_selected_proposals_and_the_encoder_loss_sees_the
     torch.testing.assert_close(outputs.init_reference_angles, selected[..., 4:].sigmoid())
     assert not outputs.init_reference_points.requires_grad
     assert outputs.init_reference_angles.abs().sub(0.5).abs().max() > 1e-3  # the angle heads are not silent
-    enc = seen["enc_outputs"]
-    if on_topk:
-        assert enc["logits"].shape == (2, 12, 5)
-        torch.testing.assert_close(enc["pred_boxes"][..., :4], outputs.init_reference_points)
-        torch.testing.assert_close(enc["pred_boxes"][..., 4:] / math.pi + 0.5, outputs.init_reference_angles)
-        assert enc["pred_boxes"].requires_grad
-    else:
-        assert enc["logits"].shape == outputs.enc_outputs_class.shape
+    enc = seen["enc_outputs"]  # mixed query selection: the encoder loss is on the selected proposals (DINO)
+    assert enc["logits"].shape == (2, 12, 5)
+    torch.testing.assert_close(enc["pred_boxes"][..., :4], outputs.init_reference_points)
+    torch.testing.assert_close(enc["pred_boxes"][..., 4:] / math.pi + 0.5, outputs.init_reference_angles)
+    assert enc["pred_boxes"].requires_grad
     assert seen["dn_outputs"] is None and seen["dn_meta"] is None
+    # Deformable DETR's two-stage queries: the encoder loss sees every token
+    model = SlDetrForObjectDetection(tiny_config(num_denoising=0, mixed_query_selection=False)).train()
+    model.__dict__["_criterion"] = Spy()
+    outputs = model(images(), labels=rotated_labels())
+    assert seen["enc_outputs"]["logits"].shape == outputs.enc_outputs_class.shape
 
 
 def test_look_forward_twice_trains_the_previous_layer_and_changes_no_number():
@@ -159,22 +161,19 @@ def test_rotated_sampling_follows_the_angle():
     torch.manual_seed(0)
     model = SlDetrForObjectDetection(tiny_config(rotated_sampling="rhino")).eval()
     unrotated = _copy(model, rotated_sampling="none")
-    geometric = _copy(model, rotated_sampling="geometric")
-    with torch.no_grad():  # a fresh model predicts theta = 0 everywhere: every mode samples the same points
+    with torch.no_grad():  # a fresh model predicts theta = 0 everywhere: both modes sample the same points
         expected = unrotated(images())
         torch.testing.assert_close(model(images()).pred_boxes, expected.pred_boxes, atol=0, rtol=0)
-        torch.testing.assert_close(geometric(images()).pred_boxes, expected.pred_boxes, atol=0, rtol=0)
-        for net in (model, unrotated, geometric):
+        for net in (model, unrotated):
             randomize_angle_heads(net)
             net.model.enc_angle_embed.layers[-1].load_state_dict(model.model.enc_angle_embed.layers[-1].state_dict())
             for head, source in zip(net.angle_embed, model.angle_embed):
                 head.load_state_dict(source.state_dict())
-        rhino, none, geo = model(images()), unrotated(images()), geometric(images())
+        rhino, none = model(images()), unrotated(images())
     torch.testing.assert_close(rhino.init_reference_angles, none.init_reference_angles, atol=0, rtol=0)
     assert (rhino.init_reference_angles - 0.5).abs().max() > 0.01
-    # layer 0 samples around rotated boxes: its output moves (and the two rotated forms differ)
+    # layer 0 samples around rotated boxes: its output moves
     assert not torch.allclose(rhino.intermediate_hidden_states[:, 0], none.intermediate_hidden_states[:, 0])
-    assert not torch.allclose(rhino.intermediate_hidden_states[:, 0], geo.intermediate_hidden_states[:, 0])
 
 
 def test_decoder_cross_attention_keeps_deformable_detr_names():
@@ -308,12 +307,12 @@ def test_rotated_targets_are_brought_to_le90_once():
         [0.5, 0.5, 0.05, 0.4, 0.0],             # 10 x 40 px: w < h
     ])
     labels = [{"class_labels": torch.tensor([0, 1, 2]), "boxes": boxes, "size": size}] * 2
-    prepared = model._prepare_targets(labels, images(), None)[0]["boxes"]
+    prepared = prepare_targets(labels, model.config, images(), None)[0]["boxes"]
     assert torch.equal(prepared[0], boxes[0])
     torch.testing.assert_close(prepared[1], boxes[0])
     torch.testing.assert_close(prepared[2], torch.tensor([0.5, 0.5, 40 / 200, 10 / 100, -math.pi / 2]))
     with pytest.raises(ValueError, match=r"labels\[0\]\['boxes'\]` has a negative width"):
-        model._prepare_targets([{"class_labels": torch.tensor([0]), "boxes": -boxes[:1]}] * 2, images(), None)
+        prepare_targets([{"class_labels": torch.tensor([0]), "boxes": -boxes[:1]}] * 2, model.config, images(), None)
 
 
 def test_loaded_model_trains_the_backbone_stages_a_fresh_one_does(tmp_path):

@@ -31,6 +31,7 @@ from sl_detr_hf import (
     SlDetrModel,
     SlDetrObjectDetectionOutput,
 )
+from sl_detr_hf.loss_sl_detr import prepare_targets
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,7 +44,9 @@ TIMM = dict(backbone="resnet18", use_timm_backbone=True, use_pretrained_backbone
 
 
 def tiny_config(box_type: str = "rotated", **overrides) -> SlDetrConfig:
-    return SlDetrConfig(**{**TIMM, **TINY, "box_type": box_type, **overrides})
+    """A tiny config with Deformable DETR's numerics (le90 native angles, what the hand values here assume; RHINO's
+    numerics, the default: `test_rhino_switches.py`, `test_config_version.py`)."""
+    return SlDetrConfig(**{**TIMM, **TINY, "box_type": box_type, "numerics": "deformable_detr", **overrides})
 
 
 def tiny_ddetr(seed: int = 0, **overrides) -> DeformableDetrForObjectDetection:
@@ -164,15 +167,14 @@ def test_conversion_script(ddetr, tmp_path, monkeypatch, capsys):
     assert isinstance(loaded, SlDetrForObjectDetection) and loaded.config.num_labels == 15
     assert loaded.config.id2label[0] == "plane" and loaded.config.box_type == "rotated"
     # Deformable DETR's behaviour unless asked for the DINO parts
-    switches = ("num_denoising", "mixed_query_selection", "look_forward_twice", "rotated_sampling",
-                "encoder_loss_on_topk")
-    assert [getattr(loaded.config, key) for key in switches] == [0, False, False, "none", False]
+    switches = ("num_denoising", "mixed_query_selection", "look_forward_twice", "rotated_sampling", "numerics")
+    assert [getattr(loaded.config, key) for key in switches] == [0, False, False, "none", "deformable_detr"]
     monkeypatch.setattr(sys, "argv", ["convert_deformable_detr.py", str(tmp_path / "ddetr"), str(tmp_path / "dino"),
                                       "--dino"])
     runpy.run_path(os.path.join(REPO_ROOT, "scripts", "convert_deformable_detr.py"), run_name="__main__")
     assert "new: model.query_selection.content_embed.weight" in capsys.readouterr().out
     dino = AutoModelForObjectDetection.from_pretrained(tmp_path / "dino").config
-    assert [getattr(dino, key) for key in switches] == [100, True, True, "rhino", True]
+    assert [getattr(dino, key) for key in switches] == [100, True, True, "rhino", "deformable_detr"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -266,7 +268,7 @@ def test_save_load_round_trip_and_auto_classes(tmp_path):
     assert {"model.safetensors", "config.json", "configuration_sl_detr.py", "modeling_sl_detr.py",
             "loss_sl_detr.py", "geometry_conversions.py", "geometry_overlaps.py", "geometry_gaussian.py",
             "geometry_distances.py", "decoder_sl_detr.py", "attention_sl_detr.py",
-            "query_selection_sl_detr.py", "denoising_sl_detr.py", "backbone_sl_detr.py", "hybrid_sl_detr.py"} <= files
+            "query_selection_sl_detr.py", "denoising_sl_detr.py", "backbone_sl_detr.py", "heads_sl_detr.py"} <= files
     auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
     assert auto_map == {"AutoConfig": "configuration_sl_detr.SlDetrConfig",
                         "AutoModel": "modeling_sl_detr.SlDetrModel",
@@ -473,12 +475,12 @@ def test_missing_size_defaults_to_the_unpadded_extent(monkeypatch):
     pixel_mask = torch.ones(2, 64, 64, dtype=torch.long)
     pixel_mask[0, 48:, :] = 0
     pixel_mask[1, :, 32:] = 0
-    targets = model._prepare_targets(rotated_labels(), images(), pixel_mask)
+    targets = prepare_targets(rotated_labels(), model.config, images(), pixel_mask)
     assert targets[0]["size"].tolist() == [48, 64] and targets[1]["size"].tolist() == [64, 32]
-    targets = model._prepare_targets(rotated_labels(), images(), None)
+    targets = prepare_targets(rotated_labels(), model.config, images(), None)
     assert targets[0]["size"].tolist() == [64, 64]
     given = [dict(t, size=torch.tensor([100, 80])) for t in rotated_labels()]
-    assert model._prepare_targets(given, images(), pixel_mask)[1]["size"].tolist() == [100, 80]
+    assert prepare_targets(given, model.config, images(), pixel_mask)[1]["size"].tolist() == [100, 80]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ def test_conversion_accounts_for_every_key(converted):
     assert_every_key_accounted(converted, KIND)
     config = converted.model.config
     assert (config.box_type, config.num_labels, config.num_queries, config.decoder_layers) == ("rotated", 15, 200, 2)
-    assert config.id2label[0] == "plane" and config.angle_start == 0 and config.class_aware_topk
+    assert config.id2label[0] == "plane" and config.angle_start == 0 and config.numerics == "rhino"
     assert config.backbone_norm == "eval_batch_norm"  # mmdet's norm_eval ResNet, bit for bit
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from huggingface_hub.errors import StrictDataclassClassValidationError
 from safetensors.torch import load_file
-from test_modeling import images, randomize_angle_heads, rotated_labels, tiny_config
+from test_modeling import TIMM, TINY, images, randomize_angle_heads, rotated_labels, tiny_config
 from transformers.models.deformable_detr.modeling_deformable_detr import DeformableDetrSinePositionEmbedding
 
 from sl_detr_hf import SlDetrConfig, SlDetrForObjectDetection
@@ -217,14 +217,13 @@ def test_a_folder_saved_before_the_switches_computes_as_it_did(box_type):
     with torch.no_grad():
         out = model(reference["pixel_values"], pixel_mask=reference["pixel_mask"])
     for name in ("logits", "pred_boxes", "enc_outputs_class", "enc_outputs_coord_logits"):
-        assert torch.equal(getattr(out, name), reference[f"{box_type}.{name}"]), name
+        # the last bits differ between CPUs (the fixture's machine and this one: 5e-7); another numerics: > 1e-3
+        torch.testing.assert_close(getattr(out, name), reference[f"{box_type}.{name}"], rtol=0, atol=1e-5,
+                                   msg=name)
 
 
 def test_the_default_computes_rhinos_numerics():
-    config = SlDetrConfig(**{key: getattr(tiny_config(), key) for key in (
-        "backbone", "use_timm_backbone", "use_pretrained_backbone", "d_model", "encoder_ffn_dim", "decoder_ffn_dim",
-        "encoder_attention_heads", "decoder_attention_heads", "num_queries", "two_stage_num_proposals")})
-    decoder = SlDetrForObjectDetection(config).model.decoder
+    decoder = SlDetrForObjectDetection(SlDetrConfig(**TIMM, **TINY)).model.decoder  # numerics left to the default
     assert decoder.norm is not None and decoder.refine_eps == 1e-3 and decoder.query_position_valid_ratios
     assert not any(layer.encoder_attn.rotate_in_pixels for layer in decoder.layers)
     plain = SlDetrForObjectDetection(tiny_config()).model.decoder  # numerics="deformable_detr"

@@ -105,12 +105,13 @@ def test_2d_and_4d_references_unchanged(dims):
 
 def test_from_deformable_shares_parameters_and_settings():
     parent = _parent()
-    rotated = SlDetrRotatedDeformableAttention.from_deformable(parent, "geometric")
+    rotated = SlDetrRotatedDeformableAttention.from_deformable(parent, "rhino")
     assert rotated.sampling_offsets.weight is parent.sampling_offsets.weight
     assert list(rotated.state_dict()) == list(parent.state_dict())
     assert (rotated.n_heads, rotated.n_levels, rotated.n_points, rotated.d_model) == (2, 2, 3, 16)
-    with pytest.raises(ValueError, match="sampling"):
-        SlDetrRotatedDeformableAttention.from_deformable(parent, "rotated")
+    for deleted in ("rotated", "geometric"):  # "geometric" trained worse and was deleted (BENCHMARKS.md)
+        with pytest.raises(ValueError, match="sampling"):
+            SlDetrRotatedDeformableAttention.from_deformable(parent, deleted)
 
 
 def test_rotated_locations_hand_computed_quarter_turn():
@@ -121,14 +122,9 @@ def test_rotated_locations_hand_computed_quarter_turn():
     # rhino: v = R(90) (2, 1) = (-1, 2) cells = (-1/16, 2/8); location = c + o * v.
     rhino = _locations("rhino", reference, (2.0, 2.0), shapes)
     torch.testing.assert_close(rhino[0, 0, 0, 0, 0], torch.tensor([0.5 - 1 / 16, 0.5 + 0.25]), rtol=0, atol=1e-7)
-    # geometric: o * s = (2, 1) cells, turned: (-1, 2) cells. Same point for o = (1, 1) ...
-    geometric = _locations("geometric", reference, (2.0, 2.0), shapes)
-    torch.testing.assert_close(geometric, rhino, rtol=0, atol=1e-7)
-    # ... but not for o = (1, 0): rhino (1, 0) * (-1, 2) = (-1, 0) cells; geometric R(90) (2, 0) = (0, 2) cells.
+    # o = (1, 0): (1, 0) * (-1, 2) = (-1, 0) cells.
     rhino = _locations("rhino", reference, (2.0, 0.0), shapes)
-    geometric = _locations("geometric", reference, (2.0, 0.0), shapes)
     torch.testing.assert_close(rhino[0, 0, 0, 0, 0], torch.tensor([0.5 - 1 / 16, 0.5]), rtol=0, atol=1e-7)
-    torch.testing.assert_close(geometric[0, 0, 0, 0, 0], torch.tensor([0.5, 0.5 + 2 / 8]), rtol=0, atol=1e-7)
     # RHINO's literal code rotates the normalized vector: v = R(90) (0.125, 0.125) = (-0.125, 0.125).
     literal = _locations("rhino", reference, (2.0, 2.0), shapes, rotate_in_pixels=False)
     torch.testing.assert_close(literal[0, 0, 0, 0, 0], torch.tensor([0.375, 0.625]), rtol=0, atol=1e-7)
@@ -149,11 +145,6 @@ def test_rotated_locations_hand_computed_pi_over_6():
     expected = torch.tensor([0.4 + rhino_cells[0] / 20, 0.6 + rhino_cells[1] / 10])
     torch.testing.assert_close(_locations("rhino", reference, offsets, shapes)[0, 0, 0, 0, 1], expected,
                                rtol=0, atol=1e-6)
-    # geometric: o * s = (1.5, -1) cells, turned: (1.5c + 1s, 1.5s - 1c).
-    geometric_cells = (1.5 * c + s, 1.5 * s - c)
-    expected = torch.tensor([0.4 + geometric_cells[0] / 20, 0.6 + geometric_cells[1] / 10])
-    torch.testing.assert_close(_locations("geometric", reference, offsets, shapes)[0, 0, 0, 0, 1], expected,
-                               rtol=0, atol=1e-6)
 
 
 def test_rotation_is_per_level_and_square_levels_match_rhino_literal():
@@ -166,37 +157,12 @@ def test_rotation_is_per_level_and_square_levels_match_rhino_literal():
     assert (pixel[..., 1, :, :] - literal[..., 1, :, :]).abs().max() > 1e-2  # non-square level
 
 
-def test_geometric_rotation_is_rigid_in_pixels():
-    # Turning the pattern keeps every point's pixel distance to the centre (and rhino keeps |v|): check on a level
-    # of aspect 2 for random angles, against the same module at theta = 0.
-    torch.manual_seed(0)
-    shapes = [(5, 10)]
-    config = _config(d_model=4, levels=1)
-    module = SlDetrRotatedDeformableAttention(config, num_heads=1, n_points=4, sampling="geometric")
-    module.attn = _Recorder()
-    inputs = _inputs(batch=1, queries=6, shapes=shapes, d_model=4)
-    boxes = _boxes(batch=1, queries=6, levels=1)
-    theta = torch.rand(1, 6, 1, 1) * 2 * math.pi - math.pi
-    module(**inputs, reference_points=torch.cat([boxes, theta], -1))
-    turned = module.attn.locations
-    module(**inputs, reference_points=torch.cat([boxes, torch.zeros_like(theta)], -1))
-    straight = module.attn.locations
-    centre = boxes[:, :, None, :, None, :2]
-    cells = torch.tensor([10.0, 5.0])
-    torch.testing.assert_close(((turned - centre) * cells).norm(dim=-1), ((straight - centre) * cells).norm(dim=-1))
-    # and the angle between the straight and turned vectors is theta
-    a, b = (straight - centre) * cells, (turned - centre) * cells
-    angle = torch.atan2(a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0], (a * b).sum(-1))
-    torch.testing.assert_close(torch.remainder(angle - theta[:, :, None, :, None, 0] + math.pi, 2 * math.pi),
-                               torch.full_like(angle, math.pi), atol=1e-4, rtol=0)
-
-
 def test_sampled_values_reveal_rotated_location():
     # End to end through the real kernel: value channels are x / y ramps over the cell centres, so bilinear
     # sampling returns the location itself; identity projections and equal point weights pass it through.
     height, width, n_points = 8, 16, 2
     config = _config(d_model=4, levels=1)
-    for sampling, expected in [("geometric", (0.5, 0.75)), ("rhino", (0.5 - 1 / 16, 0.5))]:
+    for sampling, expected in [("none", (0.5 + 1 / 8, 0.5)), ("rhino", (0.5 - 1 / 16, 0.5))]:
         module = SlDetrRotatedDeformableAttention(config, num_heads=1, n_points=n_points, sampling=sampling)
         with torch.no_grad():
             for linear in (module.value_proj, module.output_proj):
@@ -216,23 +182,19 @@ def test_sampled_values_reveal_rotated_location():
         torch.testing.assert_close(output[0, 0, :2], torch.tensor(expected), rtol=0, atol=1e-6)
 
 
-def test_rhino_and_geometric_differ_for_rotated_non_square_box():
+def test_rhino_and_none_differ_for_rotated_non_square_box():
     parent = _parent()
     inputs, boxes = _inputs(), _boxes()
     reference = torch.cat([boxes, torch.full_like(boxes[..., :1], 0.6)], -1)
     rhino, _ = SlDetrRotatedDeformableAttention.from_deformable(parent, "rhino")(**inputs, reference_points=reference)
-    geometric, _ = SlDetrRotatedDeformableAttention.from_deformable(parent, "geometric")(
-        **inputs, reference_points=reference)
     none, _ = SlDetrRotatedDeformableAttention.from_deformable(parent, "none")(**inputs, reference_points=reference)
     expected_none, _ = parent(**inputs, reference_points=boxes)
     assert torch.equal(none, expected_none)
-    assert (rhino - geometric).abs().max() > 1e-3
     assert (rhino - none).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("sampling", ["rhino", "geometric"])
-def test_gradient_flows_to_theta(sampling):
-    module = SlDetrRotatedDeformableAttention.from_deformable(_parent(), sampling)
+def test_gradient_flows_to_theta():
+    module = SlDetrRotatedDeformableAttention.from_deformable(_parent(), "rhino")
     inputs, boxes = _inputs(), _boxes()
     theta = torch.full_like(boxes[..., :1], 0.4, requires_grad=True)
     output, _ = module(**inputs, reference_points=torch.cat([boxes, theta], -1))
