@@ -15,8 +15,12 @@ window by window (rasterio), against today's PIL path, which decodes the whole s
 3. The same command on an 8-bit RGB GeoTIFF of ``pil-size`` (which PIL can read: today's path cannot read 4 bands of
    16 bits at all) twice: through rasterio, and through PIL (rasterio hidden from the process: what a core install
    does). Same tiles, same model.
-4. In this process, the read alone per tile (no model) on both files: `RasterScene.read_rgb` vs PIL's crop (the PIL
-   scene decoded whole at the first crop, included), and the scene's opening (the percentile stretch's decimated read).
+4. In this process, the read alone per tile (no model, CPU time) on both files: `RasterScene.read_rgb` vs PIL's crop
+   (the PIL scene decoded whole at the first crop, included), and the scene's opening (the percentile stretch).
+5. A baseline: the peak resident set of a process that imports the command and loads the model.
+
+Times are reported as wall and as CPU time (user + system of the process): on a machine shared with other jobs the
+wall time measures the load, the CPU time the work.
 
 Every run of the model uses ``--threads`` intra-op threads (default 1, as `benchmarks/export.py`: on a shared CPU
 two OpenMP threads spin at barriers). Nothing is downloaded.
@@ -80,11 +84,16 @@ def motif(seed: int = 0) -> np.ndarray:
 
 
 def write_scene(path: Path, size: int, count: int, dtype: str) -> float:
-    """Write the synthetic scene (see the module docstring), block row by block row; returns seconds."""
+    """Write the synthetic scene (see the module docstring), block row by block row; returns seconds (0: an existing
+    file of ``--keep`` with that size and type was reused)."""
     import rasterio
     from rasterio.transform import from_origin
     from rasterio.windows import Window
 
+    if path.is_file():
+        with rasterio.open(path) as existing:
+            if (existing.width, existing.count, existing.dtypes[0]) == (size, count, dtype):
+                return 0.0
     start = time.perf_counter()
     pattern = motif()
     if dtype == "uint8":  # the 8-bit RGB version: the same scene, scaled down
@@ -108,10 +117,12 @@ def write_scene(path: Path, size: int, count: int, dtype: str) -> float:
     return time.perf_counter() - start
 
 
-def run_predict(args: list[str], threads: int, hide_rasterio: bool = False) -> tuple[float, float, str]:
-    """``sl-detr predict ARGS`` in a fresh process: seconds, peak resident set (MiB) and its stdout."""
-    code = ("import sys\n" + ("sys.modules['rasterio'] = None\n" if hide_rasterio else "")
-            + "from sl_detr_hf.commands.predict import main\nsys.exit(main(sys.argv[1:]))\n")
+def run_predict(args: list[str], threads: int, hide_rasterio: bool = False, code: str | None = None
+                ) -> tuple[float, float, float, str]:
+    """``sl-detr predict ARGS`` (or ``code``) in a fresh process: wall seconds, CPU seconds (user + system), peak
+    resident set (MiB) and its stdout."""
+    code = code or ("import sys\n" + ("sys.modules['rasterio'] = None\n" if hide_rasterio else "")
+                    + "from sl_detr_hf.commands.predict import main\nsys.exit(main(sys.argv[1:]))\n")
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     start = time.perf_counter()
     process = subprocess.Popen([sys.executable, "-c", code, *args], env=env, stdout=subprocess.PIPE,
@@ -121,28 +132,36 @@ def run_predict(args: list[str], threads: int, hide_rasterio: bool = False) -> t
     seconds = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"predict failed ({status}): {stdout}")
-    return seconds, usage.ru_maxrss / 1024, stdout
+    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, stdout
+
+
+def baseline(model: Path, threads: int) -> None:
+    """Peak resident set of a process that imports the command and loads the model, and predicts nothing."""
+    code = ("import sys\nfrom sl_detr_hf.commands.predict import main\nfrom sl_detr_hf.inference import load_detector\n"
+            "load_detector(sys.argv[1], device='cpu')\n")
+    _, _, peak, _ = run_predict([str(model)], threads, code=code)
+    print(f"  baseline: importing the command and loading the model: peak RSS {peak:.0f} MiB")
 
 
 def read_per_tile(path: Path, tile: int, overlap: int, pil: bool) -> tuple[float, float, int]:
-    """Seconds to open the scene, and to read every tile (no model); tiles read."""
+    """CPU seconds of this process to open the scene, and to read every tile (no model); tiles read."""
     from sl_detr_hf.geo import open_raster
     from sl_detr_hf.tiling import scene_pixel_limit, tile_windows
 
-    start = time.perf_counter()
+    start = time.process_time()
     if pil:
         with scene_pixel_limit(None):
             scene = Image.open(path)
     else:
-        scene = open_raster(path, bands=(3, 2, 1) if not pil else None)
-    opened = time.perf_counter() - start
+        scene = open_raster(path, bands=(3, 2, 1))
+    opened = time.process_time() - start
     width, height = scene.size
     windows = tile_windows(width, height, tile, overlap)
-    start = time.perf_counter()
+    start = time.process_time()
     with scene_pixel_limit(None):
         for window in windows[np.lexsort((windows[:, 0], windows[:, 1]))].tolist():
             _ = scene.crop(tuple(window)).convert("RGB") if pil else scene.read_rgb(window)
-    seconds = time.perf_counter() - start
+    seconds = time.process_time() - start
     scene.close()
     return opened, seconds, len(windows)
 
@@ -152,15 +171,15 @@ def measure(scene: Path, model: Path, out: Path, options: argparse.Namespace, ba
     args = [str(scene), "--model", str(model), "--output-dir", str(out), "--device", "cpu", "--tile",
             str(options.tile), "--overlap", str(options.overlap), "--threshold", "0", "--top-k", "10",
             "--batch-size", str(options.batch_size), *(["--bands", "3,2,1"] if bands else [])]
-    seconds, peak, stdout = run_predict(args, options.threads, hide_rasterio)
+    seconds, cpu, peak, stdout = run_predict(args, options.threads, hide_rasterio)
     record = json.loads((out / "predictions.json").read_text())[0]
     from sl_detr_hf.tiling import tile_windows
 
     tiles = len(tile_windows(record["width"], record["height"], options.tile, options.overlap))
     skipped = record.get("nodata_tiles_skipped", 0)
     geojson = out / f"{scene.stem}.geojson"
-    print(f"  {label}: {seconds:.1f} s, {1000 * seconds / tiles:.0f} ms per tile ({tiles} tiles, {skipped} all "
-          f"nodata skipped), peak RSS {peak:.0f} MiB, {len(record['detections'])} detections"
+    print(f"  {label}: wall {seconds:.0f} s, CPU {cpu:.0f} s = {1000 * cpu / tiles:.0f} ms per tile ({tiles} tiles, "
+          f"{skipped} all nodata skipped), peak RSS {peak:.0f} MiB, {len(record['detections'])} detections"
           + (f", GeoJSON {geojson.stat().st_size / 2**20:.1f} MiB" if geojson.is_file() else ", no GeoJSON"))
     for line in stdout.splitlines():
         if "pip install" in line:
@@ -184,6 +203,7 @@ def main() -> None:
         model = demo_model_folder(folder / "model")
         print(f"demo model (random weights), tile {options.tile}, overlap {options.overlap}, batch "
               f"{options.batch_size}, {options.threads} thread(s), threshold 0, top-k 10 per tile")
+        baseline(model, options.threads)
         if not options.skip_large:
             scene = folder / "scene_u16.tif"
             seconds = write_scene(scene, options.size, 4, "uint16")
@@ -191,7 +211,7 @@ def main() -> None:
             print(f"\n{options.size} x {options.size} px, 4 bands uint16 ({raw:.1f} GiB decoded): written in "
                   f"{seconds:.0f} s, file {scene.stat().st_size / 2**20:.0f} MiB")
             opened, reads, tiles = read_per_tile(scene, options.tile, options.overlap, pil=False)
-            print(f"  read alone: open + stretch {opened:.1f} s, {1000 * reads / tiles:.1f} ms per tile")
+            print(f"  read alone (CPU): open + stretch {opened:.1f} s, {1000 * reads / tiles:.1f} ms per tile")
             measure(scene, model, folder / "out_u16", options, bands=True, hide_rasterio=False,
                     label="sl-detr predict (rasterio windows)")
         scene = folder / "scene_rgb.tif"
@@ -200,7 +220,7 @@ def main() -> None:
               f"decoded): written in {seconds:.0f} s, file {scene.stat().st_size / 2**20:.0f} MiB")
         for pil in (False, True):
             opened, reads, tiles = read_per_tile(scene, options.tile, options.overlap, pil=pil)
-            print(f"  read alone, {'PIL (decoded whole at the first crop)' if pil else 'rasterio windows'}: open "
+            print(f"  read alone (CPU), {'PIL (decoded whole at the first crop)' if pil else 'rasterio windows'}: open "
                   f"{opened:.2f} s, {1000 * reads / tiles:.1f} ms per tile")
         measure(scene, model, folder / "out_rgb_rasterio", options, bands=False, hide_rasterio=False,
                 label="sl-detr predict (rasterio windows)")
