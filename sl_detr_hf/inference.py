@@ -44,6 +44,9 @@ __all__ = ["IMAGE_EXTENSIONS", "PREVIEW_MAX_SIDE", "collect_images", "load_detec
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"})
 
+PREVIEW_MAX_SIDE = 4096
+"""Longest side (px) of the PNG drawn for a raster scene predicted in tiles (a decimated read of the scene)."""
+
 
 def collect_images(paths: Iterable[str | os.PathLike], recursive: bool = False) -> list[Path]:
     """Image files named directly or found in folders (by extension, sorted), without duplicates.
@@ -226,10 +229,6 @@ def predict_images(detector: OrientedObjectDetectionPipeline, images: Sequence[P
                 if raster is not None:
                     raster.close()
     return records
-
-
-PREVIEW_MAX_SIDE = 4096
-"""Longest side (px) of the PNG drawn for a raster scene predicted in tiles (a decimated read of the scene)."""
 
 
 def _open_input(path: Path, tile: int | None, bands: Sequence[int] | None, use_rasterio: bool, notes: list[str]
