@@ -232,3 +232,18 @@ def test_predict_reads_16_bit_images_by_their_range(model_dir, tmp_path):
     drawn = np.asarray(Image.open(tmp_path / "deep_1.png" if (tmp_path / "deep_1.png").exists() else
                                   tmp_path / "deep_pred.png"))
     assert drawn.min() < 30 and np.median(drawn) < 250  # not the all-white image of convert("RGB")
+
+
+def test_predict_command_lives_in_commands_and_old_import_still_works(capsys):
+    from sl_detr_hf import inference
+    from sl_detr_hf.cli import main as cli_main
+    from sl_detr_hf.commands import predict
+
+    assert inference.main is predict.main and inference.build_parser is predict.build_parser  # moved, still importable
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["predict", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--bands" in out and "--geojson-crs" in out
+    with pytest.raises(AttributeError):
+        inference.no_such_name  # noqa: B018
