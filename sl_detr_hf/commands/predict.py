@@ -28,11 +28,12 @@ __all__ = ["build_parser", "main"]
 def build_parser() -> argparse.ArgumentParser:
     """The `predict` command line."""
     parser = argparse.ArgumentParser(
-        prog="predict", description="Detect oriented objects in images: JSON + PNGs with the boxes drawn.")
+        prog="predict", description="Detect oriented objects in images and whole scenes: JSON + PNGs with the boxes "
+        "drawn, and GeoJSON for georeferenced rasters (GeoTIFF; needs rasterio: pip install -e \".[geo]\").")
     parser.add_argument("inputs", nargs="+", help="image files and/or folders of images")
     parser.add_argument("--model", required=True,
                         help="saved SL-DETR folder, Hugging Face Hub id, or .onnx file from `sl-detr export`")
-    parser.add_argument("--output-dir", default="predictions", help="where predictions.json and PNGs go")
+    parser.add_argument("--output-dir", default="predictions", help="where predictions.json, PNGs and GeoJSON go")
     parser.add_argument("--threshold", type=float, default=0.3, help="minimum score (default 0.3)")
     parser.add_argument("--top-k", type=int, default=None, help="candidates per image before the threshold "
                         "(default: the image processor's max_detections)")
