@@ -191,7 +191,7 @@ def test_cli_export_then_predict_same_json(tmp_path):
 
 
 def test_export_cli_errors(tmp_path, capsys):
-    from sl_detr_hf.export_onnx import main
+    from sl_detr_hf.commands.export import main
 
     with pytest.raises(SystemExit) as info:
         main(["--model", str(tmp_path), "--output", str(tmp_path / "m.txt")])

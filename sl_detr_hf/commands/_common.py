@@ -9,6 +9,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..hub import check_model_folder
 from ..training.time_budget import TimeBudgetCallback
 
 logger = logging.getLogger("sl_detr_hf")
@@ -169,16 +170,3 @@ def default_num_workers(cpu_count: int | None = None) -> int:
     cpus = cpu_count if cpu_count is not None else (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                                                     else os.cpu_count() or 1)
     return min(4, cpus - 1) if cpus >= MIN_CPUS_FOR_WORKERS else 0
-
-
-def check_model_folder(model: str | os.PathLike) -> None:
-    """Refuse a local model folder of another architecture (its ``config.json`` ``model_type``).
-
-    Raises:
-        ValueError: naming the found ``model_type``.
-    """
-    config = Path(model) / "config.json"
-    if config.is_file():
-        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
-        if model_type != "sl_detr":
-            raise ValueError(f"{model} holds a {model_type!r} model, not SL-DETR (model_type 'sl_detr')")
