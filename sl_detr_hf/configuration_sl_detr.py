@@ -344,6 +344,14 @@ class SlDetrConfig(DeformableDetrConfig):
         queries on one object end as duplicates. Numerics: `"deformable_detr"` (its BENCHMARKS.md figures were
         measured so). `overrides` are further fields.
         """
+        return cls(**{**cls.tiny_kwargs(id2label, d_model, layers, num_queries, backbone_stages, num_feature_levels),
+                      **overrides})
+
+    @staticmethod
+    def tiny_kwargs(id2label: dict[int, str] | None = None, d_model: int = 128, layers: int = 2,
+                    num_queries: int = 100, backbone_stages: Sequence[str] = ("stage2", "stage3", "stage4"),
+                    num_feature_levels: int | None = None) -> dict:
+        """The fields [`SlDetrConfig.tiny`] sets, as keyword arguments (for callers that merge overrides first)."""
         stages = list(backbone_stages)
         levels = len(stages) if num_feature_levels is None else num_feature_levels
         if not stages or levels < len(stages):
@@ -361,7 +369,7 @@ class SlDetrConfig(DeformableDetrConfig):
         )
         if id2label is not None:
             values.update(id2label=dict(id2label), label2id={name: int(i) for i, name in id2label.items()})
-        return cls(**{**values, **overrides})
+        return values
 
     # ------------------------------------------------------------------------------------------------ loading
 

@@ -18,40 +18,20 @@ __all__ = ["TimeLimitCallback", "check_model_folder", "default_num_workers", "pa
            "parse_dataclasses", "plot_training_curves", "tiny_config_kwargs"]
 
 
-# ProbIoU above which the tiny models' query selection drops a proposal (BENCHMARKS.md, "Proposal NMS")
-TINY_QUERY_SELECTION_NMS = 0.6
-
-
 def tiny_config_kwargs(num_labels: int, id2label: dict[int, str], d_model: int = 128, layers: int = 2,
                        num_queries: int = 100, box_type: str = "rotated",
                        backbone_stages: Sequence[str] = ("stage2", "stage3", "stage4"),
                        num_feature_levels: int | None = None) -> dict:
-    """A small SL-DETR that trains on a CPU in minutes: a slim random-init ResNet, trained whole (stem and stage 1
-    included) with learning batch norms (`backbone_frozen_stages=-1, backbone_norm="batch_norm"`): Deformable
-    DETR's frozen stem and frozen norms are for a pretrained backbone. The query selection drops proposals that
-    repeat a better one (`query_selection_nms=0.6`): with few queries and few decoder layers, several queries on
-    one object end as duplicate detections.
+    """The `SlDetrConfig` keyword arguments of the tiny preset (`SlDetrConfig.tiny`, where it is described) for
+    `num_labels` classes named by `id2label` and `box_type`: a small SL-DETR that trains on a CPU in minutes.
 
     ``backbone_stages`` are the ResNet stages fed to the encoder (strides 8, 16, 32 for stage2..4);
     ``num_feature_levels`` (default: one per stage) may add further stride-2 levels after the last stage.
     """
-    from transformers import ResNetConfig
+    from ..configuration_sl_detr import SlDetrConfig
 
-    stages = list(backbone_stages)
-    levels = len(stages) if num_feature_levels is None else num_feature_levels
-    if not stages or levels < len(stages):
-        raise ValueError(f"need >= 1 backbone stage and num_feature_levels >= {len(stages)}, got {stages}, {levels}")
-    backbone = ResNetConfig(embedding_size=32, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 2, 1],
-                            layer_type="basic", out_features=stages)
-    return dict(
-        backbone_config=backbone, use_pretrained_backbone=False, num_feature_levels=levels,
-        d_model=d_model, encoder_layers=layers, decoder_layers=layers, encoder_attention_heads=4,
-        decoder_attention_heads=4, encoder_ffn_dim=4 * d_model, decoder_ffn_dim=4 * d_model,
-        encoder_n_points=4, decoder_n_points=4, num_queries=num_queries, two_stage_num_proposals=num_queries,
-        num_labels=num_labels, id2label=id2label, label2id={v: k for k, v in id2label.items()},
-        box_type=box_type, max_detections=num_queries, backbone_frozen_stages=-1, backbone_norm="batch_norm",
-        query_selection_nms=TINY_QUERY_SELECTION_NMS,
-    )
+    return {**SlDetrConfig.tiny_kwargs(id2label, d_model, layers, num_queries, backbone_stages, num_feature_levels),
+            "num_labels": num_labels, "box_type": box_type}
 
 
 TimeLimitCallback = TimeBudgetCallback

@@ -16,7 +16,6 @@ from ._common import (
     parse_config_overrides,
     parse_dataclasses,
     plot_training_curves,
-    tiny_config_kwargs,
 )
 
 __all__ = ["DemoArguments", "demo_parts", "draw_demo_predictions", "main", "parse_config_overrides", "run_demo"]
@@ -64,8 +63,8 @@ def demo_parts(args: DemoArguments, id2label: dict[int, str]):
     """The demo's model (random init), image processor and training augmentation for ``args``.
 
     Returns:
-        ``(model, processor, augment, overrides)``: ``overrides`` are the `SlDetrConfig` fields set on top of
-        `tiny_config_kwargs` (the synchronized-loss switches and ``--config``).
+        ``(model, processor, augment, overrides)``: ``overrides`` are the `SlDetrConfig` fields set on top of the
+        tiny preset (`SlDetrConfig.tiny`: the synchronized-loss switches, the denoising queries and ``--config``).
     """
     from .. import SlDetrConfig, SlDetrForObjectDetection
     from ..data import RotatedDetectionAugment
@@ -74,9 +73,9 @@ def demo_parts(args: DemoArguments, id2label: dict[int, str]):
     overrides = {"use_sync_loc": args.sync, "use_quality_cls": args.sync, "num_denoising": args.num_denoising,
                  **parse_config_overrides(args.config)}
     stages = [stage.strip() for stage in args.backbone_stages.split(",") if stage.strip()]
-    base = tiny_config_kwargs(len(id2label), id2label, args.d_model, args.layers, args.num_queries,
-                              backbone_stages=stages, num_feature_levels=args.feature_levels or None)
-    model = SlDetrForObjectDetection(SlDetrConfig(**{**base, **overrides}))
+    config = SlDetrConfig.tiny(id2label, d_model=args.d_model, layers=args.layers, num_queries=args.num_queries,
+                               backbone_stages=stages, num_feature_levels=args.feature_levels or None, **overrides)
+    model = SlDetrForObjectDetection(config)
     processor = SlDetrImageProcessor(size={"shortest_edge": args.image_size, "longest_edge": args.image_size},
                                      max_detections=args.num_queries)
     # flips and 90-degree turns only: photometric jitter costs as much CPU as a training step here
