@@ -16,7 +16,9 @@ import importlib
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
+import shapely
 import torch
 
 from sl_detr_hf import rotated_boxes
@@ -147,6 +149,39 @@ def test_prob_iou_of_two_sets_is_the_block_of_one_set():
     # a square and the same square shifted by half its side: 1 - sqrt(1 - exp(-3/8)) (Bhattacharyya 3/8)
     two = prob_iou(torch.tensor([[0.5, 0.5, 0.2, 0.2]]), torch.tensor([[0.6, 0.5, 0.2, 0.2]]))
     assert two.item() == pytest.approx(1 - math.sqrt(1 - math.exp(-3 / 8)), abs=1e-4)
+
+
+def _shapely_iou(a: list[float], b: list[float]) -> float:
+    pa, pb = (shapely.Polygon(rbox_to_poly(torch.tensor(x, dtype=torch.float64)).view(4, 2).numpy()) for x in (a, b))
+    inter = pa.intersection(pb).area
+    return inter / (pa.area + pb.area - inter)
+
+
+@pytest.mark.parametrize("dtheta", [2.4583955850509406e-11, 1e-14, 3e-13, 1e-12, 1e-10, 1e-9, 1e-7])
+def test_nearly_parallel_touching_boxes_iou_matches_shapely(dtheta):
+    """Boxes whose edges lie on each other's edge lines and whose angles differ by a hair: before, the exact IoU
+    clipped those edges with an ill-conditioned crossing parameter (IoU 3e-7 for two touching unit squares at
+    dtheta = 2.5e-11, 4e-3 for shared sides at 1e-14) and was not symmetric."""
+    rng = np.random.default_rng(int(-math.log10(dtheta) * 10))
+    worst = asymmetry = 0.0
+    for _ in range(40):
+        w1, h1, w2, h2 = (float(v) for v in rng.integers(1, 80, 4))
+        theta = float(rng.choice([0.0, rng.uniform(-4, 4)]))
+        side, outside = float(rng.choice([-1, 1])), bool(rng.random() < 0.5)
+        offset = side * (h1 / 2 + (h2 / 2 if outside else -h2 / 2))  # touching, or sharing a side from inside
+        along = float(rng.uniform(-w1, w1))
+        c, s = math.cos(theta), math.sin(theta)
+        a = [0.0, 0.0, w1, h1, theta]
+        b = [c * along - s * offset, s * along + c * offset, w2, h2, theta + float(rng.choice([-1, 1])) * dtheta]
+        ta, tb = torch.tensor([a], dtype=torch.float64), torch.tensor([b], dtype=torch.float64)
+        iou, reverse = aligned_iou_rotated(ta, tb).item(), aligned_iou_rotated(tb, ta).item()
+        worst, asymmetry = max(worst, abs(iou - _shapely_iou(a, b))), max(asymmetry, abs(iou - reverse))
+    assert worst < 1e-7 and asymmetry < 1e-7, (worst, asymmetry)
+    # hypothesis's counterexamples of test_rotated_boxes.test_iou_properties: touching unit squares
+    square, above = [0.0, 0.0, 1.0, 1.0, 0.0], [0.0, 1.0, 1.0, 1.0, dtheta]
+    pair = torch.tensor([square], dtype=torch.float64), torch.tensor([above], dtype=torch.float64)
+    assert aligned_iou_rotated(*pair).item() == pytest.approx(aligned_iou_rotated(*pair[::-1]).item(), abs=1e-9)
+    assert aligned_iou_rotated(*pair).item() < max(dtheta, 1e-12)
 
 
 def test_rotated_boxes_re_exports_every_geometry_name():
