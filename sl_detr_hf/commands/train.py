@@ -15,7 +15,6 @@ from ._common import (
     default_num_workers,
     parse_config_overrides,
     parse_dataclasses,
-    tiny_config_kwargs,
 )
 
 logger = logging.getLogger(__name__)
@@ -226,20 +225,17 @@ def build_model(model_args: ModelArguments, names: list[str], seed: int, most_ob
     if model_args.size == "tiny":
         queries = model_args.num_queries or max(100, math.ceil(1.2 * most_objects))
         stages = [stage.strip() for stage in model_args.backbone_stages.split(",") if stage.strip()]
-        base = tiny_config_kwargs(len(names), id2label, num_queries=queries, box_type=box_type,
-                                  backbone_stages=stages)
         overrides = {"use_sync_loc": not model_args.no_sync, "use_quality_cls": not model_args.no_sync,
-                     **parse_config_overrides(model_args.config)}
+                     "box_type": box_type, **parse_config_overrides(model_args.config)}
         logger.info("tiny SL-DETR: %d queries, backbone stages %s", queries, ",".join(stages))
-        return SlDetrForObjectDetection(SlDetrConfig(**{**base, **overrides}))
-    if model_args.size == "paper":  # RHINO's numerics (RHINO_SWITCHES): the paper's base model
-        from ..configuration_sl_detr import RHINO_SWITCHES
-
-        return SlDetrForObjectDetection(SlDetrConfig(
-            **RHINO_SWITCHES, backbone=model_args.backbone, use_timm_backbone=True,
-            use_pretrained_backbone=model_args.use_pretrained_backbone, num_labels=len(names), id2label=id2label,
-            **_backbone_policy(model_args.use_pretrained_backbone),
+        return SlDetrForObjectDetection(SlDetrConfig.tiny(id2label, num_queries=queries, backbone_stages=stages,
+                                                          **overrides))
+    if model_args.size == "paper":  # the paper's model (RHINO's R50 sizes and numerics) on a timm backbone
+        return SlDetrForObjectDetection(SlDetrConfig.paper(
+            backbone=model_args.backbone, use_timm_backbone=True,
+            use_pretrained_backbone=model_args.use_pretrained_backbone, id2label=id2label,
             label2id={v: k for k, v in id2label.items()}, box_type=box_type,
+            **_backbone_policy(model_args.use_pretrained_backbone),
             use_sync_loc=not model_args.no_sync, use_quality_cls=not model_args.no_sync))
     raise SystemExit(f"error: --size must be tiny or paper, got {model_args.size!r}")
 
