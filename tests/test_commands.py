@@ -61,7 +61,7 @@ def test_resume_skips_incomplete_checkpoints_and_refuses_finished_runs(tmp_path,
     assert "skipping the incomplete checkpoint" in caplog.text and "checkpoint-12" in caplog.text
     assert last_complete_checkpoint(tmp_path / "none") is None
     check_not_finished(str(tmp_path / "checkpoint-10"), TrainingArguments(str(tmp_path), max_steps=20))
-    with pytest.raises(SystemExit, match="already reached step 10.*raise --max_steps"):
+    with pytest.raises(SystemExit, match="already reached step 10.*raise --max_minutes, --max_steps"):
         check_not_finished(str(tmp_path / "checkpoint-10"), TrainingArguments(str(tmp_path), max_steps=10))
     with pytest.raises(SystemExit, match="--num_train_epochs 1"):
         check_not_finished(str(tmp_path / "checkpoint-10"), TrainingArguments(str(tmp_path), num_train_epochs=1))
