@@ -13,10 +13,10 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelFor
 from transformers.models.auto.modeling_auto import MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES
 
 from .configuration_sl_detr import DOTA_CLASSES, SlDetrConfig
+from .convert.deformable_detr import SlDetrConversionReport
 from .image_processing_sl_detr import SlDetrImageProcessor
 from .loss_sl_detr import SlDetrHungarianMatcher, SlDetrLoss
 from .modeling_sl_detr import (
-    SlDetrConversionReport,
     SlDetrForObjectDetection,
     SlDetrModel,
     SlDetrModelOutput,

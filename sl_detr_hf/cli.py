@@ -28,7 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                        "write the synthetic oriented-object dataset in DOTA format"),
     "push": ("sl_detr_hf.commands.push", "push a model folder to the Hugging Face Hub with a generated model card"),
     "export": ("sl_detr_hf.commands.export", "export a model to ONNX (onnxruntime, no PyTorch needed to run it)"),
-    "convert": ("sl_detr_hf.commands.convert", "convert a RHINO / mmdetection DINO checkpoint to an SL-DETR folder"),
+    "convert": ("sl_detr_hf.commands.convert",
+                "convert a RHINO / mmdetection DINO / Deformable DETR checkpoint to an SL-DETR folder"),
 }
 """``name -> (module with a main(argv) -> int, one-line help)``."""
 

@@ -32,10 +32,11 @@ This file ships with ``trust_remote_code`` checkpoints: it imports only its sibl
 torch and transformers.
 """
 
+import importlib
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -68,7 +69,6 @@ from .query_selection_sl_detr import (
 logger = logging.get_logger(__name__)
 
 __all__ = [
-    "SlDetrConversionReport",
     "SlDetrForObjectDetection",
     "SlDetrModel",
     "SlDetrModelOutput",
@@ -77,14 +77,6 @@ __all__ = [
     "angle_from_sigmoid",
 ]
 
-# Deformable DETR config fields that are training hyper-parameters of *its* loss; SL-DETR keeps its own defaults
-# for them when a model is converted (the architecture fields are all copied).
-_DDETR_LOSS_FIELDS = (
-    "class_cost", "bbox_cost", "giou_cost", "mask_loss_coefficient", "dice_loss_coefficient",
-    "bbox_loss_coefficient", "giou_loss_coefficient", "eos_coefficient", "focal_alpha", "auxiliary_loss",
-)
-# Bookkeeping fields of a serialized config that must not be passed to a new config.
-_CONFIG_META_FIELDS = ("model_type", "transformers_version", "architectures", "auto_map", "_name_or_path")
 # Transition alias for scripts/convert_deformable_detr.py (its --dino restores these parts); the preset is
 # `SlDetrConfig.deformable_detr`.
 DEFORMABLE_DETR_SWITCHES = DEFORMABLE_DETR_PARTS
@@ -164,24 +156,6 @@ class SlDetrObjectDetectionOutput(DeformableDetrObjectDetectionOutput):
     init_reference_angles: torch.Tensor | None = None
     dn_outputs: list[dict] | None = None
     dn_meta: dict | None = None
-
-
-@dataclass
-class SlDetrConversionReport:
-    """What [`SlDetrForObjectDetection.from_deformable_detr`] did with every parameter / buffer name."""
-
-    copied: list[str] = field(default_factory=list)
-    """Keys copied from the Deformable DETR checkpoint."""
-    new: list[str] = field(default_factory=list)
-    """Keys the SL-DETR model has and the checkpoint lacks (the angle heads): freshly initialized."""
-    skipped: list[str] = field(default_factory=list)
-    """Checkpoint keys not used, with the reason (absent here, or a shape mismatch such as another label count)."""
-
-    def __str__(self) -> str:
-        lines = [f"copied {len(self.copied)}, new {len(self.new)}, skipped {len(self.skipped)}"]
-        lines += [f"  new: {key}" for key in self.new]
-        lines += [f"  skipped: {key}" for key in self.skipped]
-        return "\n".join(lines)
 
 
 def _uses_query_selection(config: SlDetrConfig) -> bool:
@@ -708,67 +682,18 @@ class SlDetrForObjectDetection(SlDetrPreTrainedModel, DeformableDetrForObjectDet
         box_type: str = "rotated",
         return_report: bool = False,
         **config_kwargs,
-    ) -> "SlDetrForObjectDetection | tuple[SlDetrForObjectDetection, SlDetrConversionReport]":
-        """Initialize SL-DETR from a Deformable DETR detection model.
-
-        Every shared weight is copied (backbone, encoder, decoder, class / box heads, two-stage layers); the new
-        angle heads start with a zero last layer, so the model predicts `theta = 0` and, in `"horizontal"` mode,
-        exactly what the Deformable DETR model predicts.
-
-        Args:
-            model_or_path: a `DeformableDetrForObjectDetection`, or a path / Hub id to load one from (e.g.
-                `"SenseTime/deformable-detr-with-box-refine-two-stage"`).
-            box_type: `"rotated"` or `"horizontal"`.
-            return_report: also return a [`SlDetrConversionReport`] (copied / new / skipped keys).
-            config_kwargs: overrides of the SL-DETR config, e.g. `id2label` for another label set (the class heads
-                are then skipped and newly initialized), or loss settings. The architecture fields come from the
-                Deformable DETR config; its loss / matcher fields are replaced by SL-DETR's defaults. The config is
-                `SlDetrConfig.deformable_detr`'s (no denoising, Deformable DETR's two-stage queries and encoder loss
-                on all tokens, no look forward twice, unrotated sampling, transformers' numerics) unless overridden
-                here.
+    ) -> "SlDetrForObjectDetection | tuple[SlDetrForObjectDetection, object]":
+        """Initialize SL-DETR from a Deformable DETR detection model: every shared weight copied, the new angle
+        heads predicting `theta = 0`, the config `SlDetrConfig.deformable_detr`'s unless `config_kwargs` override it
+        (`sl_detr_hf.convert.deformable_detr.convert_deformable_detr`, where the arguments are described). Needs
+        the installed `sl_detr_hf` package (the converters do not ship with `trust_remote_code` folders).
 
         Returns:
-            The model (in the source's train / eval mode and dtype), and the report when `return_report`.
+            The model, and a `SlDetrConversionReport` (copied / new / skipped keys) when `return_report`.
         """
-        if isinstance(model_or_path, (str, os.PathLike)):
-            source = DeformableDetrForObjectDetection.from_pretrained(model_or_path)
-        elif isinstance(model_or_path, DeformableDetrForObjectDetection) and not isinstance(model_or_path, cls):
-            source = model_or_path
-        else:
-            raise TypeError(
-                "`model_or_path` must be a DeformableDetrForObjectDetection or a path / Hub id, got "
-                f"{type(model_or_path).__name__}"
-            )
-        values = source.config.to_dict()
-        for key in (*_CONFIG_META_FIELDS, *_DDETR_LOSS_FIELDS):
-            values.pop(key, None)
-        if "num_labels" in config_kwargs or "id2label" in config_kwargs:
-            # another label set: the source's label maps must not survive next to it
-            for key in ("id2label", "label2id"):
-                if key not in config_kwargs:
-                    values.pop(key, None)
-        values.update(config_kwargs)
-        values["box_type"] = box_type
-        config = SlDetrConfig.deformable_detr(**values)  # the DINO / RHINO parts off: same outputs as the source
-
-        model = cls(config)
-        source_state, target_state = source.state_dict(), model.state_dict()
-        report = SlDetrConversionReport()
-        to_load = {}
-        for key, value in source_state.items():
-            if key not in target_state:
-                report.skipped.append(f"{key} (not in SL-DETR)")
-            elif target_state[key].shape != value.shape:
-                report.skipped.append(
-                    f"{key} (shape {tuple(value.shape)} != {tuple(target_state[key].shape)})"
-                )
-            else:
-                to_load[key] = value
-                report.copied.append(key)
-        report.new = [key for key in target_state if key not in to_load]
-        # Shape-mismatched keys keep their fresh initialization (e.g. class heads for another label count).
-        model.load_state_dict(to_load, strict=False)
-        model.to(dtype=next(source.parameters()).dtype)
-        model.train(source.training)
-        logger.info("Converted Deformable DETR to SL-DETR (%s): %s", box_type, report)
-        return (model, report) if return_report else model
+        try:  # imported by name: this file ships alone in saved folders, the converters do not
+            convert = importlib.import_module("sl_detr_hf.convert.deformable_detr")
+        except ImportError as err:
+            raise ImportError("from_deformable_detr needs the sl_detr_hf package installed") from err
+        return convert.convert_deformable_detr(model_or_path, box_type, return_report, model_class=cls,
+                                               **config_kwargs)

@@ -202,7 +202,7 @@ def test_sl_detr_convert_dino_through_the_cli_and_the_script(tmp_path, capsys, m
     assert cli_main(["--help"]) == 0 and "convert" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["convert", "--help"])
-    assert exit_info.value.code == 0 and "{rhino,dino}" in capsys.readouterr().out
+    assert exit_info.value.code == 0 and "{rhino,dino,deformable-detr}" in capsys.readouterr().out
     weights = tmp_path / "dino.safetensors"
     save_file({k: v.contiguous() for k, v in load_weights("mmdet_dino").items()}, str(weights))
     config = tmp_path / "dino_config.py"
@@ -220,6 +220,38 @@ def test_sl_detr_convert_dino_through_the_cli_and_the_script(tmp_path, capsys, m
     first = SlDetrForObjectDetection.from_pretrained(tmp_path / "cli").state_dict()
     second = SlDetrForObjectDetection.from_pretrained(tmp_path / "script").state_dict()
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_deformable_detr_command_line_choices_and_the_classmethod_agree(tmp_path):
+    from transformers import DeformableDetrConfig, DeformableDetrForObjectDetection, ResNetConfig
+
+    from sl_detr_hf import DOTA_CLASSES, SlDetrConfig
+    from sl_detr_hf.configuration_sl_detr import DEFORMABLE_DETR_PARTS
+    from sl_detr_hf.convert import convert_deformable_detr
+    from sl_detr_hf.convert.deformable_detr import deformable_detr_overrides
+
+    assert deformable_detr_overrides() == {}
+    dota = deformable_detr_overrides("dota-1.0", dino=True)
+    assert dota["id2label"][14] == DOTA_CLASSES["1.0"][14] == "helicopter" and len(dota["id2label"]) == 15
+    assert {k: dota[k] for k in DEFORMABLE_DETR_PARTS} == {k: getattr(SlDetrConfig(), k) for k in DEFORMABLE_DETR_PARTS}
+    with pytest.raises(ValueError, match="classes must be one of source, dota-1.0"):
+        deformable_detr_overrides("coco")
+    torch.manual_seed(0)
+    backbone = ResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1],
+                            layer_type="basic", out_features=["stage2", "stage3", "stage4"])
+    source = DeformableDetrForObjectDetection(DeformableDetrConfig(
+        backbone_config=backbone, use_timm_backbone=False, use_pretrained_backbone=False, backbone=None, d_model=32,
+        encoder_layers=1, decoder_layers=1, encoder_ffn_dim=32, decoder_ffn_dim=32, encoder_attention_heads=2,
+        decoder_attention_heads=2, num_queries=10, two_stage_num_proposals=10, two_stage=True, with_box_refine=True,
+        num_feature_levels=3, num_labels=3)).eval()
+    model, report = convert_deformable_detr(source, box_type="horizontal", return_report=True)
+    same = SlDetrForObjectDetection.from_deformable_detr(source, box_type="horizontal")
+    assert report.copied and not report.skipped
+    pixels = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours, theirs, direct = model(pixels), same(pixels), source(pixels)
+    assert torch.equal(ours.logits, theirs.logits)
+    torch.testing.assert_close(ours.logits, direct.logits, rtol=0, atol=1e-5)  # horizontal: Deformable DETR itself
 
 
 @needs_rhino
