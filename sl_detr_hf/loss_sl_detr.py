@@ -91,24 +91,30 @@ def kld_loss(pred: Tensor, target: Tensor, image_size: Tensor, tau: float = 1.0)
 
 
 def sync_kld_loss(pred: Tensor, target: Tensor, image_size: Tensor, tau: float = 1.0, gain: float = 1.5,
-                  t_min: float = 0.8, t_max: float = 1.1) -> Tensor:
-    """Synchronized KLD loss (docs/losses.md#synchronized-kld).
+                  t_min: float = 0.8, t_max: float = 1.1, segment: Tensor | None = None,
+                  num_segments: int = 1) -> Tensor:
+    """Synchronized KLD loss (docs/losses.md#synchronized-kld), of one group of pairs or of many at once.
 
-    ``dn`` is ``d`` min-max normalized over the ``N`` pairs given, ``l1 = sum_k |pred_k - target_k| / 4`` on
-    the normalized ``cx, cy, w, h``, ``t = clamp(2 l1 / (dn + l1), t_min, t_max)``,
-    ``d' = d * exp(gain * (t - 1))`` and the loss is ``1 - 1 / (tau + ln(1 + d'))``.
+    ``d = KL(N_target || N_pred)`` on pixel boxes, ``dn`` is ``d`` min-max normalized over the pairs of a group,
+    ``l1 = sum_k |pred_k - target_k| / 4`` on the normalized ``cx, cy, w, h``,
+    ``t = clamp(2 l1 / (dn + l1), t_min, t_max)``, ``d' = d * exp(gain * (t - 1))`` and the loss is
+    ``1 - 1 / (tau + ln(1 + d'))``.
 
     Args:
         pred, target: ``(N, 5)`` normalized ``(cx, cy, w, h, theta)``.
         image_size: ``(N, 2)`` ``(H, W)`` of each pair's image (or ``(2,)`` for all).
+        segment: ``(N,)`` int64 group of each pair, in ``[0, num_segments)`` (the criterion's segments: the min / max
+            are taken within each); ``None``: the ``N`` pairs are one group.
+        num_segments: the number of groups.
     Returns:
         ``(N,)`` per-pair losses.
     """
     d = _pixel_kld(pred, target, image_size)
-    if d.numel() == 0:
-        return d
-    d_min, d_max = d.min(), d.max()
-    dn = (d - d_min) / (d_max - d_min).clamp_min(EPS)
+    if segment is None:
+        segment = torch.zeros(d.shape[0], dtype=torch.long, device=d.device)
+    d_min = d.new_zeros(num_segments).scatter_reduce(0, segment, d, "amin", include_self=False)
+    d_max = d.new_zeros(num_segments).scatter_reduce(0, segment, d, "amax", include_self=False)
+    dn = (d - d_min[segment]) / (d_max - d_min)[segment].clamp_min(EPS)
     l1 = (pred[..., :4] - target[..., :4]).abs().sum(-1) / 4
     t = (2 * l1 / (dn + l1).clamp_min(EPS)).clamp(t_min, t_max)
     return kld_to_loss(d * torch.exp(gain * (t - 1)), tau)
@@ -559,15 +565,11 @@ class SlDetrLoss(nn.Module):
 
         l1 = (l1_coords(src) - l1_coords(target)).abs().sum(-1)
         if cfg.box_type == "rotated":
-            d = kld(denormalize_rboxes(src, plan["sizes"][img]), denormalize_rboxes(target, plan["sizes"][img]))
             if cfg.use_sync_loc:  # d min-max normalized over each segment's pairs
-                d_min = d.new_zeros(num_seg).scatter_reduce(0, seg_idx, d, "amin", include_self=False)
-                d_max = d.new_zeros(num_seg).scatter_reduce(0, seg_idx, d, "amax", include_self=False)
-                dn = (d - d_min[seg_idx]) / (d_max - d_min)[seg_idx].clamp_min(EPS)
-                l1_4 = (src[..., :4] - target[..., :4]).abs().sum(-1) / 4
-                t = (2 * l1_4 / (dn + l1_4).clamp_min(EPS)).clamp(cfg.sync_kld_t_min, cfg.sync_kld_t_max)
-                d = d * torch.exp(cfg.sync_gain * (t - 1))
-            loc = kld_to_loss(d, cfg.kld_tau)
+                loc = sync_kld_loss(src, target, plan["sizes"][img], cfg.kld_tau, cfg.sync_gain, cfg.sync_kld_t_min,
+                                    cfg.sync_kld_t_max, seg_idx, num_seg)
+            else:
+                loc = kld_loss(src, target, plan["sizes"][img], cfg.kld_tau)
             quality = 1 - loc.detach()
         else:
             giou = generalized_iou(src, target)

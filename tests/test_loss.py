@@ -232,6 +232,23 @@ def test_kld_losses_match_numpy(pairs):
     np.testing.assert_allclose(out, np_sync_kld(p, t, size, 1.5, 2.0, 0.5, 1.5), rtol=0, atol=1e-6)
 
 
+def test_sync_kld_groups_are_separate_min_max_sets():
+    """`segment` (the criterion's fused path): each group min-max normalized on its own, as one call per group;
+    an unused group id and a single-pair group change nothing."""
+    rng = np.random.default_rng(3)
+    p, t = rand_norm_boxes(rng, 9), rand_norm_boxes(rng, 9)
+    size = np.tile([[512.0, 768.0]], (9, 1))
+    segment = np.array([3, 0, 3, 0, 0, 3, 1, 3, 0])  # group 2 empty, group 1 a single pair
+    got = sync_kld_loss(torch.tensor(p), torch.tensor(t), torch.tensor(size), tau=1.5, gain=1.3,
+                        segment=torch.tensor(segment), num_segments=4).numpy()
+    for group in (0, 1, 3):
+        mine = segment == group
+        np.testing.assert_allclose(got[mine], np_sync_kld(p[mine], t[mine], size[mine], 1.5, 1.3), rtol=0, atol=1e-9)
+    one_group = sync_kld_loss(torch.tensor(p), torch.tensor(t), torch.tensor(size)).numpy()
+    assert np.abs(one_group - got).max() > 1e-4  # the groups' own min / max matter
+    np.testing.assert_allclose(one_group, np_sync_kld(p, t, size), rtol=0, atol=1e-9)
+
+
 def test_pairwise_kld_matches_numpy():
     rng = np.random.default_rng(1)
     p = rand_norm_boxes(rng, 2 * 7).reshape(2, 7, 5) * [600, 400, 600, 400, 1]
