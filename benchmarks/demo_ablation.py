@@ -6,7 +6,8 @@ Each variant is `sl-detr demo` with `--config` overrides (the model's switches),
 order given. With ``--parallel 2`` two runs go side by side, each pinned to its own CPU core with one torch
 thread (`taskset`), so every run gets the same budget: one core for ``--minutes``. The table printed at the end
 (and written to ``OUTPUT_DIR/ablation.json``) has steps reached and DOTA VOC07 mAP50 on the 100 validation
-images for every variant and seed.
+images for every variant and seed. The variants of deleted switches (hybrid queries, geometric sampling, matching
+once per step: BENCHMARKS.md, "Removed switches") are gone with them.
 
 "today" is the model before the DINO / RHINO parts (Deformable DETR's two-stage queries, no denoising, axis-aligned
 sampling) with transformers' zero class-bias init; each following variant adds one part on top of the previous.
@@ -27,8 +28,7 @@ from pathlib import Path
 # "qs-nms" the proposal NMS of the query selection (the chain before it pins it off)
 _NO_NMS = "query_selection_nms=None"
 _FROZEN = _NO_NMS + ",backbone_norm=frozen,backbone_frozen_stages=1"
-_DDN = (_FROZEN + ",mixed_query_selection=False,look_forward_twice=False,rotated_sampling=none,"
-        "encoder_loss_on_topk=False")
+_DDN = _FROZEN + ",mixed_query_selection=False,look_forward_twice=False,rotated_sampling=none"
 _DN = _DDN + ",dynamic_denoising=False"
 _INIT = _DDN + ",num_denoising=0"
 _MQS = _FROZEN + ",look_forward_twice=False,rotated_sampling=none"
@@ -45,10 +45,7 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "rot-rhino": (_FROZEN + ",rotated_sampling=rhino", "+ rotated sampling, RHINO's form"),
     "backbone": (_NO_NMS, "+ the backbone trained whole with learning batch norms"),
     "qs-nms": ("", "+ proposal NMS in the query selection (ProbIoU 0.6): the defaults"),
-    "hybrid": ("num_hybrid_queries=60,hybrid_k=4", "the defaults + H-DETR's hybrid one-to-many queries"),
-    "rot-geometric": ("rotated_sampling=geometric", "+ rotated sampling, geometric form instead"),
     "hausdorff": ("matcher_box_cost=hausdorff,geometric_cost=5", "+ RHINO's Hausdorff + KLD 5 matching cost"),
-    "match-once": ("match_once_per_step=True", "defaults, matching once per step (seed's head)"),
     "defaults": ("", "the demo's defaults"),
     "sync-off": ("", "the demo's defaults with the synchronized losses off (--sync False)"),
 }

@@ -19,7 +19,7 @@ and the SL-DETR / Deformable DETR ratios. Repeats alternate between the two mode
 repeat, so that background load hits both alike. For every training step it also prints the criterion's share of
 SL-DETR's step (time inside `SlDetrLoss.forward`) and, named, the time spent in scipy's `linear_sum_assignment`
 (the part of the criterion that stays on the CPU). `--bf16` runs the steps under bf16 autocast; `--config` sets
-SL-DETR config switches (e.g. `encoder_loss_on_topk=false`, `match_once_per_step=true`, `num_denoising=0`).
+SL-DETR config switches (e.g. `mixed_query_selection=false`, `numerics=deformable_detr`, `num_denoising=0`).
 
 `--count-ops` instead counts, with `torch.profiler`, the operator calls (each one a kernel launch on a GPU) of
 SL-DETR's forward + backward with its loss and with the loss replaced by a plain sum of the same outputs, and
