@@ -5,9 +5,10 @@ transformers' Deformable DETR supplies the backbone, the encoder, the decoder la
 file wires in what SL-DETR changes, each part in its own module next to this one:
 
 - oriented boxes: every decoder layer and the two-stage encoder head predict an angle next to the 4-d box. The
-  angle lives in sigmoid space, ``a in (0, 1)``, ``theta = (a - 0.5) * pi`` (radians, le90 range), and is refined
-  across layers like the other coordinates: ``a_l = sigmoid(delta_a_l + inverse_sigmoid(a_{l-1}))``
-  (``decoder_sl_detr.py``). The encoder proposals start at ``a = 0.5`` (``theta = 0``);
+  angle lives in sigmoid space, ``a in (0, 1)``, ``theta = (a + config.angle_offset) * pi`` (radians: RHINO's
+  ``a * pi`` by default, le90 ``(a - 0.5) * pi`` with Deformable DETR's numerics), and is refined across layers
+  like the other coordinates: ``a_l = sigmoid(delta_a_l + inverse_sigmoid(a_{l-1}))`` (``decoder_sl_detr.py``).
+  The encoder proposals start at ``a = 0.5``;
 - in ``"rotated"`` mode the decoder's references are 5-d boxes whose angle turns the deformable sampling
   (``attention_sl_detr.py``, ``config.rotated_sampling``);
 - mixed query selection (``query_selection_sl_detr.py``, ``config.mixed_query_selection``), contrastive
@@ -18,7 +19,8 @@ file wires in what SL-DETR changes, each part in its own module next to this one
   input (``decoder_sl_detr.py``), class-aware proposal ranking (``query_selection_sl_detr.py``), the angle range
   (``config.angle_start``), the proposal angle of padded tokens (here) and the rotated sampling's units
   (``attention_sl_detr.py``);
-- Deformable DETR's original head initialization (class bias at the focal prior, last box layer zero);
+- the heads, built once, with Deformable DETR's original initialization (class bias at the focal prior, last box
+  layer zero; ``heads_sl_detr.py``);
 - the backbone's frozen stages and batch norms as a config choice (``backbone_sl_detr.py``), so that a backbone
   trained from scratch can train whole with learning batch norms;
 - the loss is [`SlDetrLoss`] (synchronized GIoU / KLD and quality-aware classification), built once per model.
@@ -51,7 +53,7 @@ from transformers.utils import logging
 from transformers.utils.generic import can_return_tuple
 
 from .backbone_sl_detr import apply_backbone_policy, check_feature_sizes, check_pixel_inputs
-from .configuration_sl_detr import DEFORMABLE_DETR_PARTS, SlDetrConfig
+from .configuration_sl_detr import SlDetrConfig
 from .decoder_sl_detr import SlDetrDecoder, init_marked_module, refine_boxes
 from .denoising_sl_detr import build_denoising_queries
 from .geometry_conversions import wrap_angle_range
@@ -76,10 +78,6 @@ __all__ = [
     "SlDetrPreTrainedModel",
     "angle_from_sigmoid",
 ]
-
-# Transition alias for scripts/convert_deformable_detr.py (its --dino restores these parts); the preset is
-# `SlDetrConfig.deformable_detr`.
-DEFORMABLE_DETR_SWITCHES = DEFORMABLE_DETR_PARTS
 
 
 def angle_from_sigmoid(angle: torch.Tensor, offset: float = -0.5) -> torch.Tensor:
