@@ -24,6 +24,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from .geo import (
     GEO_EXTRA_HINT,
     WGS84,
@@ -173,10 +175,11 @@ def predict_images(detector: OrientedObjectDetectionPipeline, images: Sequence[P
     With `tile`, each image is a whole scene, opened lazily and predicted in overlapping patches (`sl_detr_hf.tiling`).
 
     TIFFs are read with rasterio when it is installed (`sl_detr_hf.geo.raster`: ``bands``, the per-scene scaling,
-    nodata; with `tile`, window by window, and the PNG drawn on a preview of at most `PREVIEW_MAX_SIDE` px). With
-    `output_dir` and `geojson_crs` (``"EPSG:4326"``, ``"native"`` or another CRS; ``None``: none), a georeferenced
-    one also gets ``OUTPUT_DIR/<name>.geojson`` (`sl_detr_hf.geo.detections_to_geojson`). `notes` (a list) receives
-    one line per TIFF saying where its GeoJSON went or why there is none, and the nodata tiles skipped.
+    nodata; with `tile`, window by window, and the PNG drawn on a preview of at most `PREVIEW_MAX_SIDE` px a side,
+    assembled from the tiles as they are read). With `output_dir` and `geojson_crs` (``"EPSG:4326"``, ``"native"``
+    or another CRS; ``None``: none), a georeferenced one also gets ``OUTPUT_DIR/<name>.geojson``
+    (`sl_detr_hf.geo.detections_to_geojson`). `notes` (a list) receives one line per TIFF saying where its GeoJSON
+    went or why there is none, and the nodata tiles skipped.
 
     Returns:
         One record per image: `image` (the path), `width`, `height`, `detections` (the pipeline's dicts); for a
@@ -202,13 +205,17 @@ def predict_images(detector: OrientedObjectDetectionPipeline, images: Sequence[P
         try:
             stats: list[dict[str, int]] = [{} for _ in opened]
             if tile:
+                previews = [_Preview(*scene.size) if draw and output_dir is not None and raster is not None else None
+                            for _, scene, raster in opened]
                 results = [predict_scene(detector, scene, tile=tile, overlap=overlap, threshold=threshold,
                                          top_k=top_k, nms_iou_threshold=nms_iou_threshold, batch_size=batch_size,
-                                         stats=counts) for (_, scene, _), counts in zip(opened, stats)]
+                                         stats=counts, on_patch=None if preview is None else preview.add)
+                           for (_, scene, _), counts, preview in zip(opened, stats, previews)]
             else:
+                previews = [None for _ in opened]
                 results = detector([image for _, image, _ in opened], threshold=threshold, top_k=top_k,
                                    nms_iou_threshold=nms_iou_threshold, batch_size=batch_size) if opened else []
-            for (path, image, raster), detections, counts in zip(opened, results, stats):
+            for (path, image, raster), detections, counts, preview in zip(opened, results, stats, previews):
                 record = {"image": str(path), "width": image.size[0], "height": image.size[1],
                           "detections": detections}
                 if raster is not None and tile:
@@ -223,7 +230,7 @@ def predict_images(detector: OrientedObjectDetectionPipeline, images: Sequence[P
                         record["geojson"] = str(geojson)
                 records.append(record)
                 if draw and output_dir is not None:
-                    _draw(image, detections, detector.model.config.id2label, Path(output_dir) / names[path])
+                    _draw(preview or image, detections, detector.model.config.id2label, Path(output_dir) / names[path])
         finally:
             for _, _, raster in opened:
                 if raster is not None:
@@ -274,10 +281,25 @@ def _write_geojson(raster: RasterScene, detections: list[dict[str, Any]], crs: s
     return written
 
 
-def _draw(image: Any, detections: list[dict[str, Any]], id2label: dict, path: Path) -> None:
-    """The PNG with the detections drawn; a raster scene's on a decimated preview (`PREVIEW_MAX_SIDE`)."""
-    if isinstance(image, RasterScene):
-        image, scale = image.preview(PREVIEW_MAX_SIDE)
+class _Preview:
+    """A raster scene's PNG canvas (at most `PREVIEW_MAX_SIDE` px a side), assembled from its tiles as they are read,
+    so the scene is not read a second time; tiles skipped as nodata stay black."""
+
+    def __init__(self, width: int, height: int) -> None:
+        self.scale = min(1.0, PREVIEW_MAX_SIDE / max(width, height))
+        self.image = Image.new("RGB", (max(1, round(width * self.scale)), max(1, round(height * self.scale))))
+
+    def add(self, window: tuple[int, int, int, int], patch: Image.Image) -> None:
+        x0, y0, x1, y1 = (round(v * self.scale) for v in window)
+        if x1 > x0 and y1 > y0:
+            self.image.paste(patch if self.scale == 1.0 else patch.resize((x1 - x0, y1 - y0), Image.Resampling.BOX),
+                             (x0, y0))
+
+
+def _draw(image: Image.Image | _Preview, detections: list[dict[str, Any]], id2label: dict, path: Path) -> None:
+    """The PNG with the detections drawn (on a raster scene's `_Preview`, scaled to it)."""
+    if isinstance(image, _Preview):
+        scale, image = image.scale, image.image
         if scale != 1.0:
             detections = [dict(d, polygon=[[x * scale, y * scale] for x, y in d["polygon"]]) for d in detections]
     draw_detections(image, detections, id2label).save(path)

@@ -125,7 +125,9 @@ def _batches(windows: np.ndarray, size: int) -> Iterator[np.ndarray]:
 def predict_scene(detector: Detector, scene: str | os.PathLike | Image.Image | RasterScene, tile: int = 1024,
                   overlap: int = 200, threshold: float = 0.5, top_k: int | None = None,
                   nms_iou_threshold: float | None = None, batch_size: int = 1, progress: bool = True,
-                  bands: Sequence[int] | None = None, stats: dict[str, int] | None = None) -> list[dict[str, Any]]:
+                  bands: Sequence[int] | None = None, stats: dict[str, int] | None = None,
+                  on_patch: Callable[[tuple[int, int, int, int], Image.Image], None] | None = None
+                  ) -> list[dict[str, Any]]:
     """Detections of one whole scene (see the module docstring), sorted by score.
 
     Args:
@@ -139,11 +141,13 @@ def predict_scene(detector: Detector, scene: str | os.PathLike | Image.Image | R
         progress: show a tqdm bar over the scene's patches.
         bands: 1-based bands of a raster (see `sl_detr_hf.geo.raster`; default its first three).
         stats: a dict that receives ``tiles`` (windows of the scene) and ``skipped_nodata`` (windows all nodata).
+        on_patch: called as ``on_patch((x0, y0, x1, y1), rgb_patch)`` for each patch of a raster read (not for the
+            skipped ones), e.g. to assemble a preview without reading the scene again.
     """
     image = open_scene(scene, bands=bands)
     try:
         return _predict_open_scene(detector, image, scene, tile, overlap, threshold, top_k, nms_iou_threshold,
-                                   batch_size, progress, {} if stats is None else stats)
+                                   batch_size, progress, {} if stats is None else stats, on_patch)
     finally:
         if isinstance(image, RasterScene) and image is not scene:
             image.close()
@@ -151,7 +155,8 @@ def predict_scene(detector: Detector, scene: str | os.PathLike | Image.Image | R
 
 def _predict_open_scene(detector: Detector, image: Image.Image | RasterScene, scene: Any, tile: int, overlap: int,
                         threshold: float, top_k: int | None, nms_iou_threshold: float | None, batch_size: int,
-                        progress: bool, stats: dict[str, int]) -> list[dict[str, Any]]:
+                        progress: bool, stats: dict[str, int], on_patch: Callable[..., None] | None
+                        ) -> list[dict[str, Any]]:
     width, height = image.size
     windows = tile_windows(width, height, tile, overlap)
     raster = isinstance(image, RasterScene)
@@ -168,6 +173,8 @@ def _predict_open_scene(detector: Detector, image: Image.Image | RasterScene, sc
             if whole is None:
                 stats["skipped_nodata"] = 1
                 return []
+            if on_patch is not None:
+                on_patch((0, 0, width, height), whole)
             return detector(whole, nms_iou_threshold=nms_iou_threshold, **options)
         with scene_pixel_limit():
             return detector(image.convert("RGB"), nms_iou_threshold=nms_iou_threshold, **options)
@@ -180,6 +187,8 @@ def _predict_open_scene(detector: Detector, image: Image.Image | RasterScene, sc
                 stats["skipped_nodata"] += sum(crop is None for _, crop in read)
                 batch = [window for window, crop in read if crop is not None]
                 crops = [crop for _, crop in read if crop is not None]
+                for window, crop in zip(batch, crops) if on_patch is not None else ():
+                    on_patch(tuple(int(v) for v in window), crop)
             else:
                 crops = [image.crop(tuple(int(v) for v in window)).convert("RGB") for window in batch]
             if crops:

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 from _geotiff import check_feature_collection, utm_to_lonlat, write_geotiff
 from _tiny_sl_detr import tiny_model, tiny_processor
+from PIL import Image
 
 from sl_detr_hf.commands.predict import main
+from sl_detr_hf.geo import open_raster
 
 pytest.importorskip("rasterio")
 from affine import Affine  # rasterio's dependency
@@ -128,3 +130,24 @@ def test_bad_geo_arguments_exit_with_a_message(model_dir, tmp_path, capsys, extr
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_tiled_raster_png_is_assembled_from_the_tiles(model_dir, tmp_path, monkeypatch):
+    """No second read of the scene: the PNG is the tiles pasted (scale 1: exactly the scaled scene, nodata black)."""
+    from sl_detr_hf import inference
+
+    data = scene(150, 200, seed=2)
+    data[:, :, :100] = 0  # two all-nodata tiles, skipped: black in the PNG
+    path = write_geotiff(tmp_path / "scene.tif", data, TRANSFORM)
+    out = tmp_path / "out"
+    assert run([path], model_dir, out, "--tile", "96", "--overlap", "24", "--threshold", "1") == 0  # nothing drawn
+    with open_raster(path) as raster:
+        expected = np.asarray(raster.read_rgb(skip_empty=False))
+    assert (np.asarray(Image.open(out / "scene.png")) == expected).all()
+    monkeypatch.setattr(inference, "PREVIEW_MAX_SIDE", 100)  # a scene larger than the preview: tiles shrunk, pasted
+    assert run([path], model_dir, out, "--tile", "96", "--overlap", "24", "--threshold", "1") == 0
+    small = np.asarray(Image.open(out / "scene.png")).astype(int)
+    assert small.shape == (75, 100, 3)
+    reference = np.asarray(Image.fromarray(expected).resize((100, 75), Image.Resampling.BOX)).astype(int)
+    assert np.abs(small - reference)[:, 52:].mean() < 3  # the tiles read (x >= 104 px in the scene)
+    assert not small[:, :36].any()  # the skipped tiles (x < 72 px) stay black

@@ -227,19 +227,6 @@ class RasterScene:
             data = self._dataset.read(self.bands, window=Window(x0, y0, x1 - x0, y1 - y0), masked=True)
         return _to_rgb(data, self.stretch, skip_empty)
 
-    def preview(self, max_side: int) -> tuple[Image.Image, float]:
-        """The whole raster, decimated to at most ``max_side`` px a side, as RGB (nodata 0); and its scale
-        (preview px per raster px, <= 1)."""
-        from rasterio.enums import Resampling
-
-        scale = min(1.0, max_side / max(self.width, self.height))
-        if scale == 1.0:
-            return self.read_rgb(skip_empty=False), 1.0
-        shape = (len(self.bands), max(1, round(self.height * scale)), max(1, round(self.width * scale)))
-        with self._env():
-            data = self._dataset.read(self.bands, out_shape=shape, masked=True, resampling=Resampling.average)
-        return _to_rgb(data, self.stretch, skip_empty=False), shape[2] / self.width
-
     def close(self) -> None:
         """Close the file (idempotent)."""
         if getattr(self, "_dataset", None) is not None:
@@ -271,7 +258,7 @@ def _band_percentiles(samples: list[np.ma.MaskedArray]) -> np.ndarray:
 def _to_rgb(data: np.ma.MaskedArray, stretch: np.ndarray | None, skip_empty: bool) -> Image.Image | None:
     """``(C, h, w)`` masked band values -> ``h x w`` RGB by the module's rule (``None``: all nodata, skipped).
 
-    One band at a time, in place: the temporaries are one float32 band (a 4,096 px preview stays near 100 MB).
+    One band at a time, in place: the only temporary is one float32 band.
     """
     invalid = np.ma.getmaskarray(data)  # (C, h, w)
     values = np.ma.getdata(data)
