@@ -13,8 +13,9 @@ window by window (rasterio), against today's PIL path, which decodes the whole s
    Python, torch, the model, GDAL's block cache, the PNG preview), plus the GeoJSON written. ``--top-k 10`` sends 10
    boxes per tile into the merge (a busy scene), ``--threshold 0`` keeps them whatever the random scores.
 3. The same command on an 8-bit RGB GeoTIFF of ``pil-size`` (which PIL can read: today's path cannot read 4 bands of
-   16 bits at all) twice: through rasterio, and through PIL (rasterio hidden from the process: what a core install
-   does). Same tiles, same model.
+   16 bits at all) through rasterio and through PIL (rasterio hidden from the process: what a core install does),
+   with ``--no-draw`` (the tiles alone) and with the PNG (rasterio: a preview of at most 4,096 px assembled from the
+   tiles; PIL: the full-size scene drawn). Same tiles, same model.
 4. In this process, the read alone per tile (no model, CPU time) on both files: `RasterScene.read_rgb` vs PIL's crop
    (the PIL scene decoded whole at the first crop, included), and the scene's opening (the percentile stretch).
 5. A baseline: the peak resident set of a process that imports the command and loads the model.
@@ -167,10 +168,11 @@ def read_per_tile(path: Path, tile: int, overlap: int, pil: bool) -> tuple[float
 
 
 def measure(scene: Path, model: Path, out: Path, options: argparse.Namespace, bands: bool, hide_rasterio: bool,
-            label: str) -> None:
+            label: str, draw: bool = True) -> None:
     args = [str(scene), "--model", str(model), "--output-dir", str(out), "--device", "cpu", "--tile",
             str(options.tile), "--overlap", str(options.overlap), "--threshold", "0", "--top-k", "10",
-            "--batch-size", str(options.batch_size), *(["--bands", "3,2,1"] if bands else [])]
+            "--batch-size", str(options.batch_size), *(["--bands", "3,2,1"] if bands else []),
+            *([] if draw else ["--no-draw"])]
     seconds, cpu, peak, stdout = run_predict(args, options.threads, hide_rasterio)
     record = json.loads((out / "predictions.json").read_text())[0]
     from sl_detr_hf.tiling import tile_windows
@@ -222,10 +224,12 @@ def main() -> None:
             opened, reads, tiles = read_per_tile(scene, options.tile, options.overlap, pil=pil)
             print(f"  read alone (CPU), {'PIL (decoded whole at the first crop)' if pil else 'rasterio windows'}: open "
                   f"{opened:.2f} s, {1000 * reads / tiles:.1f} ms per tile")
-        measure(scene, model, folder / "out_rgb_rasterio", options, bands=False, hide_rasterio=False,
-                label="sl-detr predict (rasterio windows)")
-        measure(scene, model, folder / "out_rgb_pil", options, bands=False, hide_rasterio=True,
-                label="sl-detr predict (PIL, today's path)")
+        for draw in (False, True):
+            png = "with the PNG" if draw else "--no-draw"
+            measure(scene, model, folder / f"out_rgb_rasterio_{draw}", options, bands=False, hide_rasterio=False,
+                    label=f"sl-detr predict (rasterio windows), {png}", draw=draw)
+            measure(scene, model, folder / f"out_rgb_pil_{draw}", options, bands=False, hide_rasterio=True,
+                    label=f"sl-detr predict (PIL, today's path), {png}", draw=draw)
     finally:
         if options.keep is None:
             shutil.rmtree(folder, ignore_errors=True)
