@@ -283,50 +283,136 @@ class _Segment:
     class_specific: bool  # False: every target relabeled to class 0 (class-agnostic encoder proposals)
 
 
-def _stack_layers(layers: list[dict], tag: str, rows: int, segments: list[_Segment], flat_logits: list[Tensor],
-                  flat_boxes: list[Tensor]) -> tuple[Tensor, Tensor, int]:
-    """Stack one query group's per-decoder-layer predictions (the denoising queries) as segments.
+@dataclass
+class _Plan:
+    """One step's segments, flat predictions, padded targets and host matching costs (:meth:`SlDetrLoss._plan`).
 
-    Appends a class-specific segment per layer (prefix ``d{i}.<tag>``, the last layer ``<tag>``) and the flattened
-    predictions. Returns ``logits (L, B, N, C)``, ``boxes (L, B, N, D)`` and the flat row count after them.
+    Shapes: ``B`` images, ``T`` the largest target count, ``C`` classes, ``D`` box values, ``L`` decoder layers
+    scored, ``Q`` matching queries, ``G`` denoising groups of ``M`` objects, ``R`` flat prediction rows (every
+    segment's ``B * queries``, one segment after the other). Segments: the ``L`` decoder layers (``d{i}.``, the
+    last one ``""``), the encoder proposals (``enc.``, when given), the ``L`` denoising layers (``d{i}.dn.``,
+    ``dn.``, when given).
     """
-    logits = torch.stack([float_(layer["logits"]) for layer in layers])
-    boxes = torch.stack([float_(layer["pred_boxes"]) for layer in layers])
-    num_layers, batch, queries = logits.shape[:3]
-    for i in range(num_layers):
-        prefix = f"d{i}.{tag}" if i < num_layers - 1 else tag
-        segments.append(_Segment(prefix, rows + i * batch * queries, queries, True))
+
+    segments: list[_Segment]
+    counts: list[int]  # (B,) targets per image
+    labels: Tensor  # (B, T) int64 classes, padded with 0
+    boxes: Tensor  # (B, T, D) normalized boxes, padded with 0.5
+    sizes: Tensor | None  # (B, 2) (H, W) of every image for rotated boxes, else None
+    logits: Tensor  # (R, C) every segment's class logits
+    pred_boxes: Tensor  # (R, D) every segment's normalized boxes
+    num_layers: int  # L
+    queries: int  # Q
+    has_enc: bool
+    dn_groups: int = 0  # G, 0: no denoising terms
+    dn_objects: int = 0  # M
+    dynamic: bool = False  # dynamic denoising (docs/losses.md#denoising-terms)
+    decoder_cost: np.ndarray | None = None  # (L, B, Q [+ G M positive DN queries when dynamic], T); None: T = 0
+    encoder_cost: np.ndarray | None = None  # (B, Q_enc, T); None: no encoder or T = 0
+
+    @property
+    def first_dn(self) -> int:
+        """The index of the first denoising segment."""
+        return self.num_layers + self.has_enc
+
+
+@dataclass
+class _Pairs:
+    """Every segment's matched (query, target) pairs, on the device: ``P`` pairs, ``P+`` of them positives in
+    classification, ``R`` flat prediction rows."""
+
+    segment: Tensor  # (P,) int64 segment of each pair
+    row: Tensor  # (P,) its row in the plan's flat predictions
+    image: Tensor  # (P,) its image
+    labels: Tensor  # (P,) its target's class (0 in a class-agnostic segment)
+    pred_boxes: Tensor  # (P, D)
+    target_boxes: Tensor  # (P, D)
+    positive: Tensor  # (P+,) the pairs that are positives in classification (all but dynamic denoising's losers)
+    segment_of_row: Tensor  # (R,) the segment of every flat prediction row
+
+
+def _stack(layers: Sequence[dict]) -> tuple[Tensor, Tensor]:
+    """Per-layer ``{"logits": (B, N, C), "pred_boxes": (B, N, D)}`` -> ``(L, B, N, C)``, ``(L, B, N, D)``, at least
+    float32."""
+    return (torch.stack([float_(layer["logits"]) for layer in layers]),
+            torch.stack([float_(layer["pred_boxes"]) for layer in layers]))
+
+
+def _layer_prefixes(tag: str, num_layers: int) -> list[str]:
+    """``d{i}.<tag>`` for the first ``num_layers - 1`` decoder layers, ``<tag>`` for the last."""
+    return [f"d{i}.{tag}" for i in range(num_layers - 1)] + [tag]
+
+
+def _add_segments(segments: list[_Segment], flat_logits: list[Tensor], flat_boxes: list[Tensor], prefixes: list[str],
+                  logits: Tensor, boxes: Tensor, class_specific: bool = True) -> None:
+    """Append a segment per prefix for ``logits (S, B, N, C)`` / ``boxes (S, B, N, D)`` and their flat rows."""
+    offset = sum(len(rows) for rows in flat_logits)
+    batch, queries = logits.shape[1:3]
+    segments += [_Segment(prefix, offset + i * batch * queries, queries, class_specific)
+                 for i, prefix in enumerate(prefixes)]
     flat_logits.append(logits.flatten(0, 2))
     flat_boxes.append(boxes.flatten(0, 2))
-    return logits, boxes, rows + num_layers * batch * queries
+
+
+def _denoising_layers(outputs: dict, num_layers: int, counts: list[int]) -> tuple[list[dict], int, int]:
+    """The denoising outputs scored, one per scored decoder layer, with ``(G, M)`` of ``dn_meta``; ``([], 0, 0)``
+    without denoising.
+
+    The model gives every decoder layer's; without auxiliary outputs (``auxiliary_loss=False``) the last layer's
+    are scored, as DINO does.
+    """
+    dn, meta = outputs.get("dn_outputs"), outputs.get("dn_meta")
+    if not dn or not meta or meta["num_groups"] * meta["max_objects"] <= 0:
+        return [], 0, 0
+    groups, max_objects = int(meta["num_groups"]), int(meta["max_objects"])
+    if num_layers == 1:
+        dn = dn[-1:]
+    if len(dn) != num_layers:
+        raise ValueError(f"`dn_outputs` has {len(dn)} layers, the decoder {num_layers} (`auxiliary_outputs` + 1)")
+    if dn[0]["logits"].shape[1] != 2 * groups * max_objects:
+        raise ValueError(f"`dn_outputs` holds {dn[0]['logits'].shape[1]} queries per image, `dn_meta` says "
+                         f"2 * {groups} groups * {max_objects} objects")
+    if max(counts, default=0) > max_objects:
+        raise ValueError(f"`dn_meta['max_objects']` = {max_objects} < an image's {max(counts)} targets")
+    return dn, groups, max_objects
+
+
+def _to_host(costs: list[Tensor]) -> list[np.ndarray]:
+    """The tensors as numpy arrays, in one device -> host copy."""
+    flat = torch.cat([cost.reshape(-1) for cost in costs]).cpu().numpy()
+    split = np.cumsum([cost.numel() for cost in costs])[:-1]
+    return [part.reshape(cost.shape) for part, cost in zip(np.split(flat, split), costs)]
+
+
+def _segment_sum(values: Tensor, segment: Tensor, num_segments: int) -> Tensor:
+    """``(S,)`` sums of ``values (N,)`` by ``segment (N,)``."""
+    return values.new_zeros(num_segments).index_add(0, segment, values)
 
 
 class SlDetrLoss(nn.Module):
-    """SL-DETR criterion: per layer ``cls * loss_cls + bbox * loss_bbox + sync * loss_sync``
+    """SL-DETR criterion: per segment ``cls * loss_cls + bbox * loss_bbox + sync * loss_sync``
     (docs/losses.md#overview).
 
     ``loss_cls`` is the quality-aware BCE (``use_quality_cls``) or the focal loss; ``loss_bbox`` the L1 loss
-    (``theta / pi`` as fifth coordinate); ``loss_sync`` the synchronized KLD / GIoU loss (``use_sync_loc``) or
-    the plain KLD / GIoU loss. Each is summed over matched pairs and divided by ``num_boxes`` (the batch's
-    target count, averaged over processes, ``>= 1``). Layers: the last decoder layer (no prefix), every
-    auxiliary layer ``i`` (prefix ``d{i}.``), the two-stage encoder output (prefix ``enc.``, class-agnostic as in
-    Deformable DETR, ``enc_class_agnostic``, unless ``config.numerics="rhino"`` as in DINO) and the denoising
-    queries of every decoder layer (prefixes ``dn.`` and ``d{i}.dn.``).
+    (``theta / pi`` as fifth coordinate); ``loss_sync`` the synchronized KLD / GIoU loss (``use_sync_loc``) or the
+    plain KLD / GIoU loss. Segments: the last decoder layer (no prefix), every auxiliary layer ``i`` (``d{i}.``), the
+    two-stage encoder output (``enc.``, class-agnostic as in Deformable DETR unless ``config.numerics="rhino"``, as in
+    DINO) and the denoising queries of every decoder layer (``dn.``, ``d{i}.dn.``, with RHINO's dynamic denoising:
+    docs/losses.md#denoising-terms).
 
-    One step: the matching costs of all layers (decoder layers, encoder proposals, the positive DN queries of
-    dynamic denoising) are computed in one batched pass and copied to the host once; scipy solves each
-    ``(layer, image)`` (and ``(layer, image, DN group)``); the matched pairs of every layer are concatenated and
-    all loss terms computed in one pass, per-layer reductions (sums, the synchronized KLD's min / max) by segment
-    ops.
+    A step, in the order of ``forward``:
 
-    Denoising (``outputs["dn_outputs"]``, ``dn_meta = {"num_groups": G, "max_objects": M}``): query ``2 M g + j``
-    is the positive copy of target ``j`` (all terms), ``2 M g + M + j`` the negative one and ``j >= n_b`` padding
-    (background in classification only). DN terms are normalized by ``num_boxes * G`` (DINO). With
-    ``config.use_dynamic_denoising`` (RHINO), per layer, image and group the positive DN queries and the matching
-    queries are matched together to the targets; a positive DN query that does not win its own target is trained
-    as background in classification (its box terms kept), and the DN classification term is normalized by the
-    number of winners (averaged over processes, ``>= 1``), as RHINO's ``RHINOPositiveHungarianClassificationHead``.
+    1. :meth:`_plan` lays the segments' predictions out flat, pads the targets and computes the matching costs of
+       all layers (decoder layers, encoder proposals, the positive DN queries of dynamic denoising) in one batched
+       pass, copied to the host once (a :class:`_Plan`);
+    2. :meth:`_matched_pairs`: scipy solves each ``(layer, image)`` (and ``(layer, image, DN group)``), the DN
+       queries' known pairs join, and all pairs go to the device at once (a :class:`_Pairs`);
+    3. :meth:`_box_terms`: the L1 and synchronized KLD / GIoU terms of every pair;
+    4. :meth:`_class_terms`: the classification terms over every entry of every segment;
+    5. :meth:`_normalizers`: ``num_boxes`` (the batch's target count averaged over processes, ``>= 1``) and the
+       denoising segments' divisors (docs/losses.md#normalizers).
 
+    Per-segment reductions (sums, the synchronized KLD's min / max) are segment ops over the concatenated pairs.
     ``loss_dict`` holds the **unweighted** terms; the returned total is their weighted sum.
     """
 
@@ -344,158 +430,6 @@ class SlDetrLoss(nn.Module):
             "loss_sync": config.sync_loss_coefficient,
         }
 
-    @staticmethod
-    def _mean_over_processes(values: Tensor) -> Tensor:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(values)
-            values = values / torch.distributed.get_world_size()
-        return values
-
-    def _num_boxes(self, targets: list[dict], device: torch.device) -> Tensor:
-        num = torch.tensor(float(sum(len(t["class_labels"]) for t in targets)), device=device)
-        return self._mean_over_processes(num).clamp_min(1)
-
-    # ---------------------------------------------------------------------------------------------- matching
-
-    def match(self, outputs: dict, targets: list[dict]) -> dict[str, list[tuple[Tensor, Tensor]]]:
-        """Per layer prefix (``""``, ``d{i}.``, ``enc.``), per image ``(query_idx, target_idx)`` CPU tensors."""
-        plan = self._plan(outputs, targets)
-        matches = self._solve(plan)
-        return {seg.prefix: [(torch.from_numpy(q), torch.from_numpy(t)) for _, q, t in matches[s]]
-                for s, seg in enumerate(plan["segments"]) if s < len(matches)}
-
-    def _plan(self, outputs: dict, targets: list[dict]) -> dict:
-        """Stack the layers, build the segments and compute (and copy to the host, once) all matching costs."""
-        cfg = self.config
-        logits = outputs["logits"]
-        batch, queries = logits.shape[:2]
-        if len(targets) != batch:
-            raise ValueError(f"got {len(targets)} targets for a batch of {batch}")
-        device = logits.device
-        pred = float_(outputs["pred_boxes"])
-        labels, boxes, counts = pad_targets(targets, pred.shape[-1], device, pred.dtype)
-        sizes = image_sizes(targets, device, pred.dtype) if cfg.box_type == "rotated" else None
-        num_t = labels.shape[1]
-
-        decoder = [*(outputs.get("auxiliary_outputs") or []), outputs]
-        num_layers = len(decoder)
-        dec_logits = torch.stack([float_(layer["logits"]) for layer in decoder])  # (L, B, Q, C)
-        dec_boxes = torch.stack([float_(layer["pred_boxes"]) for layer in decoder])  # (L, B, Q, D)
-        segments = [_Segment(f"d{i}." if i < num_layers - 1 else "", i * batch * queries, queries, True)
-                    for i in range(num_layers)]
-        flat_logits, flat_boxes = [dec_logits.flatten(0, 2)], [dec_boxes.flatten(0, 2)]
-        rows = num_layers * batch * queries
-
-        enc = outputs.get("enc_outputs")
-        enc_queries = 0
-        if enc is not None:
-            enc_logits, enc_boxes = float_(enc["logits"]), float_(enc["pred_boxes"])
-            enc_queries = enc_logits.shape[1]
-            segments.append(_Segment("enc.", rows, enc_queries, not self.enc_class_agnostic))
-            flat_logits.append(enc_logits.flatten(0, 1))
-            flat_boxes.append(enc_boxes.flatten(0, 1))
-            rows += batch * enc_queries
-
-        groups = max_objects = 0
-        first_dn = len(segments)
-        dn = outputs.get("dn_outputs")
-        meta = outputs.get("dn_meta")
-        if dn and meta and meta["num_groups"] * meta["max_objects"] > 0:
-            groups, max_objects = int(meta["num_groups"]), int(meta["max_objects"])
-            if len(dn) != num_layers:
-                raise ValueError(f"`dn_outputs` has {len(dn)} layers, the decoder {num_layers}")
-            if dn[0]["logits"].shape[1] != 2 * groups * max_objects:
-                raise ValueError(f"`dn_outputs` holds {dn[0]['logits'].shape[1]} queries per image, `dn_meta` says "
-                                 f"2 * {groups} groups * {max_objects} objects")
-            if max(counts, default=0) > max_objects:
-                raise ValueError(f"`dn_meta['max_objects']` = {max_objects} < an image's {max(counts)} targets")
-            dn_logits, dn_boxes, rows = _stack_layers(dn, "dn.", rows, segments, flat_logits, flat_boxes)
-        dynamic = groups > 0 and cfg.use_dynamic_denoising and num_t > 0
-
-        # Matching costs: decoder layers (+ the positive DN queries appended as extra rows for dynamic
-        # denoising, + the encoder as an extra layer when it has as many queries) in one pass.
-        costs: list[Tensor] = []
-        layout: dict[str, int] = {}
-        if num_t > 0:
-            extra = groups * max_objects if dynamic else 0
-            lg, bx = dec_logits, dec_boxes
-            if dynamic:
-                positive = (np.arange(groups)[:, None] * 2 * max_objects + np.arange(max_objects)).ravel()
-                positive = torch.from_numpy(positive).to(device)
-                lg = torch.cat((lg, dn_logits.index_select(2, positive)), dim=2)
-                bx = torch.cat((bx, dn_boxes.index_select(2, positive)), dim=2)
-            stack_logits, stack_boxes, stack_labels = [lg], [bx], [labels.expand(num_layers, -1, -1)]
-            enc_labels = labels if not self.enc_class_agnostic else torch.zeros_like(labels)
-            enc_alone = enc is not None and enc_queries != queries
-            if enc is not None and not enc_alone:  # one more layer of the same stack
-                lg, bx = enc_logits[None], enc_boxes[None]
-                if extra:
-                    lg = torch.cat((lg, lg.new_zeros(1, batch, extra, lg.shape[-1])), dim=2)
-                    bx = torch.cat((bx, bx.new_full((1, batch, extra, bx.shape[-1]), 0.5)), dim=2)
-                stack_logits.append(lg)
-                stack_boxes.append(bx)
-                stack_labels.append(enc_labels[None])
-            costs.append(self.matcher.cost(torch.cat(stack_logits), torch.cat(stack_boxes),
-                                           torch.cat(stack_labels), boxes, sizes))
-            layout["stack"] = len(costs) - 1
-            if enc_alone:
-                costs.append(self.matcher.cost(enc_logits[None], enc_boxes[None], enc_labels, boxes, sizes))
-                layout["enc"] = len(costs) - 1
-        # The one device -> host copy of the step.
-        host: list[np.ndarray] = []
-        if costs:
-            flat = torch.cat([c.reshape(-1) for c in costs]).cpu().numpy()
-            split = np.cumsum([c.numel() for c in costs])[:-1]
-            host = [part.reshape(c.shape) for part, c in zip(np.split(flat, split), costs)]
-        return {"segments": segments, "counts": counts, "num_layers": num_layers, "batch": batch,
-                "queries": queries, "groups": groups, "max_objects": max_objects, "dynamic": dynamic,
-                "first_dn": first_dn,
-                "has_enc": enc is not None, "host": host, "layout": layout, "labels": labels, "boxes": boxes,
-                "sizes": sizes, "flat_logits": flat_logits, "flat_boxes": flat_boxes, "rows": rows}
-
-    def _solve(self, plan: dict) -> list[list[tuple[int, np.ndarray, np.ndarray]]]:
-        """Host: per matching segment (decoder layers, then the encoder), per image ``(b, query_idx, target_idx)``."""
-        counts, num_layers, queries = plan["counts"], plan["num_layers"], plan["queries"]
-        host, layout = plan["host"], plan["layout"]
-        empty = np.zeros(0, dtype=np.int64)
-        enc_cost = None
-        if "enc" in layout:
-            enc_cost = host[layout["enc"]][0]
-        elif plan["has_enc"] and "stack" in layout:
-            enc_cost = host[layout["stack"]][-1]
-
-        def solve(cost):
-            return [(b, *assign(cost[b, :, :n])) if n else (b, empty, empty) for b, n in enumerate(counts)]
-
-        nothing = [(b, empty, empty) for b in range(len(counts))]
-        enc = solve(enc_cost[:, :plan["segments"][num_layers].queries]) if enc_cost is not None else nothing
-        if sum(counts) == 0:
-            decoder = [nothing] * num_layers
-        else:
-            stack = host[layout["stack"]]
-            decoder = [solve(stack[i, :, :queries]) for i in range(num_layers)]
-        return decoder + ([enc] if plan["has_enc"] else [])
-
-    def _dn_winners(self, plan: dict) -> np.ndarray:
-        """Dynamic denoising, host: ``(L, B, G, M)`` bool, whether positive DN query ``j`` of group ``g`` wins
-        target ``j`` when matched together with the matching queries (one scipy call per layer, image, group)."""
-        counts, groups, m, queries = plan["counts"], plan["groups"], plan["max_objects"], plan["queries"]
-        stack = plan["host"][plan["layout"]["stack"]]
-        won = np.zeros((plan["num_layers"], len(counts), groups, m), dtype=bool)
-        for layer in range(plan["num_layers"]):
-            for b, n in enumerate(counts):
-                if n == 0:
-                    continue
-                main = stack[layer, b, :queries, :n]
-                dn = stack[layer, b, queries:queries + groups * m, :n].reshape(groups, m, n)
-                for g in range(groups):
-                    rows, cols = assign(np.concatenate((dn[g, :n], main)))
-                    mine = rows < n
-                    won[layer, b, g, rows[mine]] = cols[mine] == rows[mine]
-        return won
-
-    # ---------------------------------------------------------------------------------------------- losses
-
     def forward(self, outputs: dict, targets: list[dict]) -> tuple[Tensor, dict[str, Tensor]]:
         """Compute the loss.
 
@@ -503,99 +437,256 @@ class SlDetrLoss(nn.Module):
             outputs: ``{"logits": (B, Q, C), "pred_boxes": (B, Q, D)}`` normalized boxes, optionally
                 ``"auxiliary_outputs"`` (list of such dicts, decoder layers ``0 .. L-2``), ``"enc_outputs"``
                 (such a dict, two-stage proposals), ``"dn_outputs"`` (list of such dicts, the DN queries of decoder
-                layers ``0 .. L-1``) with ``"dn_meta"`` (``{"num_groups", "max_objects"}``).
+                layers ``0 .. L-1``; the last one's alone are scored without ``"auxiliary_outputs"``) with
+                ``"dn_meta"`` (``{"num_groups", "max_objects"}``).
             targets: per image ``{"class_labels": (n,) int64, "boxes": (n, D), "size": (2,) (H, W)}``.
         Returns:
             ``(total, loss_dict)``: the weighted sum (scalar) and the unweighted terms ``loss_cls``, ``loss_bbox``,
             ``loss_sync`` with prefixes ``""``, ``d{i}.``, ``enc.``, ``dn.``, ``d{i}.dn.``.
         """
-        cfg = self.config
         plan = self._plan(outputs, targets)
-        device = outputs["logits"].device
-        segments, counts, batch = plan["segments"], plan["counts"], plan["batch"]
-        num_t, groups, m = plan["labels"].shape[1], plan["groups"], plan["max_objects"]
-        num_seg, num_layers, first_dn = len(segments), plan["num_layers"], plan["first_dn"]
-        num_boxes = self._num_boxes(targets, device)
+        pairs = self._matched_pairs(plan)
+        l1, loc, quality = self._box_terms(plan, pairs)
+        cls = self._class_terms(plan, pairs, quality)
+        box_norm, cls_norm = self._normalizers(plan, pairs)
+        num_segments = len(plan.segments)
+        terms = {"loss_cls": cls / cls_norm,
+                 "loss_bbox": _segment_sum(l1, pairs.segment, num_segments) / box_norm,
+                 "loss_sync": _segment_sum(loc, pairs.segment, num_segments) / box_norm}
+        total = sum(self.weight_dict[name] * value.sum() for name, value in terms.items())
+        loss_dict = {seg.prefix + name: value[s] for s, seg in enumerate(plan.segments)
+                     for name, value in terms.items()}
+        return total, loss_dict
 
-        # Matched pairs of every segment, on the host: (segment, flat row, flat target, image, positive in cls).
+    def match(self, outputs: dict, targets: list[dict]) -> dict[str, list[tuple[Tensor, Tensor]]]:
+        """Per layer prefix (``""``, ``d{i}.``, ``enc.``), per image ``(query_idx, target_idx)`` CPU tensors."""
+        plan = self._plan(outputs, targets)
+        matches = self._solve(plan)
+        return {seg.prefix: [(torch.from_numpy(q), torch.from_numpy(t)) for _, q, t in matches[s]]
+                for s, seg in enumerate(plan.segments) if s < len(matches)}
+
+    # ---------------------------------------------------------------------------------------------- plan
+
+    def _plan(self, outputs: dict, targets: list[dict]) -> _Plan:
+        """Pad the targets, lay every segment's predictions out flat and compute all matching costs (copied to the
+        host at once)."""
+        logits = outputs["logits"]
+        batch, queries = logits.shape[:2]
+        if len(targets) != batch:
+            raise ValueError(f"got {len(targets)} targets for a batch of {batch}")
+        device = logits.device
+        pred = float_(outputs["pred_boxes"])
+        labels, boxes, counts = pad_targets(targets, pred.shape[-1], device, pred.dtype)
+        sizes = image_sizes(targets, device, pred.dtype) if self.config.box_type == "rotated" else None
+
+        segments: list[_Segment] = []
+        flat_logits: list[Tensor] = []
+        flat_boxes: list[Tensor] = []
+        decoder = _stack([*(outputs.get("auxiliary_outputs") or []), outputs])  # (L, B, Q, C), (L, B, Q, D)
+        num_layers = decoder[0].shape[0]
+        _add_segments(segments, flat_logits, flat_boxes, _layer_prefixes("", num_layers), *decoder)
+        enc = outputs.get("enc_outputs")
+        if enc is not None:
+            enc = float_(enc["logits"]), float_(enc["pred_boxes"])  # (B, Q_enc, C), (B, Q_enc, D)
+            _add_segments(segments, flat_logits, flat_boxes, ["enc."], enc[0][None], enc[1][None],
+                          not self.enc_class_agnostic)
+        dn_layers, groups, max_objects = _denoising_layers(outputs, num_layers, counts)
+        dn = _stack(dn_layers) if dn_layers else None  # (L, B, 2 G M, C), (L, B, 2 G M, D)
+        if dn is not None:
+            _add_segments(segments, flat_logits, flat_boxes, _layer_prefixes("dn.", num_layers), *dn)
+
+        plan = _Plan(segments, counts, labels, boxes, sizes, torch.cat(flat_logits), torch.cat(flat_boxes),
+                     num_layers, queries, enc is not None, groups, max_objects,
+                     dynamic=groups > 0 and self.config.use_dynamic_denoising and labels.shape[1] > 0)
+        plan.decoder_cost, plan.encoder_cost = self._host_costs(plan, decoder, enc, dn)
+        return plan
+
+    def _host_costs(self, plan: _Plan, decoder: tuple[Tensor, Tensor], enc: tuple[Tensor, Tensor] | None,
+                    dn: tuple[Tensor, Tensor] | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The matching costs of the decoder layers and of the encoder proposals (shapes in :class:`_Plan`), in one
+        batched pass where the shapes allow and one device -> host copy.
+
+        Dynamic denoising appends each layer's positive DN queries to its rows; the encoder joins the decoder's
+        stack as one more layer when it has ``Q`` proposals (with filler rows for the DN queries).
+        """
+        if plan.labels.shape[1] == 0:
+            return None, None
+        logits, boxes = decoder
+        if plan.dynamic:
+            groups, m = plan.dn_groups, plan.dn_objects
+            positive = torch.from_numpy((np.arange(groups)[:, None] * 2 * m + np.arange(m)).ravel()).to(logits.device)
+            logits = torch.cat((logits, dn[0].index_select(2, positive)), dim=2)
+            boxes = torch.cat((boxes, dn[1].index_select(2, positive)), dim=2)
+        stack = [(logits, boxes, plan.labels.expand(plan.num_layers, -1, -1))]
+        enc_labels = torch.zeros_like(plan.labels) if self.enc_class_agnostic else plan.labels
+        enc_joins = enc is not None and enc[0].shape[1] == plan.queries
+        if enc_joins:
+            enc_logits, enc_boxes = enc[0][None], enc[1][None]
+            filler = (1, len(plan.counts), logits.shape[2] - plan.queries)  # rows of the DN queries, if any
+            enc_logits = torch.cat((enc_logits, enc_logits.new_zeros(*filler, enc_logits.shape[-1])), dim=2)
+            enc_boxes = torch.cat((enc_boxes, enc_boxes.new_full((*filler, enc_boxes.shape[-1]), 0.5)), dim=2)
+            stack.append((enc_logits, enc_boxes, enc_labels[None]))
+        costs = [self.matcher.cost(*(torch.cat(parts) for parts in zip(*stack)), plan.boxes, plan.sizes)]
+        if enc is not None and not enc_joins:
+            costs.append(self.matcher.cost(enc[0][None], enc[1][None], enc_labels, plan.boxes, plan.sizes))
+        host = _to_host(costs)  # the step's one device -> host copy
+        encoder = None if enc is None else host[0][-1, :, :plan.queries] if enc_joins else host[1][0]
+        return host[0][:plan.num_layers], encoder
+
+    # ---------------------------------------------------------------------------------------------- matched pairs
+
+    def _solve(self, plan: _Plan) -> list[list[tuple[int, np.ndarray, np.ndarray]]]:
+        """Host: per matching segment (decoder layers, then the encoder), per image ``(b, query_idx, target_idx)``."""
+        empty = np.zeros(0, dtype=np.int64)
+        nothing = [(b, empty, empty) for b in range(len(plan.counts))]
+
+        def solve(cost: np.ndarray | None) -> list[tuple[int, np.ndarray, np.ndarray]]:
+            if cost is None:
+                return nothing
+            return [(b, *assign(cost[b, :, :n])) if n else (b, empty, empty) for b, n in enumerate(plan.counts)]
+
+        decoder = [solve(None if plan.decoder_cost is None else plan.decoder_cost[i, :, :plan.queries])
+                   for i in range(plan.num_layers)]
+        return decoder + ([solve(plan.encoder_cost)] if plan.has_enc else [])
+
+    def _dn_winners(self, plan: _Plan) -> np.ndarray:
+        """Dynamic denoising, host: ``(L, B, G, M)`` bool, whether positive DN query ``j`` of group ``g`` wins
+        target ``j`` when matched together with the matching queries (one scipy call per layer, image, group)."""
+        groups, m, queries = plan.dn_groups, plan.dn_objects, plan.queries
+        won = np.zeros((plan.num_layers, len(plan.counts), groups, m), dtype=bool)
+        for layer, cost in enumerate(plan.decoder_cost):
+            for b, n in enumerate(plan.counts):
+                if n == 0:
+                    continue
+                main = cost[b, :queries, :n]
+                dn = cost[b, queries:queries + groups * m, :n].reshape(groups, m, n)
+                for g in range(groups):
+                    rows, cols = assign(np.concatenate((dn[g, :n], main)))
+                    mine = rows < n
+                    won[layer, b, g, rows[mine]] = cols[mine] == rows[mine]
+        return won
+
+    def _host_pairs(self, plan: _Plan) -> np.ndarray:
+        """Host ``(5, P)`` int64: per pair its segment, flat prediction row, flat target ``b * T + j``, image, and
+        whether it is a positive in classification.
+
+        The Hungarian matches of the decoder layers and the encoder (docs/losses.md#matcher), then the known pairs of
+        the denoising queries (docs/losses.md#denoising-terms): positive query ``2 M g + j`` of group ``g`` to target
+        ``j``, a positive in classification unless it loses its target under dynamic denoising.
+        """
+        num_t = plan.labels.shape[1]
         parts = []
         for s, per_image in enumerate(self._solve(plan)):
-            seg = segments[s]
+            seg = plan.segments[s]
             for b, q, t in per_image:
                 if len(q):
                     parts.append((np.full(len(q), s), seg.offset + b * seg.queries + q, b * num_t + t,
                                   np.full(len(q), b), np.ones(len(q), dtype=np.int64)))
-        cls_norm_scale = np.ones(num_seg)
-        if groups:
-            won = self._dn_winners(plan) if plan["dynamic"] else None
-            for layer in range(num_layers):
-                seg = segments[first_dn + layer]
-                for b, n in enumerate(counts):
-                    if n == 0:
-                        continue
-                    g, j = np.divmod(np.arange(groups * n), n)
-                    positive = won[layer, b, g, j] if won is not None else np.ones(len(j), dtype=bool)
-                    parts.append((np.full(len(j), first_dn + layer), seg.offset + b * seg.queries + g * 2 * m + j,
-                                  b * num_t + j, np.full(len(j), b), positive.astype(np.int64)))
-            cls_norm_scale[first_dn:first_dn + num_layers] = groups
-        if parts:
-            pairs = np.concatenate([np.stack(p) for p in parts], axis=1).astype(np.int64)  # (5, P)
-        else:
-            pairs = np.zeros((5, 0), dtype=np.int64)
-        positive = np.flatnonzero(pairs[4])
-        specific = np.array([seg.class_specific for seg in segments], dtype=np.int64)
-        sizes_rows = np.array([segments[s].queries * batch for s in range(num_seg)], dtype=np.int64)
-        pack = np.concatenate((pairs.ravel(), positive, specific, sizes_rows))
-        pack = torch.from_numpy(pack).to(device, non_blocking=True)  # the one host -> device copy
-        num_pairs = pairs.shape[1]
-        seg_idx, row, tgt, img, _ = pack[:5 * num_pairs].view(5, num_pairs)
-        pos = pack[5 * num_pairs:5 * num_pairs + len(positive)]
-        specific_t = pack[5 * num_pairs + len(positive):5 * num_pairs + len(positive) + num_seg]
-        seg_of_row = torch.repeat_interleave(torch.arange(num_seg, device=device), pack[-num_seg:],
-                                             output_size=plan["rows"])
+        groups, m = plan.dn_groups, plan.dn_objects
+        won = self._dn_winners(plan) if plan.dynamic else None
+        for layer in range(plan.num_layers if groups else 0):
+            s = plan.first_dn + layer
+            seg = plan.segments[s]
+            for b, n in enumerate(plan.counts):
+                if n == 0:
+                    continue
+                g, j = np.divmod(np.arange(groups * n), n)
+                positive = won[layer, b, g, j] if won is not None else np.ones(len(j), dtype=bool)
+                parts.append((np.full(len(j), s), seg.offset + b * seg.queries + g * 2 * m + j, b * num_t + j,
+                              np.full(len(j), b), positive.astype(np.int64)))
+        if not parts:
+            return np.zeros((5, 0), dtype=np.int64)
+        return np.concatenate([np.stack(part) for part in parts], axis=1).astype(np.int64)
 
-        flat_logits = torch.cat(plan["flat_logits"])  # (R, C)
-        flat_boxes = torch.cat(plan["flat_boxes"])  # (R, D)
-        src = flat_boxes[row]
-        target = plan["boxes"].flatten(0, 1)[tgt].to(src.dtype)
-        labels = plan["labels"].flatten()[tgt] * specific_t[seg_idx]
+    def _matched_pairs(self, plan: _Plan) -> _Pairs:
+        """Every segment's matched pairs (:meth:`_host_pairs`) on the device, in one host -> device copy, with their
+        predicted and target boxes and classes gathered."""
+        pairs = self._host_pairs(plan)
+        num_pairs, num_segments = pairs.shape[1], len(plan.segments)
+        positive_host = np.flatnonzero(pairs[4])
+        class_specific = np.array([seg.class_specific for seg in plan.segments], dtype=np.int64)
+        rows = np.array([seg.queries * len(plan.counts) for seg in plan.segments], dtype=np.int64)
+        pack = np.concatenate((pairs[:4].ravel(), positive_host, class_specific, rows))
+        pack = torch.from_numpy(pack).to(plan.logits.device, non_blocking=True)  # the step's one host -> device copy
+        segment, row, target, image = pack[:4 * num_pairs].view(4, num_pairs)
+        positive, class_specific, rows = pack[4 * num_pairs:].split([len(positive_host), num_segments, num_segments])
+        pred_boxes = plan.pred_boxes[row]
+        return _Pairs(
+            segment=segment, row=row, image=image,
+            labels=plan.labels.flatten()[target] * class_specific[segment],
+            pred_boxes=pred_boxes,
+            target_boxes=plan.boxes.flatten(0, 1)[target].to(pred_boxes.dtype),
+            positive=positive,
+            segment_of_row=torch.repeat_interleave(torch.arange(num_segments, device=rows.device), rows,
+                                                   output_size=len(plan.logits)),
+        )
 
-        def per_segment(values: Tensor, index: Tensor) -> Tensor:
-            return values.new_zeros(num_seg).index_add(0, index, values)
+    # ---------------------------------------------------------------------------------------------- loss terms
 
-        l1 = (l1_coords(src) - l1_coords(target)).abs().sum(-1)
+    def _box_terms(self, plan: _Plan, pairs: _Pairs) -> tuple[Tensor, Tensor, Tensor]:
+        """Per pair ``(P,)``: the L1 distance (docs/losses.md#l1-term), the localization loss
+        (docs/losses.md#synchronized-kld, docs/losses.md#synchronized-giou, or the plain KLD / GIoU loss) and the
+        detached quality the classification reads (``1 - KLD loss``, or GIoU)."""
+        cfg = self.config
+        pred, target = pairs.pred_boxes, pairs.target_boxes
+        l1 = (l1_coords(pred) - l1_coords(target)).abs().sum(-1)
         if cfg.box_type == "rotated":
+            size = plan.sizes[pairs.image]
             if cfg.use_sync_loc:  # d min-max normalized over each segment's pairs
-                loc = sync_kld_loss(src, target, plan["sizes"][img], cfg.kld_tau, cfg.sync_gain, cfg.sync_kld_t_min,
-                                    cfg.sync_kld_t_max, seg_idx, num_seg)
+                loc = sync_kld_loss(pred, target, size, cfg.kld_tau, cfg.sync_gain, cfg.sync_kld_t_min,
+                                    cfg.sync_kld_t_max, pairs.segment, len(plan.segments))
             else:
-                loc = kld_loss(src, target, plan["sizes"][img], cfg.kld_tau)
-            quality = 1 - loc.detach()
-        else:
-            giou = generalized_iou(src, target)
-            loc = 1 - giou
-            if cfg.use_sync_loc:
-                loc = loc * _giou_sync_factor(src, target, giou, cfg.sync_gain, cfg.sync_giou_floor,
-                                              cfg.sync_giou_t_min, cfg.sync_giou_t_max)
-            quality = giou.detach()
+                loc = kld_loss(pred, target, size, cfg.kld_tau)
+            return l1, loc, 1 - loc.detach()
+        giou = generalized_iou(pred, target)
+        loc = 1 - giou
+        if cfg.use_sync_loc:
+            loc = loc * _giou_sync_factor(pred, target, giou, cfg.sync_gain, cfg.sync_giou_floor, cfg.sync_giou_t_min,
+                                          cfg.sync_giou_t_max)
+        return l1, loc, giou.detach()
 
-        index = (row[pos], labels[pos])
+    def _class_terms(self, plan: _Plan, pairs: _Pairs, quality: Tensor) -> Tensor:
+        """``(S,)`` each segment's classification loss summed over its ``B * queries * C`` entries, positives at the
+        pairs that are positives: quality-aware BCE (docs/losses.md#quality-aware-classification, ``quality (P,)``)
+        or focal loss (docs/losses.md#focal-loss)."""
+        cfg = self.config
+        index = (pairs.row[pairs.positive], pairs.labels[pairs.positive])
         if cfg.use_quality_cls:
-            elements = _quality_bce_elements(flat_logits, index, quality[pos], cfg.quality_alpha, cfg.quality_gamma,
-                                             cfg.quality_min)
+            elements = _quality_bce_elements(plan.logits, index, quality[pairs.positive], cfg.quality_alpha,
+                                             cfg.quality_gamma, cfg.quality_min)
         else:
-            elements = _focal_elements(flat_logits, index, cfg.focal_alpha, cfg.focal_gamma)
+            elements = _focal_elements(plan.logits, index, cfg.focal_alpha, cfg.focal_gamma)
+        return _segment_sum(elements.sum(-1), pairs.segment_of_row, len(plan.segments))
 
-        box_norm = num_boxes * torch.from_numpy(cls_norm_scale).to(device, num_boxes.dtype)
-        cls_norm = box_norm
-        if plan["dynamic"]:  # RHINO: DN classification over the positive DN queries that won their target
-            winners = per_segment(pack.new_ones(()).expand(len(positive)).to(num_boxes.dtype), seg_idx[pos])
-            winners = self._mean_over_processes(winners[first_dn:first_dn + num_layers]).clamp_min(1)
-            cls_norm = torch.cat((box_norm[:first_dn], winners, box_norm[first_dn + num_layers:]))
-        loss_cls = per_segment(elements.sum(-1), seg_of_row) / cls_norm
-        loss_bbox = per_segment(l1, seg_idx) / box_norm
-        loss_sync = per_segment(loc, seg_idx) / box_norm
-        terms = {"loss_cls": loss_cls, "loss_bbox": loss_bbox, "loss_sync": loss_sync}
-        total = sum(self.weight_dict[name] * value.sum() for name, value in terms.items())
-        loss_dict = {seg.prefix + name: value[s] for s, seg in enumerate(segments) for name, value in terms.items()}
-        return total, loss_dict
+    # ---------------------------------------------------------------------------------------------- normalizers
+
+    @staticmethod
+    def _mean_over_processes(values: Tensor) -> Tensor:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(values)
+            values = values / torch.distributed.get_world_size()
+        return values
+
+    def _normalizers(self, plan: _Plan, pairs: _Pairs) -> tuple[Tensor, Tensor]:
+        """``(S,)`` divisors of the box terms and of the classification terms (docs/losses.md#normalizers).
+
+        ``num_boxes`` is the batch's target count averaged over processes, at least 1; a denoising segment takes
+        ``num_boxes * G``, and with dynamic denoising its classification the layer's winners (averaged over
+        processes, at least 1). Every process makes the same one all-reduce, whatever its batch holds.
+        """
+        num_layers, first_dn, num_segments = plan.num_layers, plan.first_dn, len(plan.segments)
+        winners = plan.logits.new_zeros(num_layers, dtype=torch.float32)
+        if plan.dynamic:
+            won = _segment_sum(winners.new_ones(()).expand(len(pairs.positive)), pairs.segment[pairs.positive],
+                               num_segments)
+            winners = won[first_dn:first_dn + num_layers]
+        local = torch.cat((torch.tensor([float(sum(plan.counts))], device=winners.device), winners))
+        mean = self._mean_over_processes(local)
+        num_boxes = mean[0].clamp_min(1)
+        scale = np.ones(num_segments)
+        scale[first_dn:first_dn + num_layers] = max(plan.dn_groups, 1)
+        box_norm = num_boxes * torch.from_numpy(scale).to(num_boxes.device, num_boxes.dtype)
+        if not plan.dynamic:
+            return box_norm, box_norm
+        dn_winners = mean[1:].clamp_min(1)
+        return box_norm, torch.cat((box_norm[:first_dn], dn_winners, box_norm[first_dn + num_layers:]))

@@ -5,6 +5,7 @@ brute-force Hausdorff distance."""
 from __future__ import annotations
 
 import itertools
+import re
 
 import numpy as np
 import pytest
@@ -202,6 +203,41 @@ def test_dn_meta_mismatch_is_an_error():
     outputs["dn_meta"] = {"num_groups": 3, "max_objects": 3}
     with pytest.raises(ValueError, match="dn_outputs"):
         SlDetrLoss(SlDetrConfig(num_labels=5))(outputs, targets)
+
+
+def test_dn_of_the_last_layer_only_without_auxiliary_outputs():
+    """`auxiliary_loss=False`: no auxiliary outputs, the DN outputs of every layer; the last layer's DN queries are
+    scored (DINO), with the terms the full criterion gives that layer (it raised 'dn_outputs has 3 layers')."""
+    rng = np.random.default_rng(52)
+    config = SlDetrConfig(num_labels=5)  # dynamic denoising (rotated)
+    outputs, targets = make_problem(rng, [2, 3], queries=8)
+    outputs = add_dn(rng, outputs, targets, groups=2)
+    _, full = SlDetrLoss(config)(outputs, targets)
+    _, last_only = SlDetrLoss(config)({**outputs, "auxiliary_outputs": None}, targets)
+    expected = {key: value for key, value in full.items() if not re.match(r"d\d+\.", key)}
+    assert {"dn.loss_cls", "dn.loss_sync"} <= set(expected)
+    assert_same(last_only, expected, rtol=1e-9)
+    with pytest.raises(ValueError, match="`dn_outputs` has 3 layers, the decoder 2"):  # which DN layer is whose?
+        SlDetrLoss(config)({**outputs, "auxiliary_outputs": outputs["auxiliary_outputs"][:1]}, targets)
+
+
+def test_every_process_makes_the_same_collectives(monkeypatch):
+    """A process whose batch holds no target (so no denoising queries) makes the same all-reduce calls as one with
+    dynamic denoising: otherwise the processes wait on each other for ever."""
+    calls = []
+    monkeypatch.setattr(torch.distributed, "is_available", lambda: True)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda values: calls.append(tuple(values.shape)))
+    rng = np.random.default_rng(53)
+    config = SlDetrConfig(num_labels=5)  # dynamic denoising (rotated)
+    outputs, targets = make_problem(rng, [2, 3], queries=8)
+    SlDetrLoss(config)(add_dn(rng, outputs, targets, groups=2), targets)
+    busy, calls[:] = list(calls), []
+    outputs, targets = make_problem(rng, [0, 0], queries=8)
+    _, loss_dict = SlDetrLoss(config)(outputs, targets)
+    assert "dn.loss_cls" not in loss_dict
+    assert calls == busy and len(busy) == 1
 
 
 # --------------------------------------------------------------------------------------------------

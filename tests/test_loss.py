@@ -516,10 +516,14 @@ def test_num_boxes_averaged_across_processes(monkeypatch):
     _, dist = criterion(outputs, targets)
     for key in local:
         torch.testing.assert_close(dist[key], local[key] * 4 / 8)
-    # Nobody has boxes: clamped to 1.
+    # Nobody has boxes: clamped to 1, the classification sum itself.
     monkeypatch.setattr(torch.distributed, "all_reduce", lambda t: t.zero_())
     empty = [{**t, "class_labels": t["class_labels"][:0], "boxes": t["boxes"][:0]} for t in targets]
-    assert criterion._num_boxes(empty, torch.device("cpu")).item() == 1.0
+    _, dist = criterion(outputs, empty)
+    none = torch.zeros(0, dtype=torch.long)
+    no_positive = quality_aware_bce(outputs["logits"], none, none, none, torch.zeros(0), 1.0)
+    torch.testing.assert_close(dist["loss_cls"], no_positive, rtol=1e-12, atol=0)
+    assert dist["loss_bbox"] == 0 and dist["loss_sync"] == 0
 
 
 # --------------------------------------------------------------------------------------------------
