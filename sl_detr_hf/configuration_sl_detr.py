@@ -54,10 +54,6 @@ DEFORMABLE_DETR_PARTS: dict = dict(num_denoising=0, mixed_query_selection=False,
 """The DINO / RHINO decoder parts off (`SlDetrConfig.deformable_detr`): with `numerics="deformable_detr"` a model
 converted from Deformable DETR computes what it computed."""
 
-RHINO_SWITCHES: dict = dict(numerics="rhino", **NUMERICS["rhino"])
-"""Transition alias of the version-1 dict of RHINO's numerics, for `convert/common.py` and `commands/train.py` until
-they call `SlDetrConfig.paper` (the defaults); delete it then."""
-
 # Inherited Deformable DETR fields that SL-DETR does not read (its losses and matcher have their own fields); a
 # value other than Deformable DETR's default is refused.
 _IGNORED_INHERITED = dict(giou_cost=2, mask_loss_coefficient=1, dice_loss_coefficient=1, giou_loss_coefficient=2,

@@ -142,8 +142,6 @@ def convert_checkpoint(
 
     from transformers import ResNetConfig
 
-    from ..configuration_sl_detr import RHINO_SWITCHES
-
     backbone_config = ResNetConfig(
         embedding_size=backbone["embedding_size"], hidden_sizes=backbone["hidden_sizes"], depths=backbone["depths"],
         layer_type="bottleneck", downsample_in_first_stage=False, downsample_in_bottleneck=False,
@@ -155,8 +153,8 @@ def convert_checkpoint(
         backbone_norm="eval_batch_norm" if backbone["frozen_norms"] else "batch_norm",
         box_type="rotated" if spec.rotated else "horizontal",
         id2label=id2label, label2id={v: k for k, v in id2label.items()},
-        **RHINO_SWITCHES, mixed_query_selection=True, look_forward_twice=True, encoder_loss_on_topk=True,
-        rotated_sampling="rhino", query_selection_nms=None, num_hybrid_queries=0,
+        numerics="rhino", mixed_query_selection=True, look_forward_twice=True, rotated_sampling="rhino",
+        query_selection_nms=None,
     )
     config_kwargs.update(transformer)
     config_kwargs.update(training_settings(model_cfg))

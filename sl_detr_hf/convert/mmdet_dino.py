@@ -2,7 +2,7 @@
 
 Supported: `type='DINO'` with mmdet ResNet-50 / 101 backbones and 4 feature levels (C3-C5 + one extra), the
 config of `configs/dino/dino-4scale_r50_*`. Refused with a message: Swin backbones, 5-scale models (C2-C5).
-The converted model computes what mmdetection computes (`RHINO_SWITCHES`, the same DINO numerics;
+The converted model computes what mmdetection computes (`numerics="rhino"`, the same DINO numerics;
 `tests/test_mmdet_dino_parity.py`) and fine-tunes with SL-DETR's synchronized GIoU loss. Usage::
 
     sl-detr convert dino dino-4scale_r50_8xb2-12e_coco.pth converted/

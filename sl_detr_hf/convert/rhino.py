@@ -7,7 +7,7 @@ training only). Refused with a message: other decoder versions (`''`, RHINO's de
 and `'v1'` drop the angle; `'v4'` embeds it), Swin backbones, angle settings other than `width_longer=True` with
 `angle_factor=pi`.
 
-The converted model computes what RHINO computes (`RHINO_SWITCHES`: temperature-20 encoder positions, decoder
+The converted model computes what RHINO computes (`numerics="rhino"`: temperature-20 encoder positions, decoder
 output norm, class-aware top-k, theta = sigmoid(a) * pi, ...; `tests/test_rhino_parity.py`), and fine-tunes with
 SL-DETR's synchronized loss. Usage::
 
