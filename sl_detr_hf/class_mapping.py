@@ -9,7 +9,7 @@ prior bias). Starting every row afresh is :func:`map_class_heads` with ``fresh=T
 
 Rows live in every classification ``nn.Linear`` whose name contains ``class_embed`` (one per decoder layer and
 the two-stage encoder head) and in the denoising label embedding (``denoising_class_embed``: one row per class
-and a last padding row).
+and a last padding row). How `sl-detr train` uses it: docs/training.md#fine-tuning-keeps-class-names.
 """
 
 from __future__ import annotations

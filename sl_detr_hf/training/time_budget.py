@@ -10,7 +10,7 @@ Under several processes the count of process 0 is broadcast at every step, so ev
 same step and uses the same learning rate (a 1-element broadcast per step, only when there are several
 processes). A time-limited run cannot be replayed step for step (its step count depends on the machine's
 speed); the step it reached is logged and kept in ``trainer_state.json`` (``global_step``), and
-``--max_steps N`` trains that many steps again.
+``--max_steps N`` trains that many steps again (docs/training.md#time-budget-across-resumes).
 """
 
 from __future__ import annotations
