@@ -90,9 +90,11 @@ def map_class_heads(model: nn.Module, names: Sequence[str], fresh: bool = False)
     new_rows = [name for name, row in zip(names, source) if row is None]
     old_count = len(old_names)
     mapped: dict[int, nn.Parameter] = {}  # old parameter -> new: tied heads (two modules, one weight) stay tied
+    visited: set[int] = set()  # a module reachable under two names is mapped once
     for module_name, module in model.named_modules(remove_duplicate=False):
-        if "class_embed" not in module_name:
+        if "class_embed" not in module_name or id(module) in visited:
             continue
+        visited.add(id(module))
         if isinstance(module, nn.Linear) and module.out_features == old_count:
             module.weight = _mapped(mapped, module.weight, lambda w: _linear_rows(w, source, fill=None))
             if module.bias is not None:
