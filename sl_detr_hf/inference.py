@@ -311,15 +311,3 @@ def write_predictions_json(records: list[dict[str, Any]], path: str | os.PathLik
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(records, indent=2) + "\n", encoding="utf-8")
     return path
-
-
-# The `predict` command line moved to `sl_detr_hf.commands.predict`; these names stay importable from here.
-_MOVED = {"build_parser", "main"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        from .commands import predict
-
-        return getattr(predict, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

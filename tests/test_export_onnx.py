@@ -167,7 +167,7 @@ def test_training_only_parts_stay_out_of_the_graph(tmp_path):
 
 def test_cli_export_then_predict_same_json(tmp_path):
     from sl_detr_hf.cli import main as cli_main
-    from sl_detr_hf.inference import main as predict_main
+    from sl_detr_hf.commands.predict import main as predict_main
 
     folder = tmp_path / "model"
     tiny_model("rotated").save_pretrained(folder)

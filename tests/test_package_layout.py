@@ -11,10 +11,7 @@ COMMAND_LAYER = ("sl_detr_hf.commands", "sl_detr_hf.cli")
 MAX_LINES = 700
 
 # (module, imported name) pairs allowed to run up a floor, with the reason
-UPWARD_ALLOWED = {
-    ("sl_detr_hf.inference", "sl_detr_hf.commands"):
-        "a lazy module __getattr__ keeping `inference.main` / `build_parser` importable after their move",
-}
+UPWARD_ALLOWED: dict[tuple[str, str], str] = {}
 
 
 def _module_name(path: Path) -> str:

@@ -13,7 +13,8 @@ import torch
 from _tiny_sl_detr import CLASS_NAMES, random_image, tiny_model, tiny_processor
 from PIL import Image
 
-from sl_detr_hf.inference import collect_images, load_detector, main, output_names, resolve_device
+from sl_detr_hf.commands.predict import main
+from sl_detr_hf.inference import collect_images, load_detector, output_names, resolve_device
 from sl_detr_hf.rotated_boxes import rbox_to_poly
 from sl_detr_hf.visualize import PALETTE, class_color, draw_detections
 
@@ -234,12 +235,12 @@ def test_predict_reads_16_bit_images_by_their_range(model_dir, tmp_path):
     assert drawn.min() < 30 and np.median(drawn) < 250  # not the all-white image of convert("RGB")
 
 
-def test_predict_command_lives_in_commands_and_old_import_still_works(capsys):
+def test_predict_command_lives_in_commands(capsys):
     from sl_detr_hf import inference
+    from sl_detr_hf.cli import COMMANDS
     from sl_detr_hf.cli import main as cli_main
-    from sl_detr_hf.commands import predict
 
-    assert inference.main is predict.main and inference.build_parser is predict.build_parser  # moved, still importable
+    assert COMMANDS["predict"][0] == "sl_detr_hf.commands.predict" and not hasattr(inference, "main")
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["predict", "--help"])
     assert exit_info.value.code == 0

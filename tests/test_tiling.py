@@ -176,7 +176,7 @@ def test_onnx_tiles_match_torch_tiles(tmp_path):
 
 
 def test_predict_cli_tile(tmp_path, pipe, capsys):
-    from sl_detr_hf.inference import main
+    from sl_detr_hf.commands.predict import main
 
     folder = tmp_path / "model"
     pipe.model.save_pretrained(folder)
