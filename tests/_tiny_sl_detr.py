@@ -43,6 +43,13 @@ def tiny_processor(box_type: str = "rotated") -> SlDetrImageProcessor:
                                 max_detections=NUM_QUERIES)
 
 
+def save_tiny_folder(folder):
+    """`tiny_model()` and `tiny_processor()` saved into ``folder`` (a model folder for the commands); returns it."""
+    tiny_model().save_pretrained(folder)
+    tiny_processor().save_pretrained(folder)
+    return folder
+
+
 def random_image(height: int = 60, width: int = 90, seed: int = 0) -> Image.Image:
     """A random RGB image."""
     rng = np.random.default_rng(seed)

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 from _geotiff import check_feature_collection, utm_to_lonlat, write_geotiff
-from _tiny_sl_detr import tiny_model, tiny_processor
+from _tiny_sl_detr import save_tiny_folder
 from PIL import Image
 
 from sl_detr_hf.commands.predict import main
@@ -25,10 +25,7 @@ GEO_HINT = 'pip install -e ".[geo]"'
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model")
-    tiny_model().save_pretrained(folder)
-    tiny_processor().save_pretrained(folder)
-    return folder
+    return save_tiny_folder(tmp_path_factory.mktemp("model"))
 
 
 def scene(height: int = 150, width: int = 200, seed: int = 0) -> np.ndarray:

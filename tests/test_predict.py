@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _tiny_sl_detr import CLASS_NAMES, random_image, tiny_model, tiny_processor
+from _tiny_sl_detr import CLASS_NAMES, random_image, save_tiny_folder
 from PIL import Image
 
 from sl_detr_hf.commands.predict import main
@@ -23,10 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model")
-    tiny_model().save_pretrained(folder)
-    tiny_processor().save_pretrained(folder)
-    return folder
+    return save_tiny_folder(tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture(scope="module")
