@@ -128,3 +128,25 @@ def test_trainer_restores_the_spent_time_when_resuming(tmp_path):
     assert trainer.time_budget.spent_seconds == 120.0
     trainer.create_optimizer_and_scheduler(num_training_steps=10)
     assert trainer.lr_scheduler.lr_lambdas[0].fraction == pytest.approx(120 / 300)
+
+
+def test_a_scheduler_file_pickled_by_the_previous_release_is_rebuilt_from_the_step(tmp_path, caplog):
+    """91dbc22's TimeBudgetSchedule pickled `time.monotonic` into scheduler.pt, which weights_only refuses."""
+    import time
+
+    import torch
+    from _tiny_sl_detr import tiny_model
+
+    from sl_detr_hf.training import SlDetrTrainer, paper_training_arguments
+
+    args = paper_training_arguments(str(tmp_path), max_steps=10, use_cpu=True)
+    trainer = SlDetrTrainer(model=tiny_model(), args=args, time_budget_minutes=5.0)
+    trainer.create_optimizer_and_scheduler(num_training_steps=10)
+    checkpoint = tmp_path / "checkpoint-7"
+    checkpoint.mkdir()
+    torch.save(trainer.optimizer.state_dict(), checkpoint / "optimizer.pt")
+    torch.save({"last_epoch": 7, "lr_lambdas": [{"clock": time.monotonic, "budget_seconds": 300.0}]},
+               checkpoint / "scheduler.pt")
+    trainer.state.global_step = 7
+    trainer._load_optimizer_and_scheduler(str(checkpoint))
+    assert trainer.lr_scheduler.last_epoch == 7 and "does not load" in caplog.text
