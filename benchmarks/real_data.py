@@ -30,10 +30,12 @@ memorization. The split and the YOLO-OBB copy (images symlinked, labels normaliz
 once under ``--work`` in folders named by a fingerprint of the data, so runs in parallel share them safely.
 
 The issue-24 runs (2-core machine; ``AIR`` = the airport set, split by source photo, 608 px; ``HIT`` = HIT-UAV,
-training dates / validation date 20210123, 640 px; bash, from the repository root):
+640 px: ``HIT_TRAIN`` and ``HIT_VALID`` are DOTA folders of its training capture dates without 20210123 and of
+20210123 alone, e.g. ``../shared/data/hit_uav.py``'s output split by each image's XML ``<folder>``; bash, from the
+repository root):
 
     AIR=""; W=outputs/real_data
-    HIT="--data /work/data/hit_tr --val_dir /work/data/hit_va --image_size 640"
+    HIT="--data $HIT_TRAIN --val_dir $HIT_VALID --image_size 640"
     # (a) one core each, side by side: core 0 SL-DETR (then the sync-off ablation, same length as the peers'
     #     core), core 1 the two peers one after the other; then one table. M=15: 1 h per set; M=60: 4 h per set.
     for M in 15 60; do for S in AIR HIT; do
