@@ -333,14 +333,13 @@ def apply_recipe(given: Collection[str], model_args: ModelArguments, data: DataA
 
 def run_train(model_args: ModelArguments, data: DataArguments, training_args) -> dict:
     """Fine-tune or train SL-DETR with `SlDetrTrainer`; returns the final metrics."""
+    from ..class_mapping import merge_class_names, remap_dataset_classes
     from ..data import RotatedDetectionAugment
     from ..image_processing_sl_detr import SlDetrImageProcessor
     from ..training import DetectionMetrics, SlDetrTrainer, make_collator, prepare_dataset
 
     if model_args.box_type not in ("rotated", "horizontal"):
         raise SystemExit(f"error: --box_type must be rotated or horizontal, got {model_args.box_type!r}")
-    from ..class_mapping import merge_class_names, remap_dataset_classes
-
     work_dir = Path(training_args.output_dir)
     train_raw = _load_split(data, "train", work_dir)
     if train_raw is None:
@@ -353,8 +352,8 @@ def run_train(model_args: ModelArguments, data: DataArguments, training_args) ->
                     f" + {len(added)} new from the data: {', '.join(added)}" if added else "")
         train_raw = remap_dataset_classes(train_raw, names)
     val_raw = _load_split(data, "val", work_dir, names)
-    if val_raw is not None:
-        val_raw = remap_dataset_classes(val_raw, names) if model_names is not None else val_raw
+    if val_raw is not None and model_names is not None:  # coco / hf splits keep their own lists
+        val_raw = remap_dataset_classes(val_raw, names)
     id2label = dict(enumerate(names))
     if keep_freed_memory_for_training(training_args):
         logger.info("CPU training: freed memory stays in the process (sl_detr_hf.training.allocator)")
