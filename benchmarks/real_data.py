@@ -31,7 +31,8 @@ once under ``--work`` in folders named by a fingerprint of the data, so runs in 
 
 The issue-24 runs (2-core machine; ``AIR`` = the airport set, split by source photo, 608 px; ``HIT`` = HIT-UAV,
 640 px: ``HIT_TRAIN`` and ``HIT_VALID`` are DOTA folders of its training capture dates without 20210123 and of
-20210123 alone, e.g. ``../shared/data/hit_uav.py``'s output split by each image's XML ``<folder>``; bash, from the
+20210123 alone (the dataset's rotated XML annotations written as DOTA labels, split by each XML's ``<folder>``,
+its capture date); bash, from the
 repository root):
 
     AIR=""; W=outputs/real_data
