@@ -37,6 +37,7 @@ _BOX_TYPES = ("rotated", "horizontal")
 _ROTATED_SAMPLING = ("rhino", "none")
 _MATCHER_BOX_COSTS = ("l1", "hausdorff")
 BACKBONE_NORMS = ("frozen", "batch_norm", "eval_batch_norm")
+BACKBONE_STEMS = ("resnet", "light")  # stem_sl_detr.py
 
 CONFIG_VERSION = 2
 """What a `config.json` holds: 1 (no `config_version` key, written before 2026-12) or 2 (`numerics`, the rejected
@@ -199,6 +200,16 @@ class SlDetrConfig(DeformableDetrConfig):
         Two-stage: before taking the top-k proposals, drop those that overlap a better-scoring one with ProbIoU
         above this (a fixed-shape Fast NMS over the best `4k` proposals; DETA's proposal NMS), so that the
         queries start on different objects. `None` (default, RHINO's config): plain top-k.
+    dense_loss_coefficient (`float`, defaults to 0.0):
+        Weight of the dense one-to-many loss on every two-stage encoder token (`dense_loss_sl_detr.py`: TOOD's
+        task-aligned assignment, Co-DETR's idea), which trains the encoder faster than the one-to-one losses alone
+        (BENCHMARKS.md "Dense encoder loss"). 0: off (RHINO).
+    value_only_levels (`int`, defaults to 0):
+        The number of finest feature levels the encoder reads but does not update (`encoder_sl_detr.py`): its
+        attention samples them, the decoder and the two-stage proposals use them as the input projection made
+        them, but only the coarser levels' tokens are its queries. 1 with a stride-8 first level gives the decoder
+        stride-8 features at a fraction of a stride-8 encoder's cost (BENCHMARKS.md "Stride 8"). 0: Deformable
+        DETR's encoder.
     look_forward_twice (`bool`, defaults to `True`):
         Layer `l`'s box loss uses the undetached refined reference of layer `l - 1` (DINO / RHINO).
     rotated_sampling (`str`, defaults to `"rhino"`):
@@ -232,6 +243,10 @@ class SlDetrConfig(DeformableDetrConfig):
     backbone_frozen_stages (`int`, defaults to 1):
         `-1` trains the whole backbone, `0` freezes the stem, `n >= 1` the stem and stages `1..n` (Deformable
         DETR's rule for a pretrained ResNet is 1; mmdet's `frozen_stages`).
+    backbone_stem (`str`, defaults to `"resnet"`):
+        `"resnet"`: the ResNet's 7x7 convolution and max pool. `"light"` (transformers' ResNet trained from
+        scratch, `backbone_norm="batch_norm"`): two 3x3 stride-2 convolutions (`stem_sl_detr.py`), the same
+        output at about a third of the cost (BENCHMARKS.md "Light stem").
     backbone_norm (`str`, defaults to `"frozen"`):
         `"frozen"`: Deformable DETR's frozen batch norms (right for a pretrained backbone). `"batch_norm"`: the
         batch norms of the unfrozen stages learn (batch statistics while training), which a backbone trained
@@ -285,6 +300,8 @@ class SlDetrConfig(DeformableDetrConfig):
     dynamic_denoising: bool | None = None
     mixed_query_selection: bool = True
     query_selection_nms: float | None = None
+    value_only_levels: int = 0
+    dense_loss_coefficient: float | int = 0.0
     look_forward_twice: bool = True
     rotated_sampling: str = "rhino"
     # numerics (None: the value of `numerics`)
@@ -295,6 +312,7 @@ class SlDetrConfig(DeformableDetrConfig):
     # backbone training policy
     backbone_frozen_stages: int = 1
     backbone_norm: str = "frozen"
+    backbone_stem: str = "resnet"
 
     def __post_init__(self, **kwargs):
         _refuse_removed_fields(self, kwargs)
@@ -425,7 +443,8 @@ class SlDetrConfig(DeformableDetrConfig):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
         for name in ("class_cost", "bbox_cost", "geometric_cost", "cls_loss_coefficient", "bbox_loss_coefficient",
-                     "sync_loss_coefficient", "focal_gamma", "quality_gamma", "sync_gain", "kld_tau"):
+                     "sync_loss_coefficient", "focal_gamma", "quality_gamma", "sync_gain", "kld_tau",
+                     "dense_loss_coefficient"):
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)!r}")
         for name in ("focal_alpha", "quality_alpha"):
@@ -454,6 +473,15 @@ class SlDetrConfig(DeformableDetrConfig):
         if not isinstance(self.backbone_frozen_stages, int) or not -1 <= self.backbone_frozen_stages <= 4:
             raise ValueError(
                 f"`backbone_frozen_stages` must be an integer in [-1, 4], got {self.backbone_frozen_stages!r}")
+        if not isinstance(self.value_only_levels, int) or not 0 <= self.value_only_levels < self.num_feature_levels:
+            raise ValueError(f"`value_only_levels` must be an integer in [0, num_feature_levels - 1] = [0, "
+                             f"{self.num_feature_levels - 1}] (the encoder needs a level to update), got "
+                             f"{self.value_only_levels!r}")
+        if self.backbone_stem not in BACKBONE_STEMS:
+            raise ValueError(f"`backbone_stem` must be one of {BACKBONE_STEMS}, got {self.backbone_stem!r}")
+        if self.backbone_stem == "light" and self.backbone_norm != "batch_norm":
+            raise ValueError(f"`backbone_stem='light'` is for a backbone trained from scratch: it needs "
+                             f"backbone_norm='batch_norm' (its batch norms learn), got {self.backbone_norm!r}")
         if self.query_selection_nms is not None and not 0 < self.query_selection_nms <= 1:
             raise ValueError(f"`query_selection_nms` must be None or in (0, 1], got {self.query_selection_nms!r}")
         if not self.position_embedding_temperature > 0:

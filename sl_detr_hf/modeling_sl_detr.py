@@ -56,6 +56,8 @@ from .backbone_sl_detr import apply_backbone_policy, check_feature_sizes, check_
 from .configuration_sl_detr import SlDetrConfig
 from .decoder_sl_detr import SlDetrDecoder, init_marked_module, refine_boxes
 from .denoising_sl_detr import build_denoising_queries
+from .dense_loss_sl_detr import add_dense_encoder_loss
+from .encoder_sl_detr import SlDetrEncoder
 from .geometry_conversions import wrap_angle_range
 from .heads_sl_detr import SlDetrAngleHead, angle_heads, box_heads, class_heads
 from .loss_sl_detr import SlDetrLoss, prepare_targets
@@ -67,6 +69,7 @@ from .query_selection_sl_detr import (
     proposal_scores,
     select_proposals,
 )
+from .stem_sl_detr import apply_backbone_stem
 
 logger = logging.get_logger(__name__)
 
@@ -114,12 +117,16 @@ class SlDetrModelOutput(DeformableDetrModelOutput):
     enc_topk_indices (`(B, Q)`, two-stage only): the encoder tokens the matching queries start from (query `i`
         from token `enc_topk_indices[:, i]`, the `i`-th best proposal).
     dn_meta (`dict`, training with denoising only): `{"num_groups": G, "max_objects": M}`.
+    enc_output_proposals (`(B, S, 4)`, two-stage only): every encoder token's proposal box before the encoder
+        head's delta (Deformable DETR's `0.05 * 2^level` box at the token), inverse-sigmoid space, `+inf` for
+        padding / border tokens; the dense encoder loss places its candidates with them.
     """
 
     init_reference_angles: torch.Tensor | None = None
     intermediate_reference_angles: torch.Tensor | None = None
     enc_topk_indices: torch.Tensor | None = None
     dn_meta: dict | None = None
+    enc_output_proposals: torch.Tensor | None = None
 
 
 @dataclass
@@ -209,6 +216,7 @@ class _DecoderQueries:
     enc_outputs_class: torch.Tensor | None = None  # (B, S, C)
     enc_outputs_coord_logits: torch.Tensor | None = None  # (B, S, D)
     topk_indices: torch.Tensor | None = None  # (B, Q)
+    proposals: torch.Tensor | None = None  # (B, S, 4) the tokens' proposal boxes, inverse-sigmoid space
 
 
 class SlDetrModel(SlDetrPreTrainedModel, DeformableDetrModel):
@@ -226,6 +234,7 @@ class SlDetrModel(SlDetrPreTrainedModel, DeformableDetrModel):
 
     def __init__(self, config: SlDetrConfig):
         super().__init__(config)
+        apply_backbone_stem(self.backbone, config)
         apply_backbone_policy(self.backbone, config)
         if config.position_embedding_type == "sine":  # no parameters: the same module with RHINO's numbers as options
             self.position_embedding = SlDetrSinePositionEmbedding(
@@ -236,6 +245,9 @@ class SlDetrModel(SlDetrPreTrainedModel, DeformableDetrModel):
             logger.info("SL-DETR: mixed query selection and denoising need two_stage=True; single-stage model "
                         "built without them")
         new_modules = [self.decoder]
+        if config.value_only_levels:  # else Deformable DETR's encoder as built (the same random init as before)
+            self.encoder = SlDetrEncoder(config)
+            new_modules.append(self.encoder)
         # The two-stage encoder's angle head (the proposal angle delta).
         self.enc_angle_embed = (
             SlDetrAngleHead(config.d_model) if config.two_stage and config.box_type == "rotated" else None
@@ -353,7 +365,8 @@ class SlDetrModel(SlDetrPreTrainedModel, DeformableDetrModel):
             proposal_position = self.get_proposal_pos_embed(topk_coords_logits[..., :4])
             pos_trans_out = self.pos_trans_norm(self.pos_trans(proposal_position))
             position, target = torch.split(pos_trans_out, d_model, dim=2)
-        return _DecoderQueries(target, position, reference, enc_outputs_class, enc_outputs_coord_logits, topk)
+        return _DecoderQueries(target, position, reference, enc_outputs_class, enc_outputs_coord_logits, topk,
+                               output_proposals[..., :4])
 
     @can_return_tuple
     def forward(
@@ -447,6 +460,7 @@ class SlDetrModel(SlDetrPreTrainedModel, DeformableDetrModel):
             intermediate_reference_angles=inter_angles,
             enc_topk_indices=queries.topk_indices,
             dn_meta=dn_meta,
+            enc_output_proposals=queries.proposals,
         )
 
 
@@ -581,6 +595,11 @@ class SlDetrForObjectDetection(SlDetrPreTrainedModel, DeformableDetrForObjectDet
                  "dn_meta": outputs.dn_meta},
                 targets,
             )
+            if self.config.dense_loss_coefficient and outputs.enc_output_proposals is not None:
+                loss, loss_dict = add_dense_encoder_loss(
+                    loss, loss_dict, outputs.enc_outputs_class,
+                    self._proposal_boxes(outputs.enc_outputs_coord_logits), outputs.enc_output_proposals, targets,
+                    self.config)
         # the losses saw the model's native angle range; what it returns is le90
         # (docs/boxes.md#angle-ranges-inside-the-model)
         pred_boxes = self._le90_boxes(pred_boxes)
