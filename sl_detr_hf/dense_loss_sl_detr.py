@@ -11,9 +11,10 @@ synchronization:
 - candidates of object `j`: the tokens whose centre lies in its box, the sides of the box raised to at least the
   token's proposal size (`0.05 * 2^level` of the image, Deformable DETR's proposals) so that objects smaller than a
   feature cell still have candidates on every level;
-- alignment `t = p^alpha * IoU^beta` (`p`: the token's probability of the object's class, IoU: ProbIoU of its box
-  with the object's, both detached; `alpha = 1`, `beta = 6` as YOLOv8); the `topk` candidates with the largest `t`
-  are positives; a token that several objects take goes to the one its box overlaps most;
+- alignment `t = p^alpha * IoU^beta` (`p`: the token's probability of the object's class; IoU: ProbIoU,
+  `geometry_overlaps.prob_iou`, of its box with the object's; both detached; `alpha = 1`, `beta = 6` as YOLOv8);
+  the `topk` candidates with the largest `t` are positives; a token that several objects take goes to the one its
+  box overlaps most;
 - targets: the class score `t / max_j(t) * max_j(IoU)` (per object, YOLOv8's normalization), 0 for every other
   class and token; the box of the object.
 
@@ -38,37 +39,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .geometry_conversions import EPS
-from .geometry_gaussian import gaussian_covariance, kld, kld_to_loss
+from .geometry_gaussian import kld, kld_to_loss
+from .geometry_overlaps import prob_iou
 
-__all__ = ["DENSE_ALPHA", "DENSE_BETA", "DENSE_TOPK", "add_dense_encoder_loss", "assign_tokens", "dense_encoder_loss",
-           "pairwise_probiou"]
+__all__ = ["DENSE_ALPHA", "DENSE_BETA", "DENSE_TOPK", "add_dense_encoder_loss", "assign_tokens", "dense_encoder_loss"]
 
 DENSE_TOPK = 9
 DENSE_ALPHA = 1.0
 DENSE_BETA = 6.0
 VARIFOCAL_ALPHA = 0.75
-
-
-def pairwise_probiou(pred: Tensor, target: Tensor) -> Tensor:
-    """ProbIoU (Llerena et al. 2021; `1 - Hellinger distance` of the boxes' Gaussians) of every pair of pixel boxes.
-
-    Args:
-        pred: `(B, S, 5)`, target: `(B, T, 5)` pixel `(cx, cy, w, h, theta)`.
-    Returns:
-        `(B, S, T)` in `[0, 1]`.
-    """
-    pxx, pyy, pxy = (c[:, :, None] for c in gaussian_covariance(pred[..., 2], pred[..., 3], pred[..., 4]))
-    txx, tyy, txy = (c[:, None] for c in gaussian_covariance(target[..., 2], target[..., 3], target[..., 4]))
-    sxx, syy, sxy = (pxx + txx) / 2, (pyy + tyy) / 2, (pxy + txy) / 2
-    det = (sxx * syy - sxy.square()).clamp_min(EPS)
-    dx = pred[..., 0][:, :, None] - target[..., 0][:, None]
-    dy = pred[..., 1][:, :, None] - target[..., 1][:, None]
-    mahalanobis = (syy * dx.square() + sxx * dy.square() - 2 * sxy * dx * dy) / det
-    det_p = (pxx * pyy - pxy.square()).clamp_min(EPS)
-    det_t = (txx * tyy - txy.square()).clamp_min(EPS)
-    bhattacharyya = mahalanobis / 8 + 0.5 * torch.log(det / (det_p * det_t).sqrt().clamp_min(EPS))
-    hellinger = (1 - torch.exp(-bhattacharyya.clamp(0, 100))).clamp_min(0).sqrt()
-    return 1 - hellinger
 
 
 def _pixel_boxes(boxes: Tensor, sizes: Tensor) -> Tensor:
@@ -96,7 +75,7 @@ def assign_tokens(logits: Tensor, boxes: Tensor, anchors: Tensor, valid: Tensor,
     batch, tokens, _ = logits.shape
     pixel_pred = _pixel_boxes(boxes.float(), sizes)
     pixel_target = _pixel_boxes(target_boxes.float(), sizes)
-    iou = pairwise_probiou(pixel_pred, pixel_target)  # (B, S, T)
+    iou = prob_iou(pixel_pred, pixel_target)  # (B, S, T)
     prob = logits.float().sigmoid().gather(2, target_labels.clamp_min(0)[:, None].expand(-1, tokens, -1))
     # candidates: token centre inside the object's box, its sides at least the token's proposal size
     wh = sizes.flip(-1).to(anchors)[:, None]  # (B, 1, 2) (W, H)

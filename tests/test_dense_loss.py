@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from sl_detr_hf import SlDetrConfig, SlDetrForObjectDetection
-from sl_detr_hf.dense_loss_sl_detr import assign_tokens, dense_encoder_loss, pairwise_probiou
+from sl_detr_hf.dense_loss_sl_detr import assign_tokens, dense_encoder_loss
+from sl_detr_hf.geometry_overlaps import prob_iou
 
 
 def _grid_tokens(rows: int, cols: int, side: float) -> torch.Tensor:
@@ -18,28 +15,6 @@ def _grid_tokens(rows: int, cols: int, side: float) -> torch.Tensor:
     y, x = torch.meshgrid((torch.arange(rows) + 0.5) / rows, (torch.arange(cols) + 0.5) / cols, indexing="ij")
     return torch.stack([x.flatten(), y.flatten(), torch.full((rows * cols,), side), torch.full((rows * cols,), side)],
                        -1)[None]
-
-
-def test_probiou_hand_values():
-    """Two 2 x 2 px boxes (variance 1 along both axes) `dx` apart: Bhattacharyya distance `dx^2 / 8`, so
-    ProbIoU = 1 - sqrt(1 - exp(-dx^2 / 8)); identical boxes 1; a turn of a square changes nothing."""
-    pred = torch.tensor([[[10.0, 10.0, 2.0, 2.0, 0.0], [10.0, 10.0, 2.0, 2.0, 0.7]]])
-    target = torch.tensor([[[10.0, 10.0, 2.0, 2.0, 0.0], [13.0, 10.0, 2.0, 2.0, 0.0], [40.0, 10.0, 2.0, 2.0, 0.0]]])
-    got = pairwise_probiou(pred, target)
-    want_3 = 1 - math.sqrt(1 - math.exp(-9 / 8))
-    torch.testing.assert_close(got[0, 0], torch.tensor([1.0, want_3, 0.0]), atol=1e-5, rtol=0)
-    torch.testing.assert_close(got[0, 1], got[0, 0], atol=1e-5, rtol=0)
-
-
-@settings(max_examples=30, deadline=None)
-@given(st.floats(1, 50), st.floats(1, 50), st.floats(-3, 3), st.floats(-20, 20), st.floats(-20, 20))
-def test_probiou_symmetric_and_bounded(w, h, theta, dx, dy):
-    a = torch.tensor([[[50.0, 50.0, w, h, theta]]])
-    b = torch.tensor([[[50.0 + dx, 50.0 + dy, h, w, -theta]]])
-    ab, ba = pairwise_probiou(a, b), pairwise_probiou(b, a)
-    torch.testing.assert_close(ab, ba.transpose(1, 2), atol=1e-5, rtol=0)
-    assert 0 <= float(ab) <= 1 + 1e-6
-    torch.testing.assert_close(pairwise_probiou(a, a), torch.ones(1, 1, 1), atol=1e-4, rtol=0)
 
 
 def _assign(pred_boxes, anchors, targets, labels, logits=None, valid=None, topk=3, size=(100, 100)):
@@ -63,7 +38,7 @@ def test_assignment_takes_the_best_aligned_candidates_inside_the_box():
     # cell (4, 4) centre (45, 45) is 1 px from the object's centre in x and y; (3, 4), (4, 3) are 9 / 11 px
     assert chosen == {44, 43, 34}
     assert (assigned[0][[i for i in range(100) if i not in chosen]] == -1).all()
-    iou = pairwise_probiou(pred[:, [44]] * 100, target * torch.tensor([100, 100, 100, 100, 1.0]))[0, 0, 0]
+    iou = prob_iou(pred[:, [44]] * 100, target * torch.tensor([100, 100, 100, 100, 1.0]))[0, 0, 0]
     torch.testing.assert_close(score[0, 44], iou)  # the best-aligned token: t / max t = 1, times the max IoU
     assert 0 < score[0, 34] < score[0, 44]
 
