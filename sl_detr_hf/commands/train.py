@@ -8,6 +8,7 @@ import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ._common import (
     TimeLimitCallback,
@@ -16,6 +17,9 @@ from ._common import (
     parse_config_overrides,
     parse_dataclasses,
 )
+
+if TYPE_CHECKING:
+    import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -199,11 +203,14 @@ def _backbone_policy(pretrained: bool) -> dict:
     return {"backbone_frozen_stages": -1, "backbone_norm": "batch_norm"}
 
 
-def build_model(model_args: ModelArguments, names: list[str], seed: int, most_objects: int = 0):
+def build_model(model_args: ModelArguments, names: list[str], seed: int, most_objects: int = 0,
+                rboxes: np.ndarray | None = None):
     """The model to train: fine-tuned from a folder, converted from Deformable DETR, or new (seeded first).
 
     ``most_objects`` (the most objects in one training image) sizes the tiny model's queries when
-    ``model_args.num_queries`` is None: DETR's one-to-one matching needs more queries than objects.
+    ``model_args.num_queries`` is None: DETR's one-to-one matching needs more queries than objects. A new rotated
+    model takes the angle range its training boxes ``rboxes`` ``(N, 5)`` crowd least (`data/angle_range.py`) unless
+    ``--config angle_start=...`` is given.
     """
     from transformers import set_seed
 
@@ -228,15 +235,20 @@ def build_model(model_args: ModelArguments, names: list[str], seed: int, most_ob
         overrides = {"use_sync_loc": not model_args.no_sync, "use_quality_cls": not model_args.no_sync,
                      "box_type": box_type, **parse_config_overrides(model_args.config)}
         logger.info("tiny SL-DETR: %d queries, backbone stages %s", queries, ",".join(stages))
-        return SlDetrForObjectDetection(SlDetrConfig.tiny(id2label, num_queries=queries, backbone_stages=stages,
-                                                          **overrides))
+        config = SlDetrConfig.tiny(id2label, num_queries=queries, backbone_stages=stages, **overrides)
+        if box_type == "rotated" and "angle_start" not in overrides:
+            config.angle_start = _angle_start(rboxes, config.angle_start)
+        return SlDetrForObjectDetection(config)
     if model_args.size == "paper":  # the paper's model (RHINO's R50 sizes and numerics) on a timm backbone
-        return SlDetrForObjectDetection(SlDetrConfig.paper(
+        config = SlDetrConfig.paper(
             backbone=model_args.backbone, use_timm_backbone=True,
             use_pretrained_backbone=model_args.use_pretrained_backbone, id2label=id2label,
             label2id={v: k for k, v in id2label.items()}, box_type=box_type,
             **_backbone_policy(model_args.use_pretrained_backbone),
-            use_sync_loc=not model_args.no_sync, use_quality_cls=not model_args.no_sync))
+            use_sync_loc=not model_args.no_sync, use_quality_cls=not model_args.no_sync)
+        if box_type == "rotated":
+            config.angle_start = _angle_start(rboxes, config.angle_start)
+        return SlDetrForObjectDetection(config)
     raise SystemExit(f"error: --size must be tiny or paper, got {model_args.size!r}")
 
 
@@ -280,6 +292,19 @@ def _low_lr_multiplier(model_args: ModelArguments) -> float:
     if model_args.low_lr_multiplier is not None:
         return model_args.low_lr_multiplier
     return 1.0 if trains_from_scratch(model_args) else 0.1
+
+
+def _angle_start(rboxes: np.ndarray | None, default: int) -> int:
+    """The angle range for a new model trained on ``rboxes`` (`choose_angle_start`), logged; ``default`` without
+    boxes."""
+    from ..data.angle_range import choose_angle_start
+
+    if rboxes is None or not len(rboxes):
+        return default
+    choice = choose_angle_start(rboxes, default=default)
+    logger.info("%s%s", choice.describe(),
+                "" if choice.angle_start == default else " (--config angle_start=N sets it)")
+    return choice.angle_start
 
 
 def most_objects_per_image(dataset) -> int:
@@ -335,6 +360,7 @@ def run_train(model_args: ModelArguments, data: DataArguments, training_args) ->
     """Fine-tune or train SL-DETR with `SlDetrTrainer`; returns the final metrics."""
     from ..class_mapping import merge_class_names, remap_dataset_classes
     from ..data import RotatedDetectionAugment
+    from ..data.angle_range import dataset_rboxes
     from ..image_processing_sl_detr import SlDetrImageProcessor
     from ..training import DetectionMetrics, SlDetrTrainer, make_collator, prepare_dataset
 
@@ -357,7 +383,8 @@ def run_train(model_args: ModelArguments, data: DataArguments, training_args) ->
     id2label = dict(enumerate(names))
     if keep_freed_memory_for_training(training_args):
         logger.info("CPU training: freed memory stays in the process (sl_detr_hf.training.allocator)")
-    model = build_model(model_args, names, training_args.seed, most_objects=most_objects_per_image(train_raw))
+    model = build_model(model_args, names, training_args.seed, most_objects=most_objects_per_image(train_raw),
+                        rboxes=dataset_rboxes(train_raw))
     box_type = model.config.box_type
     processor = SlDetrImageProcessor(size={"shortest_edge": data.image_size, "longest_edge": data.image_size},
                                      box_type=box_type, max_detections=model.config.max_detections)

@@ -1,0 +1,68 @@
+"""The angle range a new model takes from its training boxes (data/angle_range.py, `sl-detr train`)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from sl_detr_hf.commands.train import ModelArguments, build_model
+from sl_detr_hf.data.angle_range import choose_angle_start
+
+
+def _boxes(orientations_deg, w: float = 30.0, h: float = 10.0) -> np.ndarray:
+    theta = np.radians(np.asarray(orientations_deg, dtype=np.float64))
+    n = len(theta)
+    return np.stack([np.full(n, 50.0), np.full(n, 50.0), np.full(n, w), np.full(n, h), theta], 1)
+
+
+def test_upright_objects_move_the_boundary_to_the_horizontal():
+    """Boxes whose long side is vertical (le90 theta -90, or a w < h box at 0: the same rectangle): le90's boundary
+    holds all of them, the horizontal boundary (angle_start 0) none."""
+    rng = np.random.default_rng(0)
+    boxes = np.concatenate([_boxes(-90 + rng.uniform(-3, 3, 80)), _boxes(rng.uniform(-3, 3, 40), w=10, h=30)])
+    choice = choose_angle_start(boxes)
+    assert choice.angle_start == 0
+    assert choice.near_default == 1.0 and choice.near_boundary == 0.0 and choice.oriented_boxes == 120
+
+
+def test_axis_aligned_objects_take_the_diagonal():
+    boxes = _boxes([0] * 60 + [90] * 40 + [-90] * 20)
+    choice = choose_angle_start(boxes)
+    assert choice.angle_start == -45
+    assert choice.near_default == pytest.approx(0.5) and choice.near_boundary == 0.0
+    assert "[-45, 135)" in choice.describe() and "50.0%" in choice.describe()
+
+
+def test_le90_is_kept_when_nothing_is_clearly_better():
+    rng = np.random.default_rng(1)
+    assert choose_angle_start(_boxes(rng.uniform(-90, 90, 5000))).angle_start == -90  # uniform orientations
+    assert choose_angle_start(_boxes([-90] * 49)).angle_start == -90  # too few boxes to decide
+    assert choose_angle_start(_boxes([-90] * 500, w=10.5, h=10)).angle_start == -90  # near-squares: no orientation
+    assert choose_angle_start(np.zeros((0, 5))).angle_start == -90
+    assert choose_angle_start(_boxes([0] * 100), default=-45).angle_start == -45  # the default is already good
+
+
+def test_the_boundary_goes_where_the_boxes_are_not():
+    """Objects at 30 and 60 degrees: none near le90's vertical boundary, le90 kept. Objects at 80 and 100 (-80)
+    degrees: le90's boundary lies between them; the chosen one is at least 70 degrees from both (the horizontal, or
+    the start 10 degrees before it, at 80 / 90 and 70 / 90 degrees: equal on average)."""
+    assert choose_angle_start(_boxes([30] * 50 + [60] * 50)).angle_start == -90
+    choice = choose_angle_start(_boxes([80] * 50 + [-80] * 50))
+    assert choice.angle_start in (-10, -5, 0) and choice.near_default == 1.0 and choice.near_boundary == 0.0
+
+
+def _tiny(config: str = "") -> ModelArguments:
+    return ModelArguments(size="tiny", config=",".join(filter(None, ["d_model=32,num_denoising=10", config])),
+                          num_queries=10)
+
+
+def test_a_new_tiny_model_takes_the_chosen_range_unless_given():
+    upright = _boxes([-90] * 100)
+    assert build_model(_tiny(), ["a"], seed=0, rboxes=upright).config.angle_start == 0
+    assert build_model(_tiny("angle_start=-90"), ["a"], seed=0, rboxes=upright).config.angle_start == -90
+    assert build_model(_tiny(), ["a"], seed=0, rboxes=None).config.angle_start == -90
+    model = build_model(_tiny(), ["a"], seed=0, rboxes=_boxes([0] * 60 + [90] * 60))
+    assert model.config.angle_start == -45 and model.config.angle_offset == pytest.approx(-0.25)
+    assert math.isclose(model.config.angle_offset * 180, -45)
