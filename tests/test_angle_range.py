@@ -66,3 +66,14 @@ def test_a_new_tiny_model_takes_the_chosen_range_unless_given():
     model = build_model(_tiny(), ["a"], seed=0, rboxes=_boxes([0] * 60 + [90] * 60))
     assert model.config.angle_start == -45 and model.config.angle_offset == pytest.approx(-0.25)
     assert math.isclose(model.config.angle_offset * 180, -45)
+
+
+def test_flips_and_quarter_turns_count_as_the_model_sees_them():
+    """Objects all at 30 degrees: alone, le90's boundary (90) is 60 degrees away and kept; augmented by flips and
+    quarter turns the model also sees them at 150, 120 and 60 degrees, and 120 / 60 lie 30 degrees from the vertical,
+    150 15 degrees from the -45 boundary: still none within 10 degrees of le90's, so le90 stays. Objects at 0
+    degrees: alone, le90's boundary is 90 degrees away; turned, half of them lie on it, and the diagonal wins."""
+    assert choose_angle_start(_boxes([30] * 100), dihedral=True).angle_start == -90
+    assert choose_angle_start(_boxes([0] * 100)).angle_start == -90
+    turned = choose_angle_start(_boxes([0] * 100), dihedral=True)
+    assert turned.angle_start == -45 and turned.near_default == pytest.approx(0.5) and turned.oriented_boxes == 100

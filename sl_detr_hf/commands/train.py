@@ -204,13 +204,14 @@ def _backbone_policy(pretrained: bool) -> dict:
 
 
 def build_model(model_args: ModelArguments, names: list[str], seed: int, most_objects: int = 0,
-                rboxes: np.ndarray | None = None):
+                rboxes: np.ndarray | None = None, dihedral: bool = False):
     """The model to train: fine-tuned from a folder, converted from Deformable DETR, or new (seeded first).
 
     ``most_objects`` (the most objects in one training image) sizes the tiny model's queries when
     ``model_args.num_queries`` is None: DETR's one-to-one matching needs more queries than objects. A new rotated
-    model takes the angle range its training boxes ``rboxes`` ``(N, 5)`` crowd least (`data/angle_range.py`) unless
-    ``--config angle_start=...`` is given.
+    model takes the angle range its training boxes ``rboxes`` ``(N, 5)`` crowd least (`data/angle_range.py`;
+    ``dihedral``: as the flips and quarter turns of the augmentation present them) unless ``--config
+    angle_start=...`` is given.
     """
     from transformers import set_seed
 
@@ -237,7 +238,7 @@ def build_model(model_args: ModelArguments, names: list[str], seed: int, most_ob
         logger.info("tiny SL-DETR: %d queries, backbone stages %s", queries, ",".join(stages))
         config = SlDetrConfig.tiny(id2label, num_queries=queries, backbone_stages=stages, **overrides)
         if box_type == "rotated" and "angle_start" not in overrides:
-            config.angle_start = _angle_start(rboxes, config.angle_start)
+            config.angle_start = _angle_start(rboxes, config.angle_start, dihedral)
         return SlDetrForObjectDetection(config)
     if model_args.size == "paper":  # the paper's model (RHINO's R50 sizes and numerics) on a timm backbone
         config = SlDetrConfig.paper(
@@ -247,7 +248,7 @@ def build_model(model_args: ModelArguments, names: list[str], seed: int, most_ob
             **_backbone_policy(model_args.use_pretrained_backbone),
             use_sync_loc=not model_args.no_sync, use_quality_cls=not model_args.no_sync)
         if box_type == "rotated":
-            config.angle_start = _angle_start(rboxes, config.angle_start)
+            config.angle_start = _angle_start(rboxes, config.angle_start, dihedral)
         return SlDetrForObjectDetection(config)
     raise SystemExit(f"error: --size must be tiny or paper, got {model_args.size!r}")
 
@@ -294,14 +295,14 @@ def _low_lr_multiplier(model_args: ModelArguments) -> float:
     return 1.0 if trains_from_scratch(model_args) else 0.1
 
 
-def _angle_start(rboxes: np.ndarray | None, default: int) -> int:
-    """The angle range for a new model trained on ``rboxes`` (`choose_angle_start`), logged; ``default`` without
-    boxes."""
+def _angle_start(rboxes: np.ndarray | None, default: int, dihedral: bool) -> int:
+    """The angle range for a new model trained on ``rboxes`` (`choose_angle_start`; ``dihedral``: augmented with
+    flips and quarter turns), logged; ``default`` without boxes."""
     from ..data.angle_range import choose_angle_start
 
     if rboxes is None or not len(rboxes):
         return default
-    choice = choose_angle_start(rboxes, default=default)
+    choice = choose_angle_start(rboxes, default=default, dihedral=dihedral)
     logger.info("%s%s", choice.describe(),
                 "" if choice.angle_start == default else " (--config angle_start=N sets it)")
     return choice.angle_start
@@ -384,7 +385,7 @@ def run_train(model_args: ModelArguments, data: DataArguments, training_args) ->
     if keep_freed_memory_for_training(training_args):
         logger.info("CPU training: freed memory stays in the process (sl_detr_hf.training.allocator)")
     model = build_model(model_args, names, training_args.seed, most_objects=most_objects_per_image(train_raw),
-                        rboxes=dataset_rboxes(train_raw))
+                        rboxes=dataset_rboxes(train_raw), dihedral=data.augment)
     box_type = model.config.box_type
     processor = SlDetrImageProcessor(size={"shortest_edge": data.image_size, "longest_edge": data.image_size},
                                      box_type=box_type, max_detections=model.config.max_detections)

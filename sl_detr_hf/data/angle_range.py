@@ -43,14 +43,18 @@ class AngleRangeChoice:
                 f"(the default range's, [{self.default}, {self.default + 180}): {self.near_default:.1%})")
 
 
-def choose_angle_start(rboxes: np.ndarray, default: int = LE90, margin: float = 10.0, step: int = 5,
-                       min_aspect: float = 1.2, min_gain: float = 0.05, min_boxes: int = 50) -> AngleRangeChoice:
+def choose_angle_start(rboxes: np.ndarray, default: int = LE90, dihedral: bool = False, margin: float = 10.0,
+                       step: int = 5, min_aspect: float = 1.2, min_gain: float = 0.05,
+                       min_boxes: int = 50) -> AngleRangeChoice:
     """The `angle_start` whose boundary the training boxes crowd least (module docstring).
 
     Args:
         rboxes: `(N, 5)` pixel rotated boxes `(cx, cy, w, h, theta)`, theta in radians (any convention).
         default: the model's own `angle_start` (le90 for the tiny model, RHINO's 0 for the paper's), kept unless
             another start is clearly better.
+        dihedral: the training augmentation flips and turns by quarter turns (`RotatedDetectionAugment`'s
+            default): the orientations the model sees are those of the boxes and their mirror images and quarter
+            turns, `phi, -phi, phi + 90, 90 - phi`.
         margin: degrees either side of a boundary that count as near it.
         step: candidate starts `-90, -90 + step, ..., 0`.
         min_aspect: boxes with `max(w, h) / min(w, h)` below this are left out.
@@ -63,7 +67,10 @@ def choose_angle_start(rboxes: np.ndarray, default: int = LE90, margin: float = 
     oriented = long_side >= min_aspect * np.maximum(short_side, 1e-9)
     # orientation of the long side, in degrees [0, 180)
     orientation = np.degrees(np.where(w >= h, theta, theta + math.pi / 2)[oriented]) % 180
+    if dihedral:
+        orientation = np.concatenate([orientation, -orientation, orientation + 90, 90 - orientation]) % 180
     count = int(orientation.size)
+    boxes_counted = int(oriented.sum())
 
     def distance(start: int) -> np.ndarray:
         gap = np.abs((orientation - start) % 180)
@@ -82,9 +89,9 @@ def choose_angle_start(rboxes: np.ndarray, default: int = LE90, margin: float = 
     scores = [crowding(start) for start in starts]
     best = int(np.argmin(scores))
     chosen = starts[best]
-    if count < min_boxes or near(default) - near(chosen) < min_gain:
+    if boxes_counted < min_boxes or near(default) - near(chosen) < min_gain:
         chosen = default
-    return AngleRangeChoice(chosen, near(chosen), near(default), default, count)
+    return AngleRangeChoice(chosen, near(chosen), near(default), default, boxes_counted)
 
 
 def dataset_rboxes(dataset) -> np.ndarray:
