@@ -234,7 +234,7 @@ def build_model(model_args: ModelArguments, names: list[str], seed: int, most_ob
         queries = model_args.num_queries or max(100, math.ceil(1.2 * most_objects))
         stages = [stage.strip() for stage in model_args.backbone_stages.split(",") if stage.strip()]
         overrides = {"use_sync_loc": not model_args.no_sync, "use_quality_cls": not model_args.no_sync,
-                     "box_type": box_type, **parse_config_overrides(model_args.config)}
+                     "box_type": box_type, **FROM_SCRATCH_MODEL, **parse_config_overrides(model_args.config)}
         logger.info("tiny SL-DETR: %d queries, backbone stages %s", queries, ",".join(stages))
         config = SlDetrConfig.tiny(id2label, num_queries=queries, backbone_stages=stages, **overrides)
         if box_type == "rotated" and "angle_start" not in overrides:
@@ -318,6 +318,12 @@ def most_objects_per_image(dataset) -> int:
     categories = objects.field("category") if hasattr(objects, "field") else pc.list_flatten(objects)
     return int(pc.max(pc.list_value_length(categories)).as_py() or 0)
 
+
+FROM_SCRATCH_MODEL = {"dense_loss_coefficient": 1.0, "backbone_stem": "light"}
+"""`SlDetrConfig` fields of the tiny model `sl-detr train` builds, on top of `SlDetrConfig.tiny` (and under
+``--config``): the dense one-to-many encoder loss, which a model trained for one or two epochs needs, and the light
+stem, 22 % more training steps in the same time and 23 % faster inference (BENCHMARKS.md, "Angle range, dense
+encoder loss, stride 8 and a light stem on HIT-UAV")."""
 
 FROM_SCRATCH_RECIPE = {"learning_rate": 1e-3, "per_device_train_batch_size": 4, "warmup_steps": 100}
 """`TrainingArguments` for a tiny model trained from scratch, unless given (BENCHMARKS.md, "Real images"): DETR's
