@@ -8,8 +8,10 @@ import math
 import pytest
 from transformers import TrainingArguments
 
+from sl_detr_hf import SlDetrConfig
 from sl_detr_hf.commands._common import TimeLimitCallback
 from sl_detr_hf.commands.train import (
+    FROM_SCRATCH_MODEL,
     FROM_SCRATCH_RECIPE,
     DataArguments,
     ModelArguments,
@@ -65,6 +67,17 @@ def test_tiny_model_stages_and_config_overrides():
     config = build_model(ModelArguments(backbone_stages="stage2,stage3,stage4", config="num_denoising=20,d_model=64"),
                          ["a"], seed=0).config
     assert config.num_feature_levels == 3 and (config.num_denoising, config.d_model) == (20, 64)
+
+
+def test_tiny_model_trains_with_the_dense_loss_and_the_light_stem_unless_told_otherwise():
+    model = build_model(ModelArguments(), ["a"], seed=0)
+    assert (model.config.dense_loss_coefficient, model.config.backbone_stem) == (1.0, "light")
+    assert type(model.model.backbone.model.embedder).__name__ == "SlDetrLightStem"
+    config = build_model(ModelArguments(config="dense_loss_coefficient=0,backbone_stem=resnet"), ["a"], seed=0).config
+    assert (config.dense_loss_coefficient, config.backbone_stem) == (0, "resnet")
+    assert FROM_SCRATCH_MODEL.keys() == {"dense_loss_coefficient", "backbone_stem"}
+    # the paper's model and the demo's preset keep RHINO's parts only
+    assert SlDetrConfig.tiny({0: "a"}).dense_loss_coefficient == 0 and SlDetrConfig().backbone_stem == "resnet"
 
 
 @pytest.mark.parametrize(("pretrained", "given", "expected"),
