@@ -1,0 +1,110 @@
+r"""Inference images/s at batch 1 on the CPU: a saved SL-DETR folder against Ultralytics' YOLO11n-OBB / YOLO26n-OBB,
+side by side in one run, on the same images at the same size.
+
+    pip install -e ".[dev,benchmark]"
+    python benchmarks/inference_speed.py --model OUT --images VAL/images --image_size 640
+    OMP_NUM_THREADS=1 taskset -c 0 python benchmarks/inference_speed.py --model OUT --images VAL/images --threads 1
+
+Each model predicts every image once per round (the first image of a round warms up and is not timed), the models
+take turns round by round (so that a slower or busier moment of the machine falls on all of them), and the table
+gives the median images/s over the rounds and SL-DETR / peer. Pre- and post-processing are included, as a user
+pays them: SL-DETR through `SlDetrImageProcessor` (threshold 0.3) from a PIL image, each peer through
+`YOLO.predict(path, conf=0.25)` (its default). The peers are built from their bundled yaml (untrained, its 15 DOTA
+classes; nothing is downloaded) unless `--peer_weights` gives trained ones: untrained, their confidences stay
+under 0.25, so their NMS has nothing to do, which can only flatter them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+
+def sl_detr_runner(model_dir: Path):
+    from PIL import Image
+
+    from sl_detr_hf import SlDetrForObjectDetection, SlDetrImageProcessor
+
+    model = SlDetrForObjectDetection.from_pretrained(model_dir).eval()
+    processor = SlDetrImageProcessor.from_pretrained(model_dir)
+
+    def run(path: Path) -> int:
+        image = Image.open(path).convert("RGB")
+        with torch.inference_mode():
+            inputs = processor(images=[image], return_tensors="pt")
+            outputs = model(pixel_values=inputs["pixel_values"], pixel_mask=inputs["pixel_mask"])
+            result = processor.post_process_object_detection(outputs, threshold=0.3,
+                                                             target_sizes=[(image.height, image.width)])[0]
+        return len(result["scores"])
+
+    return run
+
+
+def yolo_runner(name: str, image_size: int, weights: Path | None):
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    from ultralytics import YOLO
+
+    model = YOLO(str(weights) if weights else f"{name}.yaml")  # the yaml: untrained, its 15 DOTA classes
+
+    def run(path: Path) -> int:
+        return len(model.predict(str(path), imgsz=image_size, conf=0.25, device="cpu", verbose=False)[0].obb)
+
+    return run
+
+
+def time_round(run, images: list[Path]) -> float:
+    run(images[0])  # warm-up
+    start = time.perf_counter()
+    for path in images[1:]:
+        run(path)
+    return (len(images) - 1) / (time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, required=True, help="a saved SL-DETR folder")
+    parser.add_argument("--images", type=Path, required=True, help="a folder of images")
+    parser.add_argument("--image_size", type=int, default=640)
+    parser.add_argument("--peers", default="yolo11n-obb,yolo26n-obb")
+    parser.add_argument("--peer_weights", type=Path, nargs="*", default=None, help="trained .pt, one per peer")
+    parser.add_argument("--limit", type=int, default=100, help="images per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    images = sorted(p for p in args.images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:args.limit]
+    if len(images) < 2:
+        raise SystemExit(f"error: need at least 2 images in {args.images}")
+    sl_detr = sl_detr_runner(args.model)
+    runners = {"SL-DETR": sl_detr}
+    peers = [p for p in args.peers.split(",") if p]
+    weights = args.peer_weights or [None] * len(peers)
+    try:
+        for name, weight in zip(peers, weights):
+            runners[name] = yolo_runner(name, args.image_size, weight)
+    except ImportError:
+        print("Ultralytics is not installed (pip install -e '.[benchmark]'): SL-DETR alone")
+    print(f"{len(images)} images of {args.images}, {args.image_size} px, torch threads {torch.get_num_threads()}, "
+          f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, torch {torch.__version__}")
+    speeds: dict[str, list[float]] = {name: [] for name in runners}
+    for round_index in range(args.rounds):
+        for name, run in runners.items():
+            speeds[name].append(time_round(run, images))
+        print(f"round {round_index + 1}: " + ", ".join(f"{n} {s[-1]:.2f}" for n, s in speeds.items()), flush=True)
+    median = {name: statistics.median(values) for name, values in speeds.items()}
+    print("\nmodel          images/s (median)   SL-DETR / model")
+    for name, value in median.items():
+        print(f"{name:<14} {value:>17.2f}   {median['SL-DETR'] / value:>15.2f}")
+
+
+if __name__ == "__main__":
+    main()
