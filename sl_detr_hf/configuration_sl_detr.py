@@ -203,13 +203,13 @@ class SlDetrConfig(DeformableDetrConfig):
     dense_loss_coefficient (`float`, defaults to 0.0):
         Weight of the dense one-to-many loss on every two-stage encoder token (`dense_loss_sl_detr.py`: TOOD's
         task-aligned assignment, Co-DETR's idea), which trains the encoder faster than the one-to-one losses alone
-        (BENCHMARKS.md "Dense encoder loss"). 0: off (RHINO).
+        (BENCHMARKS.md "Angle range, dense encoder loss, stride 8 and a light stem on HIT-UAV"). 0: off (RHINO).
     value_only_levels (`int`, defaults to 0):
         The number of finest feature levels the encoder reads but does not update (`encoder_sl_detr.py`): its
         attention samples them, the decoder and the two-stage proposals use them as the input projection made
         them, but only the coarser levels' tokens are its queries. 1 with a stride-8 first level gives the decoder
-        stride-8 features at a fraction of a stride-8 encoder's cost (BENCHMARKS.md "Stride 8"). 0: Deformable
-        DETR's encoder.
+        stride-8 features at a fraction of a stride-8 encoder's cost (BENCHMARKS.md "Angle range, dense encoder
+        loss, stride 8 and a light stem on HIT-UAV"). 0: Deformable DETR's encoder.
     look_forward_twice (`bool`, defaults to `True`):
         Layer `l`'s box loss uses the undetached refined reference of layer `l - 1` (DINO / RHINO).
     rotated_sampling (`str`, defaults to `"rhino"`):
@@ -246,7 +246,8 @@ class SlDetrConfig(DeformableDetrConfig):
     backbone_stem (`str`, defaults to `"resnet"`):
         `"resnet"`: the ResNet's 7x7 convolution and max pool. `"light"` (transformers' ResNet trained from
         scratch, `backbone_norm="batch_norm"`): two 3x3 stride-2 convolutions (`stem_sl_detr.py`), the same
-        output at about a third of the cost (BENCHMARKS.md "Light stem").
+        output at about a third of the cost (BENCHMARKS.md "Angle range, dense encoder loss, stride 8 and a light
+        stem on HIT-UAV").
     backbone_norm (`str`, defaults to `"frozen"`):
         `"frozen"`: Deformable DETR's frozen batch norms (right for a pretrained backbone). `"batch_norm"`: the
         batch norms of the unfrozen stages learn (batch statistics while training), which a backbone trained

@@ -6,7 +6,8 @@ per stage) that stem costs more than all four stages together: 147 multiply-adds
 map, plus the norm, activation and pool over it. The light stem is two 3x3 stride-2 convolutions (to
 `embedding_size // 2`, then `embedding_size` channels), each with a batch norm and a ReLU, as the YOLO stems
 (YOLOv8 / YOLO11: `Conv(3, 16, 3, 2)`, `Conv(16, 32, 3, 2)`): the same output, `(B, embedding_size, ceil(H / 4),
-ceil(W / 4))`, at about a third of the cost (BENCHMARKS.md "Light stem").
+ceil(W / 4))`, at about a third of the cost (BENCHMARKS.md "Angle range, dense encoder loss, stride 8 and a
+light stem on HIT-UAV").
 
 This file ships with `trust_remote_code` checkpoints: it imports only torch and the configuration.
 """
