@@ -5,21 +5,26 @@ side by side in one run, on the same images at the same size.
     python benchmarks/inference_speed.py --model OUT --images VAL/images --image_size 640
     OMP_NUM_THREADS=1 taskset -c 0 python benchmarks/inference_speed.py --model OUT --images VAL/images --threads 1
 
-Each model predicts every image once per round (the first image of a round warms up and is not timed), the models
-take turns round by round (so that a slower or busier moment of the machine falls on all of them), and the table
-gives the median images/s over the rounds and SL-DETR / peer. Pre- and post-processing are included, as a user
-pays them: SL-DETR through `SlDetrImageProcessor` (threshold 0.3) from a PIL image, each peer through
-`YOLO.predict(path, conf=0.25)` (its default). The peers are built from their bundled yaml (untrained, its 15 DOTA
-classes; nothing is downloaded) unless `--peer_weights` gives trained ones: untrained, their confidences stay
-under 0.25, so their NMS has nothing to do, which can only flatter them.
+Each model predicts every image once per round, in a process of its own (importing Ultralytics changes the threading
+of the process that imports it: SL-DETR measured 7.5 images/s beside it in one process, 11.8 alone); the first image
+of a round warms up and is not timed. The models take turns round by round (so that a slower or busier moment of
+the machine falls on all of them), and the table gives the median images/s over the rounds and SL-DETR / peer.
+Pre- and post-processing are included, as a user pays them: SL-DETR through `SlDetrImageProcessor` (threshold
+0.3) from a PIL image, each peer through `YOLO.predict(path, conf=0.25)` (its default). The peers are built from
+their bundled yaml (untrained, its 15 DOTA classes; nothing is downloaded) unless `--peer_weights` gives trained
+ones: untrained, their confidences stay under 0.25, so their NMS has nothing to do, which can only flatter them.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
+import re
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -68,6 +73,17 @@ def time_round(run, images: list[Path]) -> float:
     return (len(images) - 1) / (time.perf_counter() - start)
 
 
+def _one_round(args: argparse.Namespace, images: list[Path]) -> float:
+    """In this process: load ``args.only`` and time one round."""
+    if args.only == "SL-DETR":
+        run = sl_detr_runner(args.model)
+    else:
+        peers = [p for p in args.peers.split(",") if p]
+        weights = dict(zip(peers, args.peer_weights or [None] * len(peers)))
+        run = yolo_runner(args.only, args.image_size, weights[args.only])
+    return time_round(run, images)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, required=True, help="a saved SL-DETR folder")
@@ -78,27 +94,36 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int, default=100, help="images per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # one model, one round (a child process)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     images = sorted(p for p in args.images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:args.limit]
     if len(images) < 2:
         raise SystemExit(f"error: need at least 2 images in {args.images}")
-    sl_detr = sl_detr_runner(args.model)
-    runners = {"SL-DETR": sl_detr}
+    if args.only:
+        print(f"IMAGES_PER_S {_one_round(args, images)}")
+        return
+    names = ["SL-DETR"]
     peers = [p for p in args.peers.split(",") if p]
-    weights = args.peer_weights or [None] * len(peers)
-    try:
-        for name, weight in zip(peers, weights):
-            runners[name] = yolo_runner(name, args.image_size, weight)
-    except ImportError:
+    if peers and importlib.util.find_spec("ultralytics") is None:
         print("Ultralytics is not installed (pip install -e '.[benchmark]'): SL-DETR alone")
-    print(f"{len(images)} images of {args.images}, {args.image_size} px, torch threads {torch.get_num_threads()}, "
+        peers = []
+    names += peers
+    print(f"{len(images)} images of {args.images}, {args.image_size} px, torch threads {args.threads or 'default'}, "
           f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, torch {torch.__version__}")
-    speeds: dict[str, list[float]] = {name: [] for name in runners}
+    base = [sys.executable, str(Path(__file__).resolve()), "--model", str(args.model), "--images", str(args.images),
+            "--image_size", str(args.image_size), "--peers", args.peers, "--limit", str(args.limit)]
+    base += ["--peer_weights", *map(str, args.peer_weights)] if args.peer_weights else []
+    base += ["--threads", str(args.threads)] if args.threads else []
+    speeds: dict[str, list[float]] = {name: [] for name in names}
     for round_index in range(args.rounds):
-        for name, run in runners.items():
-            speeds[name].append(time_round(run, images))
+        for name in names:
+            done = subprocess.run([*base, "--only", name], capture_output=True, text=True)
+            found = re.search(r"IMAGES_PER_S ([0-9.eE+-]+)", done.stdout)
+            if done.returncode or not found:
+                raise RuntimeError(f"{name} failed (exit {done.returncode}): {done.stderr[-2000:]}")
+            speeds[name].append(float(found.group(1)))
         print(f"round {round_index + 1}: " + ", ".join(f"{n} {s[-1]:.2f}" for n, s in speeds.items()), flush=True)
     median = {name: statistics.median(values) for name, values in speeds.items()}
     print("\nmodel          images/s (median)   SL-DETR / model")
