@@ -50,7 +50,9 @@ class ModelArguments:
         "help": "size=tiny: ResNet stages fed to the encoder (stage2/3/4: strides 8/16/32); stride 16 and 32 find "
                 "objects from about 12 px up at a quarter of the cost of adding stride 8"})
     config: str = field(default="", metadata={
-        "help": "size=tiny: comma-separated SlDetrConfig overrides, e.g. 'num_denoising=50,d_model=192'"})
+        "help": "size=tiny: comma-separated SlDetrConfig overrides, e.g. 'num_denoising=50,d_model=192'; the tiny "
+                "model trains with dense_loss_coefficient=1,backbone_stem=light and, rotated, the angle_start its "
+                "training boxes crowd least, unless set here"})
     new_class_heads: bool = field(default=False, metadata={
         "help": "with --model_name_or_path / --from_deformable_detr: start every classification row afresh, in the "
                 "data's class order; default: the data's classes are matched to the model's by name (rows keep "
