@@ -53,19 +53,22 @@ def test_the_boundary_goes_where_the_boxes_are_not():
     assert choice.angle_start in (-10, -5, 0) and choice.near_default == 1.0 and choice.near_boundary == 0.0
 
 
-def _tiny(config: str = "") -> ModelArguments:
+def _tiny(config: str = "", angle_range: str = "auto") -> ModelArguments:
     return ModelArguments(size="tiny", config=",".join(filter(None, ["d_model=32,num_denoising=10", config])),
-                          num_queries=10)
+                          num_queries=10, angle_range=angle_range)
 
 
-def test_a_new_tiny_model_takes_the_chosen_range_unless_given():
+def test_a_new_tiny_model_takes_the_chosen_range_when_asked():
     upright = _boxes([-90] * 100)
     assert build_model(_tiny(), ["a"], seed=0, rboxes=upright).config.angle_start == 0
+    assert build_model(_tiny(angle_range="model"), ["a"], seed=0, rboxes=upright).config.angle_start == -90
     assert build_model(_tiny("angle_start=-90"), ["a"], seed=0, rboxes=upright).config.angle_start == -90
     assert build_model(_tiny(), ["a"], seed=0, rboxes=None).config.angle_start == -90
     model = build_model(_tiny(), ["a"], seed=0, rboxes=_boxes([0] * 60 + [90] * 60))
     assert model.config.angle_start == -45 and model.config.angle_offset == pytest.approx(-0.25)
     assert math.isclose(model.config.angle_offset * 180, -45)
+    with pytest.raises(SystemExit, match="--angle_range"):
+        build_model(_tiny(angle_range="le90"), ["a"], seed=0, rboxes=upright)
 
 
 def test_flips_and_quarter_turns_count_as_the_model_sees_them():

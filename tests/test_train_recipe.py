@@ -11,7 +11,6 @@ from transformers import TrainingArguments
 from sl_detr_hf import SlDetrConfig
 from sl_detr_hf.commands._common import TimeLimitCallback
 from sl_detr_hf.commands.train import (
-    FROM_SCRATCH_MODEL,
     FROM_SCRATCH_RECIPE,
     DataArguments,
     ModelArguments,
@@ -69,14 +68,13 @@ def test_tiny_model_stages_and_config_overrides():
     assert config.num_feature_levels == 3 and (config.num_denoising, config.d_model) == (20, 64)
 
 
-def test_tiny_model_trains_with_the_dense_loss_and_the_light_stem_unless_told_otherwise():
+def test_the_parts_measured_on_hit_uav_are_options():
+    """The dense encoder loss and the light stem lowered the airport set's mAP50 (0.550 -> 0.434 with the angle
+    range, both cores): the tiny model keeps the preset's parts unless --config asks (BENCHMARKS.md)."""
     model = build_model(ModelArguments(), ["a"], seed=0)
-    assert (model.config.dense_loss_coefficient, model.config.backbone_stem) == (1.0, "light")
-    assert type(model.model.backbone.model.embedder).__name__ == "SlDetrLightStem"
-    config = build_model(ModelArguments(config="dense_loss_coefficient=0,backbone_stem=resnet"), ["a"], seed=0).config
-    assert (config.dense_loss_coefficient, config.backbone_stem) == (0, "resnet")
-    assert FROM_SCRATCH_MODEL.keys() == {"dense_loss_coefficient", "backbone_stem"}
-    # the paper's model and the demo's preset keep RHINO's parts only
+    assert (model.config.dense_loss_coefficient, model.config.backbone_stem) == (0.0, "resnet")
+    config = build_model(ModelArguments(config="dense_loss_coefficient=1,backbone_stem=light"), ["a"], seed=0).config
+    assert (config.dense_loss_coefficient, config.backbone_stem) == (1, "light")
     assert SlDetrConfig.tiny({0: "a"}).dense_loss_coefficient == 0 and SlDetrConfig().backbone_stem == "resnet"
 
 

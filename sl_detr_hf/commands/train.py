@@ -50,9 +50,12 @@ class ModelArguments:
         "help": "size=tiny: ResNet stages fed to the encoder (stage2/3/4: strides 8/16/32); stride 16 and 32 find "
                 "objects from about 12 px up at a quarter of the cost of adding stride 8"})
     config: str = field(default="", metadata={
-        "help": "size=tiny: comma-separated SlDetrConfig overrides, e.g. 'num_denoising=50,d_model=192'; the tiny "
-                "model trains with dense_loss_coefficient=1,backbone_stem=light and, rotated, the angle_start its "
-                "training boxes crowd least, unless set here"})
+        "help": "size=tiny: comma-separated SlDetrConfig overrides, e.g. 'num_denoising=50,d_model=192'; "
+                "'dense_loss_coefficient=1,backbone_stem=light' are the parts measured on HIT-UAV (README)"})
+    angle_range: str = field(default="model", metadata={
+        "help": "new rotated models: 'model' keeps the preset's angle range (le90 for the tiny model, RHINO's "
+                "[0, 180) for the paper's); 'auto' takes the range whose boundary the training boxes crowd least "
+                "(logged; --config angle_start=N sets it by hand)"})
     new_class_heads: bool = field(default=False, metadata={
         "help": "with --model_name_or_path / --from_deformable_detr: start every classification row afresh, in the "
                 "data's class order; default: the data's classes are matched to the model's by name (rows keep "
@@ -210,10 +213,10 @@ def build_model(model_args: ModelArguments, names: list[str], seed: int, most_ob
     """The model to train: fine-tuned from a folder, converted from Deformable DETR, or new (seeded first).
 
     ``most_objects`` (the most objects in one training image) sizes the tiny model's queries when
-    ``model_args.num_queries`` is None: DETR's one-to-one matching needs more queries than objects. A new rotated
-    model takes the angle range its training boxes ``rboxes`` ``(N, 5)`` crowd least (`data/angle_range.py`;
-    ``dihedral``: as the flips and quarter turns of the augmentation present them) unless ``--config
-    angle_start=...`` is given.
+    ``model_args.num_queries`` is None: DETR's one-to-one matching needs more queries than objects. With
+    ``--angle_range auto`` a new rotated model takes the angle range its training boxes ``rboxes`` ``(N, 5)`` crowd
+    least (`data/angle_range.py`; ``dihedral``: as the flips and quarter turns of the augmentation present them)
+    unless ``--config angle_start=...`` is given.
     """
     from transformers import set_seed
 
@@ -232,14 +235,16 @@ def build_model(model_args: ModelArguments, names: list[str], seed: int, most_ob
     if model_args.from_deformable_detr:
         model = SlDetrForObjectDetection.from_deformable_detr(model_args.from_deformable_detr, box_type=box_type)
         return _with_classes(model, names, model_args.new_class_heads)
+    if model_args.angle_range not in ("model", "auto"):
+        raise SystemExit(f"error: --angle_range must be model or auto, got {model_args.angle_range!r}")
     if model_args.size == "tiny":
         queries = model_args.num_queries or max(100, math.ceil(1.2 * most_objects))
         stages = [stage.strip() for stage in model_args.backbone_stages.split(",") if stage.strip()]
         overrides = {"use_sync_loc": not model_args.no_sync, "use_quality_cls": not model_args.no_sync,
-                     "box_type": box_type, **FROM_SCRATCH_MODEL, **parse_config_overrides(model_args.config)}
+                     "box_type": box_type, **parse_config_overrides(model_args.config)}
         logger.info("tiny SL-DETR: %d queries, backbone stages %s", queries, ",".join(stages))
         config = SlDetrConfig.tiny(id2label, num_queries=queries, backbone_stages=stages, **overrides)
-        if box_type == "rotated" and "angle_start" not in overrides:
+        if box_type == "rotated" and model_args.angle_range == "auto" and "angle_start" not in overrides:
             config.angle_start = _angle_start(rboxes, config.angle_start, dihedral)
         return SlDetrForObjectDetection(config)
     if model_args.size == "paper":  # the paper's model (RHINO's R50 sizes and numerics) on a timm backbone
@@ -249,7 +254,7 @@ def build_model(model_args: ModelArguments, names: list[str], seed: int, most_ob
             label2id={v: k for k, v in id2label.items()}, box_type=box_type,
             **_backbone_policy(model_args.use_pretrained_backbone),
             use_sync_loc=not model_args.no_sync, use_quality_cls=not model_args.no_sync)
-        if box_type == "rotated":
+        if box_type == "rotated" and model_args.angle_range == "auto":
             config.angle_start = _angle_start(rboxes, config.angle_start, dihedral)
         return SlDetrForObjectDetection(config)
     raise SystemExit(f"error: --size must be tiny or paper, got {model_args.size!r}")
@@ -320,12 +325,6 @@ def most_objects_per_image(dataset) -> int:
     categories = objects.field("category") if hasattr(objects, "field") else pc.list_flatten(objects)
     return int(pc.max(pc.list_value_length(categories)).as_py() or 0)
 
-
-FROM_SCRATCH_MODEL = {"dense_loss_coefficient": 1.0, "backbone_stem": "light"}
-"""`SlDetrConfig` fields of the tiny model `sl-detr train` builds, on top of `SlDetrConfig.tiny` (and under
-``--config``): the dense one-to-many encoder loss, which a model trained for one or two epochs needs, and the light
-stem, 22 % more training steps in the same time and 23 % faster inference (BENCHMARKS.md, "Angle range, dense
-encoder loss, stride 8 and a light stem on HIT-UAV")."""
 
 FROM_SCRATCH_RECIPE = {"learning_rate": 1e-3, "per_device_train_batch_size": 4, "warmup_steps": 100}
 """`TrainingArguments` for a tiny model trained from scratch, unless given (BENCHMARKS.md, "Real images"): DETR's
