@@ -41,6 +41,7 @@ from torch import Tensor
 from .geometry_conversions import EPS
 from .geometry_gaussian import kld, kld_to_loss
 from .geometry_overlaps import prob_iou
+from .matcher_sl_detr import image_sizes, pad_targets
 
 __all__ = ["DENSE_ALPHA", "DENSE_BETA", "DENSE_TOPK", "add_dense_encoder_loss", "assign_tokens", "dense_encoder_loss"]
 
@@ -107,7 +108,7 @@ def assign_tokens(logits: Tensor, boxes: Tensor, anchors: Tensor, valid: Tensor,
 
 
 def dense_encoder_loss(logits: Tensor, boxes: Tensor, anchors: Tensor, valid: Tensor, targets: list[dict],
-                       num_labels: int, kld_tau: float = 1.0, topk: int = DENSE_TOPK) -> dict[str, Tensor]:
+                       kld_tau: float = 1.0, topk: int = DENSE_TOPK) -> dict[str, Tensor]:
     """The dense encoder loss terms (module docstring), unweighted.
 
     Args:
@@ -125,15 +126,9 @@ def dense_encoder_loss(logits: Tensor, boxes: Tensor, anchors: Tensor, valid: Te
         background = F.binary_cross_entropy_with_logits(logits.float(), torch.zeros_like(prob), reduction="none")
         return {"loss_cls": (background * VARIFOCAL_ALPHA * prob.square()).sum() + zero,
                 "loss_bbox": zero, "loss_sync": zero}
-    labels = logits.new_full((batch, most), -1, dtype=torch.long)
-    target_boxes = boxes.new_zeros(batch, most, 5)
-    target_boxes[..., 2:4] = 1.0
-    for b, target in enumerate(targets):  # padding of B target lists (B is the batch size, not boxes)
-        n = len(target["class_labels"])
-        labels[b, :n] = target["class_labels"]
-        target_boxes[b, :n] = target["boxes"].to(boxes)
-    target_valid = labels >= 0
-    sizes = torch.stack([t["size"].to(boxes.device) for t in targets]).to(boxes.dtype)
+    labels, target_boxes, counts = pad_targets(targets, 5, boxes.device, boxes.dtype)
+    target_valid = torch.arange(most, device=boxes.device)[None] < torch.tensor(counts, device=boxes.device)[:, None]
+    sizes = image_sizes(targets, boxes.device, boxes.dtype)
     assigned, score = assign_tokens(logits.detach(), boxes.detach(), anchors, valid, labels, target_boxes,
                                     target_valid, sizes, topk=topk)
     positive = assigned >= 0
@@ -175,7 +170,7 @@ def add_dense_encoder_loss(loss: Tensor, loss_dict: dict[str, Tensor], enc_logit
     """
     valid = torch.isfinite(proposals).all(-1)
     anchors = torch.where(valid[..., None], proposals, torch.zeros_like(proposals)).sigmoid()
-    terms = dense_encoder_loss(enc_logits, enc_boxes, anchors, valid, targets, config.num_labels,
+    terms = dense_encoder_loss(enc_logits, enc_boxes, anchors, valid, targets,
                                kld_tau=config.kld_tau)
     weighted = (config.cls_loss_coefficient * terms["loss_cls"] + config.bbox_loss_coefficient * terms["loss_bbox"]
                 + config.sync_loss_coefficient * terms["loss_sync"])

@@ -78,14 +78,14 @@ def test_perfect_boxes_give_no_box_loss_and_empty_images_are_finite():
     target = [0.5, 0.625, 0.4, 0.25, 0.3]
     boxes = torch.tensor(target).expand(2, 20, 5).clone().requires_grad_(True)
     logits = torch.full((2, 20, 3), -2.0, requires_grad=True)
-    terms = dense_encoder_loss(logits, boxes, anchors, valid, _targets([[target], []], [[2], []]), 3)
+    terms = dense_encoder_loss(logits, boxes, anchors, valid, _targets([[target], []], [[2], []]))
     assert float(terms["loss_bbox"].detach()) == pytest.approx(0, abs=1e-6)
     assert float(terms["loss_sync"].detach()) == pytest.approx(0, abs=1e-5)
     assert float(terms["loss_cls"].detach()) > 0
     sum(terms.values()).backward()
     assert torch.isfinite(logits.grad).all() and torch.isfinite(boxes.grad).all()
     # no object anywhere: only the background term, finite, with a gradient
-    empty = dense_encoder_loss(logits, boxes, anchors, valid, _targets([[], []], [[], []]), 3)
+    empty = dense_encoder_loss(logits, boxes, anchors, valid, _targets([[], []], [[], []]))
     assert float(empty["loss_bbox"].detach()) == 0 and float(empty["loss_cls"].detach()) > 0
 
 
@@ -98,7 +98,7 @@ def test_degenerate_background_boxes_do_not_poison_the_gradient():
     boxes[0, 8:12, 2:4] = 1e6
     boxes.requires_grad_(True)
     logits = torch.zeros(1, 16, 2, requires_grad=True)
-    terms = dense_encoder_loss(logits, boxes, anchors, valid, _targets([[[0.6, 0.6, 0.3, 0.2, 0.1]]], [[1]]), 2)
+    terms = dense_encoder_loss(logits, boxes, anchors, valid, _targets([[[0.6, 0.6, 0.3, 0.2, 0.1]]], [[1]]))
     total = sum(terms.values())
     assert torch.isfinite(total)
     total.backward()
