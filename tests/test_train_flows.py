@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from sl_detr_hf.cli import main
+from sl_detr_hf.commands.train import last_complete_checkpoint
 from sl_detr_hf.data import make_synthetic_dota
 from sl_detr_hf.data.synthetic import SYNTHETIC_CLASSES
 
@@ -194,14 +195,15 @@ def test_a_time_limited_run_resumes_after_a_kill_with_what_is_left(tmp_path, dat
         process.kill()
         process.wait()
     assert killed_at is not None, "the first run wrote no checkpoint after 10 s of training"
-    last = max(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    # the kill may land while a newer checkpoint is half written: the resume takes the last complete one
+    last = Path(last_complete_checkpoint(out))
     spent_before, step_before = _spent(last), json.loads((last / "trainer_state.json").read_text())["global_step"]
 
     assert main([*argv[:-len(SMALL)], "--resume_from_checkpoint", "last", *SMALL]) == 0
     state = json.loads((out / "trainer_state.json").read_text())
     history = state["log_history"]
     runtime = next(h["train_runtime"] for h in reversed(history) if "train_runtime" in h)
-    final = max(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    final = Path(last_complete_checkpoint(out))
     assert _spent(final) >= budget_s and state["global_step"] > step_before
     # what was left (plus the last step and the save), not a fresh budget (>= budget_s)
     assert runtime < budget_s - 0.5 * spent_before
