@@ -164,20 +164,12 @@ def add_dense_encoder_loss(loss: Tensor, loss_dict: dict[str, Tensor], enc_logit
     """`loss` plus `config.dense_loss_coefficient` times the weighted dense terms, which join `loss_dict` as
     `dense.loss_cls`, `dense.loss_bbox`, `dense.loss_sync` (unweighted, as the other segments' terms).
 
-    The encoder's proposals are ranked as its one-to-one loss trains them (`query_selection_sl_detr.proposal_scores`):
-    class-aware under RHINO's numerics, else by the first logit alone, trained class-agnostic (Deformable DETR). The
-    dense terms follow: with a class-agnostic encoder every object is class 0 and only the first logit is supervised
-    (the other logits of that head are never read), so the dense and one-to-one terms train the same objectness.
-
     Args:
         enc_logits: `(B, S, C)`; enc_boxes: `(B, S, 5)` normalized, in the targets' angle range; proposals:
             `(B, S, 4)` inverse-sigmoid proposal boxes (`+inf` for invalid tokens).
     """
     valid = torch.isfinite(proposals).all(-1)
     anchors = torch.where(valid[..., None], proposals, torch.zeros_like(proposals)).sigmoid()
-    if not config.rhino_numerics:  # a class-agnostic encoder (`enc_class_agnostic`): its first logit is objectness
-        enc_logits = enc_logits[..., :1]
-        targets = [{**t, "class_labels": torch.zeros_like(t["class_labels"])} for t in targets]
     terms = dense_encoder_loss(enc_logits, enc_boxes, anchors, valid, targets,
                                kld_tau=config.kld_tau)
     weighted = (config.cls_loss_coefficient * terms["loss_cls"] + config.bbox_loss_coefficient * terms["loss_bbox"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sl_detr_hf import SlDetrConfig, SlDetrForObjectDetection
-from sl_detr_hf.dense_loss_sl_detr import add_dense_encoder_loss, assign_tokens, dense_encoder_loss
+from sl_detr_hf.dense_loss_sl_detr import assign_tokens, dense_encoder_loss
 from sl_detr_hf.geometry_overlaps import prob_iou
 
 
@@ -122,32 +122,3 @@ def test_model_adds_the_weighted_dense_terms():
                 + config.sync_loss_coefficient * d["dense.loss_sync"])
     torch.testing.assert_close(dense.loss, plain.loss + 0.5 * weighted)
     assert float(d["dense.loss_bbox"]) > 0
-
-
-@pytest.mark.parametrize("numerics", ["deformable_detr", "rhino"])
-def test_dense_target_follows_what_ranks_the_proposals(numerics):
-    """A class-agnostic encoder (ranked by its first logit) learns objectness: every object is class 0 and only that
-    logit is supervised; RHINO's class-aware encoder learns each class on its own logit."""
-    config = SlDetrConfig.tiny({0: "a", 1: "b", 2: "c"}, numerics=numerics, dense_loss_coefficient=1.0)
-    anchors = _grid_tokens(4, 4, 0.1)
-    proposals = torch.logit(anchors)
-    boxes = torch.cat([anchors, torch.zeros(1, 16, 1)], -1)
-    logits = torch.randn(1, 16, 3, generator=torch.Generator().manual_seed(0))
-    targets = [{"class_labels": torch.tensor([2]), "boxes": torch.tensor([[0.375, 0.375, 0.3, 0.3, 0.0]]),
-                "size": torch.tensor([80, 80])}]
-    _, terms = add_dense_encoder_loss(torch.tensor(0.0), {}, logits, boxes, proposals, targets, config)
-    if numerics == "rhino":
-        expected = dense_encoder_loss(logits, boxes, anchors, torch.ones(1, 16, dtype=torch.bool), targets)
-    else:
-        agnostic = [{**targets[0], "class_labels": torch.tensor([0])}]
-        expected = dense_encoder_loss(logits[..., :1], boxes, anchors, torch.ones(1, 16, dtype=torch.bool), agnostic)
-        # the class-0 form differs from the per-class one: the object's class (2) is not what it trains
-        per_class = dense_encoder_loss(logits, boxes, anchors, torch.ones(1, 16, dtype=torch.bool), targets)
-        assert not torch.isclose(per_class["loss_cls"], expected["loss_cls"])
-    for name in ("loss_cls", "loss_bbox", "loss_sync"):
-        torch.testing.assert_close(terms[f"dense.{name}"], expected[name])
-    # the logits beyond the first get no gradient from a class-agnostic dense loss
-    logits.requires_grad_(True)
-    loss, _ = add_dense_encoder_loss(torch.tensor(0.0), {}, logits, boxes, proposals, targets, config)
-    loss.backward()
-    assert (logits.grad[..., 1:].abs().sum() == 0) == (numerics != "rhino")
