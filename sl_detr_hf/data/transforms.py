@@ -114,6 +114,7 @@ class RotatedDetectionAugment:
             steps.append(v2.ColorJitter(brightness, contrast, saturation, hue))
         self.transform = v2.Compose(steps) if steps else v2.Identity()
         self.min_visibility = min_visibility
+        self.turns_quarter = rot90_prob > 0  # its outputs may be turned once more (`sl_detr_hf.data.orientation`)
 
     def __call__(self, image: Image.Image | Tensor, target: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
         if isinstance(image, Image.Image):

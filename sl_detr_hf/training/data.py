@@ -10,6 +10,7 @@ import torch
 
 from ..data.collate import SlDetrCollator
 from ..data.images import open_image
+from ..data.orientation import TURNABLE_KEY
 from ..data.transforms import RotatedDetectionAugment
 from ..image_processing_sl_detr import SlDetrImageProcessor
 
@@ -22,7 +23,9 @@ class DetectionTransform:
     Each row needs ``image`` and ``objects`` with ``rbox`` (pixel, rotated datasets) or ``bbox`` (COCO
     ``xywh``, horizontal datasets), ``category`` and optionally ``difficult``. With ``augment``, the image
     and its rotated boxes go through :class:`RotatedDetectionAugment` first (rotated datasets only). The
-    images are resized / normalized by ``image_processor`` but not padded: :class:`SlDetrCollator` pads.
+    images are resized / normalized by ``image_processor`` but not padded: :class:`SlDetrCollator` pads. Examples
+    of an augmentation with quarter turns carry ``"turnable": True``: the collator may turn them once more so that
+    a batch has one orientation (`sl_detr_hf.data.orientation`).
     """
 
     def __init__(self, image_processor: SlDetrImageProcessor, box_type: str = "rotated",
@@ -57,13 +60,22 @@ class DetectionTransform:
         out = self.image_processor(images=image, annotations=annotation, return_tensors="pt", do_pad=False)
         return {"pixel_values": out["pixel_values"][0], "labels": out["labels"][0]}
 
+    @property
+    def turnable(self) -> bool:
+        """Whether the collator may turn this transform's examples once more (its augmentation turns them by
+        quarter turns already): `sl_detr_hf.data.orientation`."""
+        return self.augment is not None and getattr(self.augment, "turns_quarter", False)
+
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         images, objects = batch["image"], batch["objects"]
         ids = batch.get("image_id", list(range(len(images))))
         examples = [self._example(im, obj, i) for im, obj, i in zip(images, objects, range(len(images)))]
         for example, image_id in zip(examples, ids):
             example["labels"]["image_id"] = image_id
-        return {"pixel_values": [e["pixel_values"] for e in examples], "labels": [e["labels"] for e in examples]}
+        columns = {"pixel_values": [e["pixel_values"] for e in examples], "labels": [e["labels"] for e in examples]}
+        if self.turnable:
+            columns[TURNABLE_KEY] = [True] * len(examples)
+        return columns
 
 
 def prepare_dataset(dataset: datasets.Dataset, image_processor: SlDetrImageProcessor, box_type: str = "rotated",
