@@ -130,6 +130,36 @@ def test_map_class_heads_moves_rows_by_name():
     assert all(m.out_features == 3 for m in model.model.decoder.class_embed)
 
 
+def test_a_run_begun_with_other_model_defaults_resumes_with_its_own_model(tmp_path, data):
+    """The tiny model's defaults changed (dense encoder loss, light stem, angle range chosen from the data): a run
+    begun before (here: the old parts, given by --config) continues with the model it began with, from its
+    checkpoint's config.json, and not with this command's model, whose stem has other weights."""
+    out = tmp_path / "run"
+    args = ["train", "--data_format", "dota", "--train_dir", str(data), "--output_dir", str(out), "--save_steps", "1",
+            "--image_size", "64", "--num_queries", "10", "--use_cpu", "--report_to", "none"]
+    old = "d_model=32,num_denoising=10,dense_loss_coefficient=0,backbone_stem=resnet,angle_start=-90"
+    assert main([*args, "--max_steps", "1", "--config", old]) == 0
+    first = load_file(out / "checkpoint-1" / "model.safetensors")
+    assert main([*args, "--max_steps", "2", "--config", "d_model=32,num_denoising=10"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert (config["backbone_stem"], config["dense_loss_coefficient"], config["angle_start"]) == ("resnet", 0.0, -90)
+    final = load_file(out / "model.safetensors")
+    assert final.keys() == first.keys() and any(not torch.equal(final[k], first[k]) for k in first)
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 2
+
+
+def test_resuming_with_other_classes_is_refused(tmp_path, data):
+    from sl_detr_hf.commands.train import model_to_resume
+
+    out = tmp_path / "run"
+    assert main(["train", "--data_format", "dota", "--train_dir", str(data), "--max_steps", "1", "--save_steps", "1",
+                 "--output_dir", str(out), *SMALL]) == 0
+    assert model_to_resume(str(out / "checkpoint-1"), list(SYNTHETIC_CLASSES), seed=0) is not None
+    with pytest.raises(SystemExit, match="trained on the classes"):
+        model_to_resume(str(out / "checkpoint-1"), ["car", "person"], seed=0)
+    assert model_to_resume(str(tmp_path), ["car"], seed=0) is None  # no config.json: the command's model
+
+
 def test_the_same_seed_gives_the_same_weights(tmp_path, data):
     runs = []
     for name in ("a", "b"):

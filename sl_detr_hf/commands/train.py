@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = ["DataArguments", "ModelArguments", "build_model", "check_not_finished", "last_complete_checkpoint", "main",
-           "run_train"]
+           "model_to_resume", "run_train"]
 
 
 @dataclass
@@ -50,12 +50,14 @@ class ModelArguments:
         "help": "size=tiny: ResNet stages fed to the encoder (stage2/3/4: strides 8/16/32); stride 16 and 32 find "
                 "objects from about 12 px up at a quarter of the cost of adding stride 8"})
     config: str = field(default="", metadata={
-        "help": "size=tiny: comma-separated SlDetrConfig overrides, e.g. 'num_denoising=50,d_model=192'; "
-                "'dense_loss_coefficient=1,backbone_stem=light' are the parts measured on HIT-UAV (README)"})
-    angle_range: str = field(default="model", metadata={
-        "help": "new rotated models: 'model' keeps the preset's angle range (le90 for the tiny model, RHINO's "
-                "[0, 180) for the paper's); 'auto' takes the range whose boundary the training boxes crowd least "
-                "(logged; --config angle_start=N sets it by hand)"})
+        "help": "size=tiny: comma-separated SlDetrConfig overrides, e.g. 'num_denoising=50,d_model=192'; they "
+                "replace the from-scratch model parts (dense_loss_coefficient=1, backbone_stem=light; "
+                "'dense_loss_coefficient=0,backbone_stem=resnet' is the demo's model)"})
+    angle_range: str | None = field(default=None, metadata={
+        "help": "new rotated models: 'auto' takes the range whose boundary the training boxes crowd least, le90 "
+                "unless clearly better (logged; --config angle_start=N sets it by hand); 'model' keeps the "
+                "preset's range (le90 for the tiny model, RHINO's [0, 180) for the paper's); default: auto for the "
+                "tiny model, model for the paper's"})
     new_class_heads: bool = field(default=False, metadata={
         "help": "with --model_name_or_path / --from_deformable_detr: start every classification row afresh, in the "
                 "data's class order; default: the data's classes are matched to the model's by name (rows keep "
@@ -175,6 +177,30 @@ def last_complete_checkpoint(output_dir: str | Path) -> str | None:
     return None
 
 
+def model_to_resume(checkpoint: str, names: list[str], seed: int):
+    """The model a resumed run continues: built from the checkpoint's own ``config.json`` (its weights are loaded by
+    the trainer), not from this command's options, whose defaults may have changed since the run began (the model
+    parts, the angle range) and would load its weights into another model. ``None`` when the checkpoint has no
+    config (the command's model then). Its classes must be ``names``."""
+    from transformers import set_seed
+
+    from .. import SlDetrConfig, SlDetrForObjectDetection
+
+    path = Path(checkpoint) / "config.json"
+    if not path.is_file():
+        return None
+    config = SlDetrConfig.from_pretrained(checkpoint)
+    theirs = [config.id2label[i] for i in sorted(config.id2label)]
+    if theirs != list(names):
+        raise SystemExit(f"error: the checkpoint {checkpoint} was trained on the classes {theirs}, the data has "
+                         f"{list(names)}: resume with the data it was trained on, or train into a new --output_dir")
+    set_seed(seed)
+    logger.info("the model is the checkpoint's (its config.json: %s stem, dense encoder loss x%g, angle range "
+                "[%d, %d)); this command's model options do not change a resumed run", config.backbone_stem,
+                config.dense_loss_coefficient, config.angle_start, config.angle_start + 180)
+    return SlDetrForObjectDetection(config)
+
+
 def check_not_finished(checkpoint: str, training_args, max_minutes: float | None = None) -> None:
     """Refuse to "resume" a run that already reached its end: it would train 0 steps and report success.
 
@@ -213,8 +239,9 @@ def build_model(model_args: ModelArguments, names: list[str], seed: int, most_ob
     """The model to train: fine-tuned from a folder, converted from Deformable DETR, or new (seeded first).
 
     ``most_objects`` (the most objects in one training image) sizes the tiny model's queries when
-    ``model_args.num_queries`` is None: DETR's one-to-one matching needs more queries than objects. With
-    ``--angle_range auto`` a new rotated model takes the angle range its training boxes ``rboxes`` ``(N, 5)`` crowd
+    ``model_args.num_queries`` is None: DETR's one-to-one matching needs more queries than objects. A new tiny
+    model gets :data:`FROM_SCRATCH_MODEL` unless ``--config`` sets those fields. With ``--angle_range auto`` (the
+    tiny model's default) a new rotated model takes the angle range its training boxes ``rboxes`` ``(N, 5)`` crowd
     least (`data/angle_range.py`; ``dihedral``: as the flips and quarter turns of the augmentation present them)
     unless ``--config angle_start=...`` is given.
     """
@@ -235,16 +262,18 @@ def build_model(model_args: ModelArguments, names: list[str], seed: int, most_ob
     if model_args.from_deformable_detr:
         model = SlDetrForObjectDetection.from_deformable_detr(model_args.from_deformable_detr, box_type=box_type)
         return _with_classes(model, names, model_args.new_class_heads)
-    if model_args.angle_range not in ("model", "auto"):
+    if model_args.angle_range not in (None, "model", "auto"):
         raise SystemExit(f"error: --angle_range must be model or auto, got {model_args.angle_range!r}")
     if model_args.size == "tiny":
         queries = model_args.num_queries or max(100, math.ceil(1.2 * most_objects))
         stages = [stage.strip() for stage in model_args.backbone_stages.split(",") if stage.strip()]
         overrides = {"use_sync_loc": not model_args.no_sync, "use_quality_cls": not model_args.no_sync,
-                     "box_type": box_type, **parse_config_overrides(model_args.config)}
-        logger.info("tiny SL-DETR: %d queries, backbone stages %s", queries, ",".join(stages))
+                     "box_type": box_type, **FROM_SCRATCH_MODEL, **parse_config_overrides(model_args.config)}
+        logger.info("tiny SL-DETR: %d queries, backbone stages %s, dense encoder loss x%g, %s stem", queries,
+                    ",".join(stages), overrides["dense_loss_coefficient"], overrides["backbone_stem"])
         config = SlDetrConfig.tiny(id2label, num_queries=queries, backbone_stages=stages, **overrides)
-        if box_type == "rotated" and model_args.angle_range == "auto" and "angle_start" not in overrides:
+        auto = model_args.angle_range in (None, "auto")
+        if box_type == "rotated" and auto and "angle_start" not in overrides:
             config.angle_start = _angle_start(rboxes, config.angle_start, dihedral)
         return SlDetrForObjectDetection(config)
     if model_args.size == "paper":  # the paper's model (RHINO's R50 sizes and numerics) on a timm backbone
@@ -326,6 +355,12 @@ def most_objects_per_image(dataset) -> int:
     return int(pc.max(pc.list_value_length(categories)).as_py() or 0)
 
 
+FROM_SCRATCH_MODEL = {"dense_loss_coefficient": 1.0, "backbone_stem": "light"}
+"""`SlDetrConfig` fields of the tiny model `sl-detr train` builds, unless `--config` sets them: the dense one-to-many
+encoder loss and the light stem (docs/architecture.md, "Parts for training from scratch in minutes"; measured on
+HIT-UAV and the airport photos, BENCHMARKS.md "One recipe"). With `--angle_range auto` (the tiny model's default) they
+are the from-scratch recipe's model side."""
+
 FROM_SCRATCH_RECIPE = {"learning_rate": 1e-3, "per_device_train_batch_size": 4, "warmup_steps": 100}
 """`TrainingArguments` for a tiny model trained from scratch, unless given (BENCHMARKS.md, "Real images"): DETR's
 1e-4 suits a pretrained backbone and 12-36 epochs, not a random one and minutes."""
@@ -391,8 +426,16 @@ def run_train(model_args: ModelArguments, data: DataArguments, training_args) ->
     id2label = dict(enumerate(names))
     if keep_freed_memory_for_training(training_args):
         logger.info("CPU training: freed memory stays in the process (sl_detr_hf.training.allocator)")
-    model = build_model(model_args, names, training_args.seed, most_objects=most_objects_per_image(train_raw),
-                        rboxes=dataset_rboxes(train_raw), dihedral=data.augment)
+    trains = training_args.do_train or not training_args.do_eval
+    resume = training_args.resume_from_checkpoint
+    if resume == "last" or (resume is None and trains):  # a run into a folder with checkpoints continues it
+        resume = last_complete_checkpoint(training_args.output_dir)
+        if resume is not None:
+            logger.info("resuming from %s (the last complete checkpoint in --output_dir)", resume)
+    model = model_to_resume(resume, names, training_args.seed) if resume is not None and trains else None
+    if model is None:
+        model = build_model(model_args, names, training_args.seed, most_objects=most_objects_per_image(train_raw),
+                            rboxes=dataset_rboxes(train_raw), dihedral=data.augment)
     box_type = model.config.box_type
     processor = SlDetrImageProcessor(size={"shortest_edge": data.image_size, "longest_edge": data.image_size},
                                      box_type=box_type, max_detections=model.config.max_detections)
@@ -416,12 +459,6 @@ def run_train(model_args: ModelArguments, data: DataArguments, training_args) ->
         from transformers.trainer_callback import ProgressCallback
 
         trainer.remove_callback(ProgressCallback)  # its bar would count to the placeholder epoch limit
-    trains = training_args.do_train or not training_args.do_eval
-    resume = training_args.resume_from_checkpoint
-    if resume == "last" or (resume is None and trains):  # a run into a folder with checkpoints continues it
-        resume = last_complete_checkpoint(training_args.output_dir)
-        if resume is not None:
-            logger.info("resuming from %s (the last complete checkpoint in --output_dir)", resume)
     if resume is not None and trains:
         check_not_finished(resume, training_args, data.max_minutes if by_time else None)
     metrics: dict = {}
