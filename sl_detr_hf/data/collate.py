@@ -32,11 +32,10 @@ class SlDetrCollator:
 
     Examples marked ``"turnable": True`` (augmented with quarter turns, `DetectionTransform`) are first brought to
     one orientation by quarter turns (`sl_detr_hf.data.orientation.one_orientation`), so that landscape and
-    portrait images do not pad each other to a square; ``one_orientation=False`` turns nothing.
+    portrait images do not pad each other to a square.
     """
 
-    def __init__(self, pad_value: float = 0.0, pad_to_multiple_of: int = 1, box_dim: int = 5,
-                 one_orientation: bool = True) -> None:
+    def __init__(self, pad_value: float = 0.0, pad_to_multiple_of: int = 1, box_dim: int = 5) -> None:
         if pad_to_multiple_of < 1:
             raise ValueError(f"`pad_to_multiple_of` must be >= 1, got {pad_to_multiple_of}")
         if box_dim not in (4, 5):
@@ -44,13 +43,11 @@ class SlDetrCollator:
         self.pad_value = pad_value
         self.pad_to_multiple_of = pad_to_multiple_of
         self.box_dim = box_dim
-        self.one_orientation = one_orientation
 
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         if not examples:
             raise ValueError("cannot collate an empty batch")
-        if self.one_orientation and self.box_dim == 5:
-            examples = orientation.one_orientation(examples)
+        examples = orientation.one_orientation(examples)
         images = [torch.as_tensor(e["pixel_values"]) for e in examples]
         for i, image in enumerate(images):
             if image.dim() != 3:

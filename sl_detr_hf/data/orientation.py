@@ -11,9 +11,8 @@ random and turns each augmented example of the other orientation by +-90 degrees
 random example's orientation keeps every example's chance of ending landscape or portrait what the augmentation
 gave it. Examples that were not augmented (evaluation) are never turned; square images have no orientation.
 
-The turn is exact: `torch.rot90` of the pixels and, for the normalized rotated boxes
-(docs/boxes.md#normalized-boxes), `(cx, cy, w, h, theta) -> (cy, 1 - cx, w W / H, h H / W, theta - pi / 2)`
-(counter-clockwise on screen; the other way `(1 - cy, cx, ..., theta + pi / 2)`), brought back to le90.
+The turn is exact: `torch.rot90` of the pixels; the boxes (normalized, docs/boxes.md#normalized-boxes) turn through
+torchvision's rotated `tv_tensors`, as `RandomRotate90`'s do, and come back le90.
 """
 
 from __future__ import annotations
@@ -23,8 +22,14 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torchvision.transforms.v2 import functional as F
 
-from ..geometry_conversions import regularize_rboxes
+from ..geometry_conversions import (
+    denormalize_rboxes,
+    normalize_rboxes,
+    rboxes_from_torchvision,
+    rboxes_to_torchvision,
+)
 
 __all__ = ["TURNABLE_KEY", "one_orientation", "quarter_turn"]
 
@@ -52,13 +57,11 @@ def quarter_turn(pixel_values: Tensor, labels: Mapping[str, Any] | None, clockwi
     boxes = torch.as_tensor(labels["boxes"], dtype=torch.float32)
     if boxes.shape[-1] != 5:
         raise ValueError(f"quarter_turn needs rotated boxes (N, 5), got {tuple(boxes.shape)}")
-    cx, cy, w, h, theta = boxes.unbind(-1)
-    if clockwise:  # pixel (x, y) -> (H - y, x)
-        new_cx, new_cy, new_theta = 1 - cy, cx, theta + torch.pi / 2
-    else:  # pixel (x, y) -> (y, W - x)
-        new_cx, new_cy, new_theta = cy, 1 - cx, theta - torch.pi / 2
-    new = torch.stack((new_cx, new_cy, w * width / height, h * height / width, new_theta), dim=-1)
-    out["boxes"] = regularize_rboxes(new, validate=False) if len(new) else new
+    if len(boxes):
+        tv_boxes = rboxes_to_torchvision(denormalize_rboxes(boxes, (height, width)), (height, width))
+        tv_boxes = F.rotate(tv_boxes, -90.0 if clockwise else 90.0, expand=True)  # degrees counter-clockwise
+        boxes = normalize_rboxes(rboxes_from_torchvision(tv_boxes).float(), (width, height))
+    out["boxes"] = boxes
     for key in ("size", "orig_size"):
         if key in labels:
             out[key] = torch.as_tensor(labels[key]).flip(-1).clone()
