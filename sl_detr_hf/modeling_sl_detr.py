@@ -61,6 +61,7 @@ from .heads_sl_detr import SlDetrAngleHead, angle_heads, box_heads, class_heads
 from .loss_sl_detr import SlDetrLoss, prepare_targets
 from .outputs_sl_detr import SlDetrModelOutput, SlDetrObjectDetectionOutput
 from .position_embedding_sl_detr import SlDetrSinePositionEmbedding
+from .precision_sl_detr import as_float32, losses_in_float32
 from .query_selection_sl_detr import (
     SlDetrBoxPositionEmbedding,
     SlDetrMixedQuerySelection,
@@ -514,17 +515,7 @@ class SlDetrForObjectDetection(SlDetrPreTrainedModel, DeformableDetrForObjectDet
                 auxiliary_outputs = [
                     {"logits": c, "pred_boxes": b} for c, b in zip(outputs_classes[:-1], outputs_coords[:-1])
                 ]
-            loss, loss_dict = self.criterion(
-                {"logits": logits, "pred_boxes": pred_boxes, "auxiliary_outputs": auxiliary_outputs,
-                 "enc_outputs": self._encoder_loss_outputs(outputs), "dn_outputs": dn_outputs,
-                 "dn_meta": outputs.dn_meta},
-                targets,
-            )
-            if self.config.dense_loss_coefficient and outputs.enc_output_proposals is not None:
-                loss, loss_dict = add_dense_encoder_loss(
-                    loss, loss_dict, outputs.enc_outputs_class,
-                    self._proposal_boxes(outputs.enc_outputs_coord_logits), outputs.enc_output_proposals, targets,
-                    self.config)
+            loss, loss_dict = self._losses(outputs, logits, pred_boxes, auxiliary_outputs, dn_outputs, targets)
         # the losses saw the model's native angle range; what it returns is le90
         # (docs/boxes.md#angle-ranges-inside-the-model)
         pred_boxes = self._le90_boxes(pred_boxes)
@@ -584,6 +575,28 @@ class SlDetrForObjectDetection(SlDetrPreTrainedModel, DeformableDetrForObjectDet
         if boxes.shape[-1] != 5 or self.config.angle_offset == -0.5:
             return boxes
         return torch.cat([boxes[..., :4], wrap_angle_range(boxes[..., 4:])], dim=-1)
+
+    def _losses(self, outputs: SlDetrModelOutput, logits: torch.Tensor, pred_boxes: torch.Tensor,
+                auxiliary_outputs: list[dict] | None, dn_outputs: list[dict] | None,
+                targets: list[dict]) -> tuple[torch.Tensor, dict]:
+        """The criterion and the dense encoder loss, in float32 whatever the autocast around the forward
+        (`precision_sl_detr.py`): mixed precision speeds the network up, the matching and the losses keep their
+        numerics."""
+        with losses_in_float32(logits.device.type):
+            logits, pred_boxes, auxiliary_outputs, dn_outputs = as_float32(
+                (logits, pred_boxes, auxiliary_outputs, dn_outputs))
+            loss, loss_dict = self.criterion(
+                {"logits": logits, "pred_boxes": pred_boxes, "auxiliary_outputs": auxiliary_outputs,
+                 "enc_outputs": as_float32(self._encoder_loss_outputs(outputs)), "dn_outputs": dn_outputs,
+                 "dn_meta": outputs.dn_meta},
+                targets,
+            )
+            if self.config.dense_loss_coefficient and outputs.enc_output_proposals is not None:
+                loss, loss_dict = add_dense_encoder_loss(
+                    loss, loss_dict, as_float32(outputs.enc_outputs_class),
+                    self._proposal_boxes(as_float32(outputs.enc_outputs_coord_logits)),
+                    as_float32(outputs.enc_output_proposals), targets, self.config)
+        return loss, loss_dict
 
     def _encoder_loss_outputs(self, outputs: SlDetrModelOutput) -> dict | None:
         """The two-stage proposals the encoder loss sees: the selected top-k with mixed query selection (DINO, in the
