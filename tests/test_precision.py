@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import torch
+from _tiny_sl_detr import tiny_model
 
 from sl_detr_hf.dense_loss_sl_detr import add_dense_encoder_loss
 from sl_detr_hf.precision_sl_detr import as_float32, losses_in_float32
-
-from _tiny_sl_detr import tiny_model
 
 
 def _labels() -> list[dict]:

@@ -4,6 +4,7 @@ resuming a time-limited run after a kill, the same weights from the same seed, o
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import time
@@ -242,3 +243,26 @@ def test_a_time_limited_run_resumes_after_a_kill_with_what_is_left(tmp_path, dat
     steps = [h["step"] for h in history if "learning_rate" in h]
     assert steps[0] < step_before < steps[-1]  # the log of both runs
     assert all(later <= earlier + 1e-12 for earlier, later in zip(rates, rates[1:]))
+
+
+@pytest.mark.parametrize("bf16", ["True", "False"])
+def test_bf16_on_the_cpu_trains_float32_weights_and_resumes(tmp_path, data, bf16):
+    """bf16 autocast (the recipe's on a CPU with bf16 in hardware, emulated elsewhere) and float32 alike: the saved
+    weights are float32 and finite, the logged losses finite, and a run resumed from its checkpoint continues in the
+    precision asked."""
+    from sl_detr_hf import SlDetrForObjectDetection
+
+    out = tmp_path / "run"
+    argv = ["train", "--data_format", "dota", "--train_dir", str(data), "--save_steps", "2", "--logging_steps", "1",
+            "--output_dir", str(out), "--bf16", bf16, *SMALL]
+    assert main([*argv, "--max_steps", "2"]) == 0
+    assert main([*argv, "--max_steps", "3", "--resume_from_checkpoint", "last"]) == 0
+    state = json.loads((out / "trainer_state.json").read_text())
+    losses = [h["loss"] for h in state["log_history"] if "loss" in h]
+    assert state["global_step"] == 3 and len(losses) == 3 and all(map(math.isfinite, losses))
+    weights = load_file(out / "model.safetensors")
+    assert {w.dtype for w in weights.values() if w.is_floating_point()} == {torch.float32}
+    assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
+    args = torch.load(out / "training_args.bin", weights_only=False)
+    assert args.bf16 is (bf16 == "True")
+    assert SlDetrForObjectDetection.from_pretrained(out).dtype == torch.float32

@@ -110,3 +110,38 @@ def test_time_limit_callback_draws_a_bar_only_when_asked():
         callback.on_train_begin(None, state, TrainerControl())
     assert quiet.bar is None and drawn.bar is not None and drawn.bar.total == 60
     drawn.on_train_end(None, state, TrainerControl())
+
+
+@pytest.mark.parametrize(("native", "on_cpu", "argv", "expected"), [
+    (True, True, [], {"bf16": True, "use_cpu": True}),   # a CPU with bf16 in hardware: bf16 autocast
+    (False, True, [], {}),                               # emulated bf16 is slower than float32: left alone
+    (True, False, [], {}),                               # a GPU: the user's choice
+    (True, True, ["--bf16", "False"], {}),               # given: kept
+    (True, True, ["--model_name_or_path", "some/folder"], {}),  # the recipe is the from-scratch model's
+])
+def test_bf16_on_a_cpu_that_computes_it_in_hardware(tmp_path, monkeypatch, native, on_cpu, argv, expected):
+    from sl_detr_hf.training import mixed_precision
+
+    monkeypatch.setattr(mixed_precision, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(mixed_precision, "trains_on_cpu", lambda use_cpu: on_cpu)
+    (model_args, data_args, training_args), given = _args(tmp_path, ["--max_minutes", "1", *argv])
+    chosen = apply_recipe(given, model_args, data_args, training_args)
+    assert {key: chosen[key] for key in ("bf16", "use_cpu") if key in chosen} == expected
+    assert training_args.bf16 is bool(expected)
+
+
+def test_native_bf16_detection_follows_torchs_cpu_checks(monkeypatch):
+    import torch
+
+    from sl_detr_hf.training.mixed_precision import cpu_has_native_bf16, trains_on_cpu
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert not cpu_has_native_bf16()
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert cpu_has_native_bf16()
+    assert trains_on_cpu(True)
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)
+    assert not trains_on_cpu(False)
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: False)
+    assert trains_on_cpu(False)

@@ -377,15 +377,20 @@ def apply_recipe(given: Collection[str], model_args: ModelArguments, data: DataA
     :func:`~sl_detr_hf.commands._common.parse_dataclasses` returns them: their values are never replaced.
 
     - every run: :data:`PAPER_OPTIMIZER`;
-    - a tiny model trained from scratch: :data:`FROM_SCRATCH_RECIPE`;
+    - a tiny model trained from scratch: :data:`FROM_SCRATCH_RECIPE`, and on a CPU with bf16 in hardware bf16
+      autocast (`cpu_bf16_arguments`; ``--bf16 False`` keeps float32);
     - ``--max_minutes`` without ``--max_steps`` / ``--num_train_epochs``: the time limit ends training (no epoch
       limit) and the learning rate follows a cosine over that time (`TimeBudgetSchedule`), so a time-limited run
       ends at a low rate; otherwise a cosine over the steps.
     """
+    from ..training.mixed_precision import cpu_bf16_arguments
+
     given = set(given)
     chosen = dict(PAPER_OPTIMIZER)
     if model_args.size == "tiny" and trains_from_scratch(model_args):
         chosen.update(FROM_SCRATCH_RECIPE)
+        if "bf16" not in given and "fp16" not in given:
+            chosen.update(cpu_bf16_arguments(training_args.use_cpu))
     if data.max_minutes and not given & {"max_steps", "num_train_epochs"}:
         chosen["num_train_epochs"] = 1_000_000
     else:
