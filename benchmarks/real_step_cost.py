@@ -61,8 +61,8 @@ def run_one(data: Path, name: str, image_size: int, batch: int, steps: int, thre
         keep_freed_memory()
     raw = load_dota(data)
     names = list(raw.features["objects"]["category"].feature.names)
-    model = build_model(ModelArguments(backbone_stages=config["stages"], config=config.get("config", "")), names, seed=0,
-                        most_objects=most_objects_per_image(raw))
+    model_args = ModelArguments(backbone_stages=config["stages"], config=config.get("config", ""))
+    model = build_model(model_args, names, seed=0, most_objects=most_objects_per_image(raw))
     processor = SlDetrImageProcessor(size={"shortest_edge": image_size, "longest_edge": image_size},
                                      max_detections=model.config.max_detections)
     dataset = prepare_dataset(raw, processor, "rotated", RotatedDetectionAugment())

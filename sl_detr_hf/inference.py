@@ -130,9 +130,10 @@ def resolve_device(device: str) -> str:
     return str(parsed)
 
 
-def load_detector(model: str | os.PathLike, device: str = "cpu",
-                  trust_remote_code: bool = False) -> OrientedObjectDetectionPipeline:
-    """An oriented-detection pipeline for a saved SL-DETR folder or Hub id.
+def load_detector(model: str | os.PathLike, device: str = "cpu", trust_remote_code: bool = False,
+                  bf16: bool = False) -> OrientedObjectDetectionPipeline:
+    """An oriented-detection pipeline for a saved SL-DETR folder or Hub id (``bf16``: every call under bf16
+    autocast, the pipeline's ``bf16``).
 
     The folder's image processor is used; a folder without `preprocessor_config.json` gets a default
     `SlDetrImageProcessor` of the model's `box_type`.
@@ -158,7 +159,7 @@ def load_detector(model: str | os.PathLike, device: str = "cpu",
     else:
         processor = AutoImageProcessor.from_pretrained(model, trust_remote_code=trust_remote_code)
     return OrientedObjectDetectionPipeline(model=net, image_processor=processor, device=device,
-                                           task="oriented-object-detection")
+                                           task="oriented-object-detection", **({"bf16": True} if bf16 else {}))
 
 
 def predict_images(detector: OrientedObjectDetectionPipeline, images: Sequence[Path], threshold: float = 0.5,

@@ -219,3 +219,26 @@ def test_trust_remote_code_pipeline_without_the_package(tmp_path):
     torch.testing.assert_close(*polygons, atol=1e-3, rtol=1e-5)
     assert len(result["stock"]) == processor.max_detections
     assert [set(d) for d in result["stock"]] == [{"score", "label", "box"}] * len(result["stock"])
+
+
+def test_bf16_runs_the_network_under_autocast_and_returns_float32(monkeypatch):
+    """``bf16=True`` (per call or at construction): the model's forward under bf16 autocast, the outputs cast to
+    float32 before post-processing; the boxes stay near the float32 ones. Anything but a bool is refused."""
+    model, processor = tiny_model(), tiny_processor()
+    detector = OrientedObjectDetectionPipeline(model=model, image_processor=processor, task=TASK, device="cpu")
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(torch.is_autocast_enabled("cpu")))
+    image = random_image(60, 90)
+    full = detector(image, threshold=0.0, top_k=5)
+    half = detector(image, threshold=0.0, top_k=5, bf16=True)
+    forward = OrientedObjectDetectionPipeline._forward
+    raw = forward(detector, detector.preprocess(image), bf16=True)
+    assert seen == [False, True, True]
+    assert raw["logits"].dtype == raw["pred_boxes"].dtype == torch.float32
+    assert len(half) == len(full) == 5 and all(math.isfinite(d["score"]) for d in half)
+    built = OrientedObjectDetectionPipeline(model=model, image_processor=processor, task=TASK, device="cpu",
+                                            bf16=True)
+    built(image, threshold=0.0, top_k=5)
+    assert seen[-1] is True
+    with pytest.raises(ValueError, match="bf16"):
+        detector(image, bf16="yes")

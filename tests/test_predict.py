@@ -245,3 +245,19 @@ def test_predict_command_lives_in_commands(capsys):
     assert "--bands" in out and "--geojson-crs" in out
     with pytest.raises(AttributeError):
         inference.no_such_name  # noqa: B018
+
+
+def test_predict_bf16(model_dir, image_dir, tmp_path, capsys):
+    """``--bf16``: the same detections' count and fields as float32, the network under autocast; refused for an
+    ONNX file."""
+    out = tmp_path / "out"
+    assert main([str(image_dir / "a.png"), "--model", str(model_dir), "--output-dir", str(out), "--threshold", "0",
+                 "--top-k", "3", "--device", "cpu", "--bf16", "--no-draw"]) == 0
+    records = json.loads((out / "predictions.json").read_text())
+    assert len(records) == 1 and len(records[0]["detections"]) == 3
+    assert load_detector(model_dir, bf16=True)._forward_params == {"bf16": True}
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"")
+    with pytest.raises(SystemExit):
+        main([str(image_dir / "a.png"), "--model", str(onnx), "--bf16"])
+    assert "--bf16 applies to SL-DETR model folders" in capsys.readouterr().err

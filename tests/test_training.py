@@ -226,6 +226,14 @@ def test_full_size_evaluation_splits_predicts_merges_and_scores(tmp_path):
     assert task1 == sorted(f"Task1_{n}.txt" for n in names)
     lines = [line.split() for p in (tmp_path / "eval" / "task1").iterdir() for line in p.read_text().splitlines()]
     assert lines and all(len(parts) == 10 and parts[0] in ("syn00000", "syn00001") for parts in lines)
+    # --bf16: the network under autocast, the same patches and files; the scores float32-ranked, in (0, 1]
+    result = run_cli("-m", "sl_detr_hf.cli", "evaluate", "--model", str(tmp_path / "model"), "--data_dir", str(data),
+                     "--output_dir", str(tmp_path / "eval16"), "--patch_size", "256", "--gap", "56", "--device", "cpu",
+                     "--bf16")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 0.0 <= json.loads((tmp_path / "eval16" / "metrics.json").read_text())["mAP"] <= 1.0
+    lines16 = [line.split() for p in (tmp_path / "eval16" / "task1").iterdir() for line in p.read_text().splitlines()]
+    assert lines16 and all(0.0 < float(parts[1]) <= 1.0 for parts in lines16)
 
 
 @pytest.mark.slow

@@ -33,6 +33,7 @@ def run_evaluate(argv: Sequence[str]) -> dict:
     from ..data.images import to_rgb
     from ..evaluation import dota_summary, evaluate_dota, format_dota_table, write_task1_submission
     from ..image_processing_sl_detr import SlDetrImageProcessor
+    from ..precision_sl_detr import as_float32, bf16_autocast
 
     parser = argparse.ArgumentParser(prog="sl-detr evaluate", description=run_evaluate.__doc__)
     parser.add_argument("--model", required=True, help="SL-DETR folder or Hub id")
@@ -47,6 +48,8 @@ def run_evaluate(argv: Sequence[str]) -> dict:
     parser.add_argument("--threshold", type=float, default=0.001)
     parser.add_argument("--nms_iou", type=float, default=0.1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--bf16", action="store_true",
+                        help="the network under bf16 autocast: faster on CPUs with AVX-512 BF16 / AMX and on GPUs")
     parser.add_argument("--dota_version", default=None, help="unused: the class list is the model's id2label")
     args = parser.parse_args(argv)
     if not Path(args.data_dir).is_dir():
@@ -83,8 +86,9 @@ def run_evaluate(argv: Sequence[str]) -> dict:
         rows = patches[start:start + args.batch_size]
         images = [to_rgb(im) for im in rows["image"]]
         inputs = processor(images=images, return_tensors="pt").to(args.device)
-        with torch.no_grad():
+        with torch.no_grad(), bf16_autocast(torch.device(args.device).type, enabled=args.bf16):
             outputs = model(**inputs)
+        outputs.logits, outputs.pred_boxes = as_float32((outputs.logits, outputs.pred_boxes))
         sizes = torch.tensor([[im.height, im.width] for im in images], device=args.device)
         results = processor.post_process_object_detection(outputs, threshold=args.threshold, target_sizes=sizes)
         for name, r in zip(rows["image_id"], results):
