@@ -4,6 +4,7 @@ side by side in one run, on the same images at the same size.
     pip install -e ".[dev,benchmark]"
     python benchmarks/inference_speed.py --model OUT --images VAL/images --image_size 640
     OMP_NUM_THREADS=1 taskset -c 0 python benchmarks/inference_speed.py --model OUT --images VAL/images --threads 1
+    python benchmarks/inference_speed.py --model OUT --images VAL/images --bf16    # also SL-DETR under bf16 autocast
 
 Each model predicts every image once per round, in a process of its own (importing Ultralytics changes the threading
 of the process that imports it: SL-DETR measured 7.5 images/s beside it in one process, 11.8 alone); the first image
@@ -31,12 +32,14 @@ from pathlib import Path
 import torch
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+SL_DETR_BF16 = "SL-DETR-bf16"  # the same model under bf16 autocast (`--bf16`; sl-detr predict --bf16)
 
 
-def sl_detr_runner(model_dir: Path):
+def sl_detr_runner(model_dir: Path, bf16: bool = False):
     from PIL import Image
 
     from sl_detr_hf import SlDetrForObjectDetection, SlDetrImageProcessor
+    from sl_detr_hf.precision_sl_detr import as_float32, bf16_autocast
 
     model = SlDetrForObjectDetection.from_pretrained(model_dir).eval()
     processor = SlDetrImageProcessor.from_pretrained(model_dir)
@@ -45,7 +48,9 @@ def sl_detr_runner(model_dir: Path):
         image = Image.open(path).convert("RGB")
         with torch.inference_mode():
             inputs = processor(images=[image], return_tensors="pt")
-            outputs = model(pixel_values=inputs["pixel_values"], pixel_mask=inputs["pixel_mask"])
+            with bf16_autocast("cpu", enabled=bf16):
+                outputs = model(pixel_values=inputs["pixel_values"], pixel_mask=inputs["pixel_mask"])
+            outputs.logits, outputs.pred_boxes = as_float32((outputs.logits, outputs.pred_boxes))
             result = processor.post_process_object_detection(outputs, threshold=0.3,
                                                              target_sizes=[(image.height, image.width)])[0]
         return len(result["scores"])
@@ -75,8 +80,8 @@ def time_round(run, images: list[Path]) -> float:
 
 def _one_round(args: argparse.Namespace, images: list[Path]) -> float:
     """In this process: load ``args.only`` and time one round."""
-    if args.only == "SL-DETR":
-        run = sl_detr_runner(args.model)
+    if args.only in ("SL-DETR", SL_DETR_BF16):
+        run = sl_detr_runner(args.model, bf16=args.only == SL_DETR_BF16)
     else:
         peers = [p for p in args.peers.split(",") if p]
         weights = dict(zip(peers, args.peer_weights or [None] * len(peers)))
@@ -94,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int, default=100, help="images per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--bf16", action="store_true", help="also SL-DETR under bf16 autocast (SL-DETR-bf16)")
     parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # one model, one round (a child process)
     args = parser.parse_args(argv)
     if args.threads:
@@ -104,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.only:
         print(f"IMAGES_PER_S {_one_round(args, images)}")
         return
-    names = ["SL-DETR"]
+    names = ["SL-DETR", SL_DETR_BF16] if args.bf16 else ["SL-DETR"]
     peers = [p for p in args.peers.split(",") if p]
     if peers and importlib.util.find_spec("ultralytics") is None:
         print("Ultralytics is not installed (pip install -e '.[benchmark]'): SL-DETR alone")
@@ -126,9 +132,10 @@ def main(argv: list[str] | None = None) -> None:
             speeds[name].append(float(found.group(1)))
         print(f"round {round_index + 1}: " + ", ".join(f"{n} {s[-1]:.2f}" for n, s in speeds.items()), flush=True)
     median = {name: statistics.median(values) for name, values in speeds.items()}
-    print("\nmodel          images/s (median)   SL-DETR / model")
+    ours = [name for name in names if name.startswith("SL-DETR")]
+    print(f"\n{'model':<14} {'images/s (median)':>17}" + "".join(f"   {name + ' / model':>20}" for name in ours))
     for name, value in median.items():
-        print(f"{name:<14} {value:>17.2f}   {median['SL-DETR'] / value:>15.2f}")
+        print(f"{name:<14} {value:>17.2f}" + "".join(f"   {median[o] / value:>20.2f}" for o in ours))
 
 
 if __name__ == "__main__":
