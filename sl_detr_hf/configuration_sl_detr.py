@@ -206,11 +206,10 @@ class SlDetrConfig(DeformableDetrConfig):
         (BENCHMARKS.md "Angle range, dense encoder loss, stride 8 and a light stem on HIT-UAV"). 0: off (RHINO).
     value_only_levels (`int`, defaults to 0):
         The number of finest feature levels the encoder reads but does not update (`encoder_sl_detr.py`): its
-        attention samples them, the decoder's cross-attention uses them as the input projection made them, but
-        only the coarser levels' tokens are its queries and the two-stage proposals (`proposal_tokens`). 1 with a
-        stride-8 first level gives the decoder stride-8 features at a fraction of a stride-8 encoder's cost
-        (BENCHMARKS.md "Angle range, dense encoder loss, stride 8 and a light stem on HIT-UAV"). 0: Deformable
-        DETR's encoder.
+        attention samples them, the decoder and the two-stage proposals use them as the input projection made
+        them, but only the coarser levels' tokens are its queries. 1 with a stride-8 first level gives the decoder
+        stride-8 features at a fraction of a stride-8 encoder's cost (BENCHMARKS.md "Angle range, dense encoder
+        loss, stride 8 and a light stem on HIT-UAV"). 0: Deformable DETR's encoder.
     look_forward_twice (`bool`, defaults to `True`):
         Layer `l`'s box loss uses the undetached refined reference of layer `l - 1` (DINO / RHINO).
     rotated_sampling (`str`, defaults to `"rhino"`):

@@ -3,8 +3,7 @@
 With `config.value_only_levels = k > 0` the `k` finest feature levels (the first `k` levels of the flattened
 sequence, e.g. the stride-8 map) are *values only*: every encoder layer's deformable attention samples them, but
 only the tokens of the coarser levels are queries, so attention, FFN and norms run on those alone; the fine tokens
-reach the decoder's cross-attention as the input projection made them, and are never two-stage proposals
-(`proposal_tokens`). A stride-8 map has 4 times the
+reach the decoder (and the two-stage proposals) as the input projection made them. A stride-8 map has 4 times the
 tokens of stride 16 and 16 times those of stride 32: updating it in every layer is what makes a stride-8 encoder
 costly (Lite DETR, Li et al. 2023, updates its fine tokens rarely for the same reason), while the decoder's
 cross-attention is what needs its resolution to place small boxes to a few pixels. BENCHMARKS.md "Angle range,
@@ -98,19 +97,3 @@ class SlDetrEncoder(DeformableDetrEncoder):
                                   spatial_shapes_list=spatial_shapes_list, level_start_index=level_start_index,
                                   fine_states=fine_states)
         return BaseModelOutput(last_hidden_state=torch.cat([fine_states, hidden_states], dim=1))
-
-
-def proposal_tokens(memory: torch.Tensor, mask: torch.Tensor, spatial_shapes_list: list[tuple[int, int]],
-                    value_only_levels: int) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
-    """The encoder tokens that may become two-stage proposals: all of them, or with `value_only_levels = k > 0` those
-    of the coarser levels only. The fine tokens were not updated by the encoder (they are values, as the input
-    projection made them): ranked with the others they would crowd the top-k (a stride-8 map holds four fifths of a
-    stride 8 / 16 / 32 sequence) with features that saw no context, and the dense loss would train them all.
-
-    Shapes: `memory` `(B, S, d)`, `mask` `(B, S)` (True on real pixels) -> `(B, S', d)`, `(B, S')`, and the
-    `(height, width)` of the levels kept.
-    """
-    if not value_only_levels:
-        return memory, mask, list(spatial_shapes_list)
-    start = sum(height * width for height, width in spatial_shapes_list[:value_only_levels])
-    return memory[:, start:], mask[:, start:], list(spatial_shapes_list[value_only_levels:])

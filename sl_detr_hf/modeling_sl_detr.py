@@ -55,7 +55,7 @@ from .configuration_sl_detr import SlDetrConfig
 from .decoder_sl_detr import SlDetrDecoder, init_marked_module, refine_boxes
 from .denoising_sl_detr import build_denoising_queries
 from .dense_loss_sl_detr import add_dense_encoder_loss
-from .encoder_sl_detr import SlDetrEncoder, proposal_tokens
+from .encoder_sl_detr import SlDetrEncoder
 from .geometry_conversions import wrap_angle_range
 from .heads_sl_detr import SlDetrAngleHead, angle_heads, box_heads, class_heads
 from .loss_sl_detr import SlDetrLoss, prepare_targets
@@ -273,9 +273,9 @@ class SlDetrModel(SlDetrPreTrainedModel, DeformableDetrModel):
             target = target.unsqueeze(0).expand(batch_size, -1, -1)
             return _DecoderQueries(target, query_embed, self.reference_points(query_embed).sigmoid())
 
-        memory, mask, shapes = proposal_tokens(memory, inputs.mask, inputs.spatial_shapes_list,
-                                               self.config.value_only_levels)
-        object_query, output_proposals = self.gen_encoder_output_proposals(memory, ~mask, shapes)
+        object_query, output_proposals = self.gen_encoder_output_proposals(
+            memory, ~inputs.mask, inputs.spatial_shapes_list
+        )
         # a detection head on every encoder token (Deformable DETR's two-stage, A.4 of its paper)
         enc_outputs_class = self.decoder.class_embed[-1](object_query)
         enc_outputs_coord_logits = self.decoder.bbox_embed[-1](object_query) + output_proposals

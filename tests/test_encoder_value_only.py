@@ -8,7 +8,7 @@ from huggingface_hub.errors import StrictDataclassClassValidationError
 from transformers.models.deformable_detr.modeling_deformable_detr import DeformableDetrEncoder
 
 from sl_detr_hf import SlDetrConfig, SlDetrForObjectDetection
-from sl_detr_hf.encoder_sl_detr import SlDetrEncoder, proposal_tokens
+from sl_detr_hf.encoder_sl_detr import SlDetrEncoder
 
 STAGES = ("stage2", "stage3", "stage4")
 
@@ -94,20 +94,3 @@ def test_model_trains_and_round_trips(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(pixel_values=pixel_values).pred_boxes, model(pixel_values=pixel_values)
                                    .pred_boxes)
-
-
-def test_value_only_tokens_are_never_proposals():
-    """The fine tokens are values only: the two-stage head ranks (and the dense loss trains) the coarser levels'
-    tokens alone, whose proposal sizes start at Deformable DETR's level-0 size (0.05)."""
-    memory, mask = torch.arange(2 * 106 * 1.0).view(2, 106, 1), torch.ones(2, 106, dtype=torch.bool)
-    shapes = [(8, 10), (4, 5), (2, 3)]
-    kept, kept_mask, kept_shapes = proposal_tokens(memory, mask, shapes, 1)
-    assert torch.equal(kept, memory[:, 80:]) and kept_mask.shape == (2, 26) and kept_shapes == [(4, 5), (2, 3)]
-    assert proposal_tokens(memory, mask, shapes, 0)[0] is memory
-
-    model = SlDetrForObjectDetection(_config(value_only_levels=1)).eval()
-    with torch.no_grad():
-        out = model(pixel_values=torch.randn(1, 3, 64, 80), output_hidden_states=True)
-    assert out.enc_outputs_class.shape[1] == 4 * 5 + 2 * 3  # not the 8 x 10 stride-8 tokens
-    proposals = model.model(pixel_values=torch.randn(1, 3, 64, 80)).enc_output_proposals
-    torch.testing.assert_close(proposals[0, 0, 2:].sigmoid(), torch.tensor([0.05, 0.05]))  # inverse-sigmoid space
