@@ -266,3 +266,26 @@ def test_bf16_on_the_cpu_trains_float32_weights_and_resumes(tmp_path, data, bf16
     args = torch.load(out / "training_args.bin", weights_only=False)
     assert args.bf16 is (bf16 == "True")
     assert SlDetrForObjectDetection.from_pretrained(out).dtype == torch.float32
+
+
+@pytest.mark.parametrize("how", ["recipe", "given", "off"])
+def test_the_training_forward_runs_under_the_precision_chosen(monkeypatch, tmp_path, data, how):
+    """bf16 chosen by the recipe (a CPU with bf16 in hardware) or given reaches the Trainer: the training forward
+    runs under bf16 autocast (setting `bf16` after `TrainingArguments.__post_init__` alone did not: the recipe's
+    bf16 was logged and silently not used); `--bf16 False` keeps float32."""
+    from sl_detr_hf import SlDetrForObjectDetection
+    from sl_detr_hf.training import mixed_precision
+
+    monkeypatch.setattr(mixed_precision, "cpu_has_native_bf16", lambda: True)
+    seen = []
+    losses = SlDetrForObjectDetection._losses
+
+    def spy(self, *args, **kwargs):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return losses(self, *args, **kwargs)
+
+    monkeypatch.setattr(SlDetrForObjectDetection, "_losses", spy)
+    given = {"recipe": [], "given": ["--bf16", "True"], "off": ["--bf16", "False"]}[how]
+    assert main(["train", "--data_format", "dota", "--train_dir", str(data), "--max_steps", "2",
+                 "--output_dir", str(tmp_path), "--save_strategy", "no", *given, *SMALL]) == 0
+    assert len(seen) == 2 and set(seen) == {how != "off"}

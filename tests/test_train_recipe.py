@@ -128,6 +128,7 @@ def test_bf16_on_a_cpu_that_computes_it_in_hardware(tmp_path, monkeypatch, nativ
     chosen = apply_recipe(given, model_args, data_args, training_args)
     assert {key: chosen[key] for key in ("bf16", "use_cpu") if key in chosen} == expected
     assert training_args.bf16 is bool(expected)
+    assert training_args.mixed_precision == ("bf16" if expected else "no")  # what the Accelerator reads
 
 
 def test_native_bf16_detection_follows_torchs_cpu_checks(monkeypatch):

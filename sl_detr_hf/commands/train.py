@@ -398,6 +398,8 @@ def apply_recipe(given: Collection[str], model_args: ModelArguments, data: DataA
     chosen = {key: value for key, value in chosen.items() if key not in given}
     for key, value in chosen.items():
         setattr(training_args, key, value)
+    if chosen.get("bf16"):  # TrainingArguments derives the Accelerator's setting in __post_init__, before the recipe
+        training_args.mixed_precision = "bf16"
     if chosen:
         logger.info("training recipe (options you did not give): %s",
                     ", ".join(f"{k}={v}" for k, v in chosen.items()))
