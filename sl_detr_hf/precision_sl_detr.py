@@ -1,9 +1,9 @@
 """Mixed precision around SL-DETR: the network may run under `torch.autocast` (bf16 on a CPU with AVX-512 BF16 or
 AMX, bf16 / fp16 on a GPU: ``--bf16 True`` in `sl-detr train`), the matching and the losses never do.
 
-A bf16 number holds 8 significant bits: a normalized box coordinate near 0.5 is known to 1/512, 1.25 px of a 640 px
-image, and the rotated IoU, Gaussian and cost terms of the loss would be computed on such values. The losses run on
-float32 copies of the predictions with autocast off, as mmdetection's and transformers' DETR losses do on a GPU.
+A bf16 number holds 8 significant bits: a normalized box coordinate in [0.5, 1) is rounded to a multiple of 1/256,
+up to 1.25 px off in a 640 px image, and the rotated IoU, Gaussian and cost terms of the loss would be computed on
+such values. The losses run on float32 copies of the predictions with autocast off.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """bf16 mixed precision for training on a CPU that computes bf16 in hardware.
 
 On x86 CPUs with AVX-512 BF16 or AMX (AMD Zen 4 and later, Intel Cooper Lake / Sapphire Rapids and later), oneDNN
-runs bf16 convolutions and matrix products about twice as fast as float32: under bf16 autocast the tiny model's
+runs bf16 convolutions and matrix products faster than float32: under bf16 autocast the tiny model's
 training step on 640 x 512 frames takes 0.46 s instead of 0.73 s (BENCHMARKS.md, "bf16 on the CPU"). The matching
 and the losses stay float32 (`sl_detr_hf/precision_sl_detr.py`). CPUs without those instructions emulate bf16, which
 is slower than float32: there the recipe leaves precision alone.
