@@ -1,0 +1,109 @@
+r"""Where the mAP goes: finding, classifying or placing the boxes. A trained SL-DETR folder on a DOTA validation folder.
+
+For each class: AP at IoU 0.1, 0.3 and 0.5 (`evaluate_dota`, VOC07) and the class-agnostic AP at 0.3 / 0.5 (a
+detection of a car on a bicycle counts); then, for every ground-truth box that a detection of its class overlaps
+at IoU >= 0.1 (score >= ``--min_score``, the best-overlapping one), the median IoU, the predicted / true long and
+short sides, the angle error (degrees, modulo 180, measured on the long sides) and the centre error (pixels).
+An AP that rises from IoU 0.5 to 0.3 with a short-side ratio far from 1 says the boxes are found but misplaced
+(BENCHMARKS.md, "Where HIT-UAV's mAP goes").
+
+    python benchmarks/box_errors.py --model OUT --val_dir $HIT_VALID
+    python benchmarks/box_errors.py --model OUT --val_dir $HIT_VALID --cache OUT/val_detections.pt   # predict once
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from real_data import ground_truth, predict_sl_detr
+
+from sl_detr_hf import SlDetrConfig
+from sl_detr_hf.evaluation import evaluate_dota
+from sl_detr_hf.geometry_conversions import poly_to_rbox
+from sl_detr_hf.geometry_overlaps import box_iou_rotated
+
+AP_THRESHOLDS = (0.1, 0.3, 0.5)
+ERROR_COLUMNS = ("matched", "IoU", "long ratio", "short ratio", "angle err", "centre err")
+
+
+def _long_side_angle(boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(N, 5)`` pixel rotated boxes -> long sides, short sides, long-side angles (radians)."""
+    w_long = boxes[:, 2] >= boxes[:, 3]
+    long = torch.where(w_long, boxes[:, 2], boxes[:, 3])
+    short = torch.where(w_long, boxes[:, 3], boxes[:, 2])
+    angle = torch.where(w_long, boxes[:, 4], boxes[:, 4] + math.pi / 2)
+    return long, short, angle
+
+
+def box_errors(detections: list[dict], truths: list[dict], class_id: int, min_score: float,
+               min_iou: float = 0.1) -> np.ndarray:
+    """Per matched ground-truth box of ``class_id``: ``(M, 6)`` = IoU, long ratio, short ratio, angle error
+    (degrees), centre error (pixels), true short side; a truth is matched to its best-overlapping detection of the
+    class (IoU >= ``min_iou``, score >= ``min_score``)."""
+    rows = []
+    for det, truth in zip(detections, truths):
+        gt = poly_to_rbox(torch.as_tensor(truth["polygons"]).float())[torch.as_tensor(truth["labels"]) == class_id]
+        keep = (torch.as_tensor(det["labels"]) == class_id) & (torch.as_tensor(det["scores"]) >= min_score)
+        pred = torch.as_tensor(det["rboxes"]).float()[keep]
+        if not len(gt) or not len(pred):
+            continue
+        best, index = box_iou_rotated(gt, pred).max(1)
+        hit = best >= min_iou
+        gt, pred, best = gt[hit], pred[index[hit]], best[hit]
+        g_long, g_short, g_angle = _long_side_angle(gt)
+        p_long, p_short, p_angle = _long_side_angle(pred)
+        angle = torch.remainder(p_angle - g_angle + math.pi / 2, math.pi) - math.pi / 2
+        centre = (pred[:, :2] - gt[:, :2]).norm(dim=1)
+        rows.append(torch.stack((best, p_long / g_long, p_short / g_short, angle.abs().rad2deg(), centre, g_short),
+                                1))
+    return torch.cat(rows).numpy() if rows else np.zeros((0, 6))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, required=True, help="a trained SL-DETR folder")
+    parser.add_argument("--val_dir", type=Path, required=True, help="a DOTA folder (images/, labelTxt/)")
+    parser.add_argument("--min_score", type=float, default=0.05)
+    parser.add_argument("--cache", type=Path, default=None, help="detections file: written once, then read")
+    args = parser.parse_args()
+
+    names = list(SlDetrConfig.from_pretrained(args.model).id2label.values())
+    truths, images = ground_truth(args.val_dir, names)
+    if args.cache is not None and args.cache.exists():
+        detections = torch.load(args.cache, weights_only=False)
+    else:
+        detections, images_per_s = predict_sl_detr(args.model, images)
+        print(f"predicted {len(images)} images at {images_per_s:.2f} images/s")
+        if args.cache is not None:
+            torch.save(detections, args.cache)
+
+    by_threshold = {t: evaluate_dota(detections, truths, num_classes=len(names), class_names=names, iou_threshold=t)
+                    for t in AP_THRESHOLDS}
+    agnostic_dets = [{**d, "labels": torch.zeros_like(torch.as_tensor(d["labels"]))} for d in detections]
+    agnostic_truths = [{**t, "labels": np.zeros_like(t["labels"])} for t in truths]
+    agnostic = {t: evaluate_dota(agnostic_dets, agnostic_truths, num_classes=1, class_names=["object"],
+                                 iou_threshold=t)["mAP"] for t in (0.3, 0.5)}
+    print("\n" + " ".join(f"{h:>12}" for h in ("class", *(f"AP{round(t * 100)}" for t in AP_THRESHOLDS),
+                                                *ERROR_COLUMNS)))
+    for class_id, name in enumerate(names):
+        errors = box_errors(detections, truths, class_id, args.min_score)
+        aps = [by_threshold[t]["AP_by_name"][name] for t in AP_THRESHOLDS]
+        medians = np.median(errors[:, :5], 0) if len(errors) else [float("nan")] * 5
+        print(f"{name:>12} " + " ".join(f"{ap:12.3f}" for ap in aps) + f" {len(errors):12d} "
+              + " ".join(f"{m:12.2f}" for m in medians))
+    print(f"{'mean':>12} " + " ".join(f"{by_threshold[t]['mAP']:12.3f}" for t in AP_THRESHOLDS))
+    print(f"class-agnostic AP30 {agnostic[0.3]:.3f}, AP50 {agnostic[0.5]:.3f}")
+    print("(AP: VOC07 at that IoU; the error columns are medians over the matched ground-truth boxes: predicted / "
+          "true side, |angle| in degrees, centre distance in pixels)")
+
+
+if __name__ == "__main__":
+    main()
