@@ -15,6 +15,7 @@ from sl_detr_hf.commands.train import (
     DataArguments,
     ModelArguments,
     apply_recipe,
+    augmentation,
     build_model,
     most_objects_per_image,
 )
@@ -146,3 +147,21 @@ def test_native_bf16_detection_follows_torchs_cpu_checks(monkeypatch):
     assert not trains_on_cpu(False)
     monkeypatch.setattr(torch.accelerator, "is_available", lambda: False)
     assert trains_on_cpu(False)
+
+
+@pytest.mark.parametrize(("argv", "expected"), [([], None), (["--scale_jitter", "0.25"], (0.75, 1.25)),
+                                                (["--scale_jitter", "0"], None)])
+def test_scale_jitter_reaches_the_augmentation(tmp_path, argv, expected):
+    from torchvision.transforms import v2
+
+    (_, data_args, _), _ = _args(tmp_path, argv)
+    steps = augmentation(data_args).transform.transforms
+    zooms = [step.scale for step in steps if isinstance(step, v2.RandomAffine)]
+    assert zooms == ([] if expected is None else [expected])
+    assert any(isinstance(step, v2.RandomHorizontalFlip) for step in steps)  # the flips stay
+
+
+def test_scale_jitter_out_of_range_is_refused(tmp_path):
+    (_, data_args, _), _ = _args(tmp_path, ["--scale_jitter", "1.0"])
+    with pytest.raises(SystemExit, match="--scale_jitter"):
+        augmentation(data_args)

@@ -149,3 +149,44 @@ def test_visible_fraction_matches_the_exact_intersection_for_every_box():
     frac = visible_fraction(boxes, 80, 100)
     torch.testing.assert_close(frac.double(), expected, atol=1e-4, rtol=0)
     assert 0 < int((frac == 1).sum()) < n and int((frac < 1).sum()) > 50  # both paths exercised
+
+
+@pytest.mark.parametrize("factor", [0.5, 2.0])
+def test_zoom_scales_boxes_about_the_image_centre(factor):
+    # A zoom by `factor` about the canvas centre (130, 100) moves a box's centre c to centre + factor (c - centre),
+    # scales its sides and keeps its angle; the canvas is kept; the drawn rectangle is where the box says.
+    boxes = torch.tensor([[110.0, 90.0, 60.0, 20.0, 0.4], [20.0, 20.0, 10.0, 6.0, 0.0]])
+    image = _draw(200, 260, boxes[:1])
+    aug = RotatedDetectionAugment(hflip_prob=0, vflip_prob=0, rot90_prob=0, scale_range=(factor, factor),
+                                  brightness=0, contrast=0, saturation=0)
+    target = {"boxes": boxes, "class_labels": torch.tensor([0, 1])}
+    out_image, out = aug(image, target)
+    assert out_image.shape[-2:] == (200, 260)
+    centre = torch.tensor([130.0, 100.0])
+    expected = torch.tensor([*(centre + factor * (boxes[0, :2] - centre)), 60 * factor, 20 * factor, 0.4])
+    # zooming in pushes the second box out of the canvas (dropped); zooming out keeps it, halved
+    assert out["class_labels"].tolist() == ([0, 1] if factor < 1 else [0])
+    torch.testing.assert_close(out["boxes"][0], expected, atol=1e-3, rtol=0)
+    measured = _pixel_box(out_image[0] > 127)
+    torch.testing.assert_close(measured[:4].float(), expected[:4], atol=1.0, rtol=0.05)
+    assert _angle_close(float(measured[4]), 0.4, 0.03)
+
+
+def test_zoom_range_is_checked():
+    with pytest.raises(ValueError, match="scale_range"):
+        RotatedDetectionAugment(scale_range=(1.5, 0.5))
+
+
+def test_quarter_turns_turn_the_canvas_of_an_empty_box_set():
+    # torchvision's rotate leaves an empty set's canvas as it was: the zoom after the turn reads both sizes
+    aug = RotatedDetectionAugment(hflip_prob=0, vflip_prob=0, rot90_prob=1.0, scale_range=(0.5, 1.5))
+    for seed in range(8):
+        torch.manual_seed(seed)
+        out_image, out = aug(torch.zeros(3, 40, 60, dtype=torch.uint8),
+                             {"boxes": torch.zeros(0, 5), "class_labels": torch.zeros(0, dtype=torch.long)})
+        assert out_image.shape[-2:] in ((40, 60), (60, 40)) and out["boxes"].shape == (0, 5)
+    for seed in range(6):
+        torch.manual_seed(seed)
+        image, boxes = RandomRotate90(p=1.0)(tv_tensors.Image(torch.zeros(3, 40, 60, dtype=torch.uint8)),
+                                             rboxes_to_torchvision(torch.zeros(0, 5), (40, 60)))
+        assert tuple(boxes.canvas_size) == tuple(image.shape[-2:])

@@ -45,7 +45,12 @@ class RandomRotate90(v2.Transform):
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if params["angle"] == 0:
             return inpt
-        return self._call_kernel(F.rotate, inpt, angle=params["angle"], expand=True)
+        out = self._call_kernel(F.rotate, inpt, angle=params["angle"], expand=True)
+        if isinstance(out, tv_tensors.BoundingBoxes) and params["angle"] % 180:
+            # torchvision leaves the canvas of an empty box set unturned; a later step that reads sizes would fail
+            height, width = inpt.canvas_size
+            out = tv_tensors.wrap(out, like=out, canvas_size=(width, height))
+        return out
 
 
 def visible_fraction(boxes: Tensor, height: int, width: int) -> Tensor:
@@ -71,7 +76,9 @@ class RotatedDetectionAugment:
     """``(image, target) -> (image, target)`` augmentation for pixel rotated boxes (detr-style transform).
 
     Steps, each optional: horizontal flip, vertical flip, rotation by a multiple of 90 degrees, rotation by a
-    random angle in ``[-rotate_degrees, rotate_degrees]`` (canvas kept, corners filled with ``fill``), random
+    random angle in ``[-rotate_degrees, rotate_degrees]`` (canvas kept, corners filled with ``fill``), a zoom by a
+    random factor in ``scale_range`` about the image centre (canvas kept: zooming out leaves a ``fill`` border,
+    zooming in crops; YOLO's ``scale`` augmentation, for objects of the sizes other flying heights give), random
     shortest-side resize to one of ``scales`` (longest side ``<= max_size``), colour jitter. Then the border
     rule of this module drops objects.
 
@@ -90,6 +97,7 @@ class RotatedDetectionAugment:
         rot90_prob: float = 0.5,
         rotate_prob: float = 0.0,
         rotate_degrees: float = 180.0,
+        scale_range: tuple[float, float] | None = None,
         scales: Sequence[int] | None = None,
         max_size: int | None = None,
         brightness: float = 0.2,
@@ -108,6 +116,11 @@ class RotatedDetectionAugment:
             steps.append(RandomRotate90(rot90_prob))
         if rotate_prob > 0:
             steps.append(v2.RandomApply([v2.RandomRotation(rotate_degrees, fill=fill)], p=rotate_prob))
+        if scale_range is not None:
+            low, high = scale_range
+            if not 0 < low <= high:
+                raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {scale_range!r}")
+            steps.append(v2.RandomAffine(degrees=0, scale=(low, high), fill=fill))
         if scales:
             steps.append(v2.RandomShortestSize(list(scales), max_size=max_size))
         if brightness or contrast or saturation or hue:
