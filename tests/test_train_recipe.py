@@ -155,13 +155,25 @@ def test_scale_jitter_reaches_the_augmentation(tmp_path, argv, expected):
     from torchvision.transforms import v2
 
     (_, data_args, _), _ = _args(tmp_path, argv)
-    steps = augmentation(data_args).transform.transforms
+    steps = augmentation(data_args, "rotated").transform.transforms
     zooms = [step.scale for step in steps if isinstance(step, v2.RandomAffine)]
     assert zooms == ([] if expected is None else [expected])
     assert any(isinstance(step, v2.RandomHorizontalFlip) for step in steps)  # the flips stay
 
 
-def test_scale_jitter_out_of_range_is_refused(tmp_path):
-    (_, data_args, _), _ = _args(tmp_path, ["--scale_jitter", "1.0"])
-    with pytest.raises(SystemExit, match="--scale_jitter"):
-        augmentation(data_args)
+@pytest.mark.parametrize(("argv", "box_type", "message"), [
+    (["--scale_jitter", "1.0"], "rotated", r"in \[0, 1\)"),
+    (["--scale_jitter", "0.5", "--augment", "False"], "rotated", "needs the augmentation"),
+    (["--scale_jitter", "0.5"], "horizontal", "needs the augmentation"),
+])
+def test_scale_jitter_that_would_not_apply_is_refused(tmp_path, argv, box_type, message):
+    (_, data_args, _), _ = _args(tmp_path, argv)
+    with pytest.raises(SystemExit, match=message):
+        augmentation(data_args, box_type)
+
+
+def test_no_augmentation_without_augment_or_for_horizontal_boxes(tmp_path):
+    (_, data_args, _), _ = _args(tmp_path, ["--augment", "False"])
+    assert augmentation(data_args, "rotated") is None
+    (_, data_args, _), _ = _args(tmp_path, [])
+    assert augmentation(data_args, "horizontal") is None

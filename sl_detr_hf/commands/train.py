@@ -21,10 +21,9 @@ from ._common import (
 if TYPE_CHECKING:
     import numpy as np
 
-logger = logging.getLogger(__name__)
+    from ..data import RotatedDetectionAugment
 
-SCALE_JITTER = 0.0
-"""`--scale_jitter`'s default (off; 0.5 is YOLO's `scale=0.5`, zoom factors in [0.5, 1.5])."""
+logger = logging.getLogger(__name__)
 
 __all__ = ["DataArguments", "ModelArguments", "build_model", "check_not_finished", "last_complete_checkpoint", "main",
            "model_to_resume", "run_train"]
@@ -92,10 +91,10 @@ class DataArguments:
     num_synthetic_train: int = field(default=600)
     num_synthetic_val: int = field(default=100)
     augment: bool = field(default=True, metadata={"help": "flips and 90-degree rotations (rotated only)"})
-    scale_jitter: float = field(default=SCALE_JITTER, metadata={
+    scale_jitter: float = field(default=0.0, metadata={
         "help": "with --augment: zoom each training image by a random factor in [1 - j, 1 + j] about its centre, "
-                "canvas kept (YOLO's `scale`): objects at the sizes other flying heights / ground resolutions give; "
-                "0 turns it off"})
+                "canvas kept (YOLO's `scale`, e.g. 0.5): objects at the sizes other flying heights / ground "
+                "resolutions give; 0 (default) turns it off"})
     max_minutes: float | None = field(default=None, metadata={
         "help": "stop training after this many minutes of training, counted across resumed runs (checkpoints keep "
                 "the time spent); without --max_steps the time also drives the learning rate (warmup, then a cosine "
@@ -413,14 +412,18 @@ def apply_recipe(given: Collection[str], model_args: ModelArguments, data: DataA
     return chosen
 
 
-def augmentation(data: DataArguments):
-    """The training augmentation of `sl-detr train`: flips, quarter turns, colour jitter and, unless
-    ``--scale_jitter 0``, a zoom in ``[1 - j, 1 + j]`` (`RotatedDetectionAugment`)."""
+def augmentation(data: DataArguments, box_type: str) -> RotatedDetectionAugment | None:
+    """The training augmentation of `sl-detr train` (`RotatedDetectionAugment`; rotated boxes with ``--augment``,
+    else None): flips, quarter turns, colour jitter and, with ``--scale_jitter j > 0``, a zoom in ``[1 - j, 1 + j]``."""
     from ..data import RotatedDetectionAugment
 
-    if not 0 <= data.scale_jitter < 1:
-        raise SystemExit(f"error: --scale_jitter must be in [0, 1), got {data.scale_jitter}")
     jitter = data.scale_jitter
+    if not 0 <= jitter < 1:
+        raise SystemExit(f"error: --scale_jitter must be in [0, 1), got {jitter}")
+    if not (data.augment and box_type == "rotated"):
+        if jitter:
+            raise SystemExit("error: --scale_jitter needs the augmentation: --augment True and rotated boxes")
+        return None
     return RotatedDetectionAugment(scale_range=(1 - jitter, 1 + jitter) if jitter else None)
 
 
@@ -463,7 +466,7 @@ def run_train(model_args: ModelArguments, data: DataArguments, training_args) ->
     box_type = model.config.box_type
     processor = SlDetrImageProcessor(size={"shortest_edge": data.image_size, "longest_edge": data.image_size},
                                      box_type=box_type, max_detections=model.config.max_detections)
-    augment = augmentation(data) if data.augment and box_type == "rotated" else None
+    augment = augmentation(data, box_type)
     train_ds = prepare_dataset(train_raw, processor, box_type, augment)
     val_ds = prepare_dataset(val_raw, processor, box_type) if val_raw is not None else None
     by_time = bool(data.max_minutes) and training_args.max_steps <= 0  # the step count is not known
