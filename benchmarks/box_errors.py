@@ -14,7 +14,6 @@ An AP that rises from IoU 0.5 to 0.3 with a short-side ratio far from 1 says the
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -27,27 +26,18 @@ from real_data import ground_truth, predict_sl_detr
 
 from sl_detr_hf import SlDetrConfig
 from sl_detr_hf.evaluation import evaluate_dota
-from sl_detr_hf.geometry_conversions import poly_to_rbox
+from sl_detr_hf.geometry_conversions import poly_to_rbox, regularize_rboxes, wrap_angle_range
 from sl_detr_hf.geometry_overlaps import box_iou_rotated
 
 AP_THRESHOLDS = (0.1, 0.3, 0.5)
 ERROR_COLUMNS = ("matched", "IoU", "long ratio", "short ratio", "angle err", "centre err")
 
 
-def _long_side_angle(boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(N, 5)`` pixel rotated boxes -> long sides, short sides, long-side angles (radians)."""
-    w_long = boxes[:, 2] >= boxes[:, 3]
-    long = torch.where(w_long, boxes[:, 2], boxes[:, 3])
-    short = torch.where(w_long, boxes[:, 3], boxes[:, 2])
-    angle = torch.where(w_long, boxes[:, 4], boxes[:, 4] + math.pi / 2)
-    return long, short, angle
-
-
 def box_errors(detections: list[dict], truths: list[dict], class_id: int, min_score: float,
                min_iou: float = 0.1) -> np.ndarray:
-    """Per matched ground-truth box of ``class_id``: ``(M, 6)`` = IoU, long ratio, short ratio, angle error
-    (degrees), centre error (pixels), true short side; a truth is matched to its best-overlapping detection of the
-    class (IoU >= ``min_iou``, score >= ``min_score``)."""
+    """Per matched ground-truth box of ``class_id``: ``(M, 5)`` = IoU, long ratio, short ratio, angle error
+    (degrees), centre error (pixels); a truth is matched to its best-overlapping detection of the class (IoU >=
+    ``min_iou``, score >= ``min_score``). Sides and angles are compared in le90 (``w`` the long side)."""
     rows = []
     for det, truth in zip(detections, truths):
         gt = poly_to_rbox(torch.as_tensor(truth["polygons"]).float())[torch.as_tensor(truth["labels"]) == class_id]
@@ -57,14 +47,12 @@ def box_errors(detections: list[dict], truths: list[dict], class_id: int, min_sc
             continue
         best, index = box_iou_rotated(gt, pred).max(1)
         hit = best >= min_iou
-        gt, pred, best = gt[hit], pred[index[hit]], best[hit]
-        g_long, g_short, g_angle = _long_side_angle(gt)
-        p_long, p_short, p_angle = _long_side_angle(pred)
-        angle = torch.remainder(p_angle - g_angle + math.pi / 2, math.pi) - math.pi / 2
+        gt, pred, best = regularize_rboxes(gt[hit]), regularize_rboxes(pred[index[hit]]), best[hit]
+        ratios = pred[:, 2:4] / gt[:, 2:4]  # long, short
+        angle = wrap_angle_range(pred[:, 4] - gt[:, 4]).abs().rad2deg()
         centre = (pred[:, :2] - gt[:, :2]).norm(dim=1)
-        rows.append(torch.stack((best, p_long / g_long, p_short / g_short, angle.abs().rad2deg(), centre, g_short),
-                                1))
-    return torch.cat(rows).numpy() if rows else np.zeros((0, 6))
+        rows.append(torch.cat((best[:, None], ratios, angle[:, None], centre[:, None]), 1))
+    return torch.cat(rows).numpy() if rows else np.zeros((0, 5))
 
 
 def main() -> None:
@@ -96,7 +84,7 @@ def main() -> None:
     for class_id, name in enumerate(names):
         errors = box_errors(detections, truths, class_id, args.min_score)
         aps = [by_threshold[t]["AP_by_name"][name] for t in AP_THRESHOLDS]
-        medians = np.median(errors[:, :5], 0) if len(errors) else [float("nan")] * 5
+        medians = np.median(errors, 0) if len(errors) else [float("nan")] * 5
         print(f"{name:>12} " + " ".join(f"{ap:12.3f}" for ap in aps) + f" {len(errors):12d} "
               + " ".join(f"{m:12.2f}" for m in medians))
     print(f"{'mean':>12} " + " ".join(f"{by_threshold[t]['mAP']:12.3f}" for t in AP_THRESHOLDS))
