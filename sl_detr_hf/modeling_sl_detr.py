@@ -53,6 +53,7 @@ from transformers.utils.generic import can_return_tuple
 from .backbone_sl_detr import apply_backbone_policy, check_feature_sizes, check_pixel_inputs
 from .configuration_sl_detr import SlDetrConfig
 from .decoder_sl_detr import SlDetrDecoder, init_marked_module, refine_boxes
+from .deformable_sampling_sl_detr import use_gather_sampling
 from .denoising_sl_detr import build_denoising_queries
 from .dense_loss_sl_detr import add_dense_encoder_loss
 from .encoder_sl_detr import SlDetrEncoder
@@ -204,6 +205,7 @@ class SlDetrModel(SlDetrPreTrainedModel, DeformableDetrModel):
         for module in new_modules:
             if module is not None:
                 module.apply(self._init_weights)
+        use_gather_sampling(self)  # the deformable attention's sampling as one gather (no parameters)
 
     def gen_encoder_output_proposals(
         self, enc_output: torch.Tensor, padding_mask: torch.Tensor, spatial_shapes: list[tuple[int, int]]

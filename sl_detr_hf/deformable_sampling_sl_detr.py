@@ -1,0 +1,119 @@
+"""Multi-scale deformable sampling as one gather: bilinear corners and attention weights in one `embedding_bag`.
+
+The core of Deformable DETR's attention samples every head's value map bilinearly at `L x P` points per query and
+sums the samples with the attention weights. transformers' pure-PyTorch form (`MultiScaleDeformableAttention`,
+used on the CPU and wherever its CUDA kernel is not loaded) runs one `grid_sample` per level into a
+`(B * heads, C, Q, P)` tensor, stacks the levels and multiplies and sums: on a CPU most of its time is the
+intermediate tensors, not the arithmetic.
+
+Here the bilinear weights of the four corners of every sampling point are folded into the attention weight of
+that point, so a query's output is a weighted sum of `L * P * 4` rows of the value table, which is what
+`torch.nn.functional.embedding_bag(mode="sum", per_sample_weights=...)` computes in one fused kernel (forward and
+backward, on CPU and CUDA). Same arithmetic as `grid_sample(mode="bilinear", padding_mode="zeros",
+align_corners=False)`: a point at normalized `(x, y)` on an `H x W` map sits at pixel `(x W - 1/2, y H - 1/2)`;
+corners outside the map weigh 0. Outputs and gradients equal the grid_sample form to float rounding
+(`tests/test_deformable_sampling.py`); measured in BENCHMARKS.md ("Deformable sampling as one gather").
+
+Installed by `SlDetrModel` on every deformable attention module (encoder and decoder): the module has no
+parameters, so checkpoints are unchanged. While a model is exported (`torch.onnx.export`, `torch.export`) the
+grid_sample form runs instead: ONNX has `GridSample`, while `embedding_bag` exports as a loop.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.models.deformable_detr.modeling_deformable_detr import (
+    DeformableDetrMultiscaleDeformableAttention,
+    MultiScaleDeformableAttention,
+)
+
+
+def multi_scale_deformable_sampling(
+    value: torch.Tensor,
+    spatial_shapes_list: list[tuple[int, int]],
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """Attention-weighted bilinear samples of multi-level value maps.
+
+    Args:
+        value: `(B, S, heads, C)`, the levels' tokens concatenated (`S = sum(H_l * W_l)`, row-major per level).
+        spatial_shapes_list: `L` pairs `(H_l, W_l)`.
+        sampling_locations: `(B, Q, heads, L, P, 2)` normalized `(x, y)` in `[0, 1]` (outside samples zeros).
+        attention_weights: `(B, Q, heads, L, P)`.
+
+    Returns:
+        `(B, Q, heads * C)`, in the promoted dtype of `value` and the locations (float32 under CPU autocast, as
+        transformers' form, whose `grid_sample` autocast runs in float32).
+    """
+    batch, tokens, heads, channels = value.shape
+    _, queries, _, levels, points, _ = sampling_locations.shape
+    dtype = torch.promote_types(value.dtype, sampling_locations.dtype)
+    # positions in float32 at least: bf16 / fp16 cannot hold token indices (bf16 has 8 significant bits)
+    position_dtype = torch.promote_types(dtype, torch.float32)
+    locations = sampling_locations.to(position_dtype)
+    shapes = torch.tensor(spatial_shapes_list, device=value.device, dtype=position_dtype)  # (L, 2): H_l, W_l
+    height, width = shapes[:, :1], shapes[:, 1:]  # (L, 1): broadcast over the points
+    level_start = torch.cat([shapes.new_zeros(1), (shapes[:, 0] * shapes[:, 1]).cumsum(0)[:-1]]).view(levels, 1)
+    x = locations[..., 0] * width - 0.5  # (B, Q, heads, L, P) pixel coordinates, grid_sample's align_corners=False
+    y = locations[..., 1] * height - 0.5
+    x0, y0 = x.floor(), y.floor()
+    fx, fy = x - x0, y - y0
+    x1, y1 = x0 + 1, y0 + 1
+    # the bilinear weight of each corner, 0 outside the map (padding_mode="zeros"; also where a location is NaN)
+    inside_x0, inside_x1 = (x0 >= 0) & (x0 < width), (x1 >= 0) & (x1 < width)
+    inside_y0, inside_y1 = (y0 >= 0) & (y0 < height), (y1 >= 0) & (y1 < height)
+    weights = attention_weights.to(position_dtype)
+    wx0, wx1 = torch.where(inside_x0, 1 - fx, 0.0), torch.where(inside_x1, fx, 0.0)
+    wy0 = torch.where(inside_y0, 1 - fy, 0.0) * weights
+    wy1 = torch.where(inside_y1, fy, 0.0) * weights
+    # row-major token index of each corner within the level's tokens (exact in float below 2^24 tokens); a corner
+    # outside the map (or at a NaN / infinite location) reads token 0 with weight 0
+    cx0, cx1 = torch.where(inside_x0, x0, 0.0), torch.where(inside_x1, x1, 0.0)
+    ry0 = torch.where(inside_y0, y0, 0.0) * width + level_start
+    ry1 = torch.where(inside_y1, y1, 0.0) * width + level_start
+    token = torch.stack([ry0 + cx0, ry0 + cx1, ry1 + cx0, ry1 + cx1], -1)  # (B, Q, heads, L, P, 4)
+    corner_weight = torch.stack([wy0 * wx0, wy0 * wx1, wy1 * wx0, wy1 * wx1], -1).to(dtype)
+    # rows of the (B * S * heads, C) value table: ((b * S) + token) * heads + head
+    row_base = torch.arange(batch, device=value.device).view(batch, 1, 1, 1) * (tokens * heads) + torch.arange(
+        heads, device=value.device
+    ).view(1, 1, heads, 1)
+    rows = token.view(batch, queries, heads, -1).to(torch.int64) * heads + row_base
+    output = F.embedding_bag(
+        rows.view(-1, levels * points * 4),
+        value.to(dtype).reshape(batch * tokens * heads, channels),
+        per_sample_weights=corner_weight.view(-1, levels * points * 4),
+        mode="sum",
+    )
+    return output.view(batch, queries, heads * channels)
+
+
+class SlDetrMultiScaleDeformableSampling(MultiScaleDeformableAttention):
+    """Drop-in for transformers' `MultiScaleDeformableAttention` (the same forward signature and result) that
+    runs [`multi_scale_deformable_sampling`]; the parent's grid_sample form while a model is exported."""
+
+    def forward(
+        self,
+        value: torch.Tensor,
+        value_spatial_shapes: torch.Tensor,
+        value_spatial_shapes_list: list[tuple[int, int]],
+        level_start_index: torch.Tensor,
+        sampling_locations: torch.Tensor,
+        attention_weights: torch.Tensor,
+        im2col_step: int,
+    ) -> torch.Tensor:
+        if torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting():
+            return super().forward(value, value_spatial_shapes, value_spatial_shapes_list, level_start_index,
+                                   sampling_locations, attention_weights, im2col_step)
+        return multi_scale_deformable_sampling(value, value_spatial_shapes_list, sampling_locations, attention_weights)
+
+
+def use_gather_sampling(model: nn.Module) -> nn.Module:
+    """Give every deformable attention module of `model` the gather form of the sampling (in place; no
+    parameters change). Returns `model`."""
+    for module in model.modules():
+        if isinstance(module, DeformableDetrMultiscaleDeformableAttention):
+            module.attn = SlDetrMultiScaleDeformableSampling()
+    return model
