@@ -5,6 +5,7 @@ side by side in one run, on the same images at the same size.
     python benchmarks/inference_speed.py --model OUT --images VAL/images --image_size 640
     OMP_NUM_THREADS=1 taskset -c 0 python benchmarks/inference_speed.py --model OUT --images VAL/images --threads 1
     python benchmarks/inference_speed.py --model OUT --images VAL/images --bf16    # also SL-DETR under bf16 autocast
+    python benchmarks/inference_speed.py --model OUT --images VAL/images --grid_sample --peers ""  # sampling forms
 
 Each model predicts every image once per round, in a process of its own (importing Ultralytics changes the threading
 of the process that imports it: SL-DETR measured 7.5 images/s beside it in one process, 11.8 alone); the first image
@@ -33,15 +34,22 @@ import torch
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 SL_DETR_BF16 = "SL-DETR-bf16"  # the same model under bf16 autocast (`--bf16`; sl-detr predict --bf16)
+GRID_SAMPLE = "-grid_sample"  # suffix: transformers' grid_sample form of the sampling (`--grid_sample`)
 
 
-def sl_detr_runner(model_dir: Path, bf16: bool = False):
+def sl_detr_runner(model_dir: Path, bf16: bool = False, grid_sample: bool = False):
     from PIL import Image
 
     from sl_detr_hf import SlDetrForObjectDetection, SlDetrImageProcessor
     from sl_detr_hf.precision_sl_detr import as_float32, bf16_autocast
 
     model = SlDetrForObjectDetection.from_pretrained(model_dir).eval()
+    if grid_sample:  # undo the gather form the model installs (sl_detr_hf/deformable_sampling_sl_detr.py)
+        from transformers.models.deformable_detr.modeling_deformable_detr import MultiScaleDeformableAttention
+
+        for module in model.modules():
+            if hasattr(module, "attn") and hasattr(module, "sampling_offsets"):
+                module.attn = MultiScaleDeformableAttention()
     processor = SlDetrImageProcessor.from_pretrained(model_dir)
 
     def run(path: Path) -> int:
@@ -80,8 +88,9 @@ def time_round(run, images: list[Path]) -> float:
 
 def _one_round(args: argparse.Namespace, images: list[Path]) -> float:
     """In this process: load ``args.only`` and time one round."""
-    if args.only in ("SL-DETR", SL_DETR_BF16):
-        run = sl_detr_runner(args.model, bf16=args.only == SL_DETR_BF16)
+    if args.only.startswith("SL-DETR"):
+        run = sl_detr_runner(args.model, bf16=args.only.startswith(SL_DETR_BF16),
+                             grid_sample=args.only.endswith(GRID_SAMPLE))
     else:
         peers = [p for p in args.peers.split(",") if p]
         weights = dict(zip(peers, args.peer_weights or [None] * len(peers)))
@@ -100,6 +109,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--bf16", action="store_true", help="also SL-DETR under bf16 autocast (SL-DETR-bf16)")
+    parser.add_argument("--grid_sample", action="store_true",
+                        help="also SL-DETR with transformers' grid_sample form of the deformable sampling")
     parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # one model, one round (a child process)
     args = parser.parse_args(argv)
     if args.threads:
@@ -111,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"IMAGES_PER_S {_one_round(args, images)}")
         return
     names = ["SL-DETR", SL_DETR_BF16] if args.bf16 else ["SL-DETR"]
+    names += [name + GRID_SAMPLE for name in names] if args.grid_sample else []
     peers = [p for p in args.peers.split(",") if p]
     if peers and importlib.util.find_spec("ultralytics") is None:
         print("Ultralytics is not installed (pip install -e '.[benchmark]'): SL-DETR alone")
@@ -133,9 +145,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"round {round_index + 1}: " + ", ".join(f"{n} {s[-1]:.2f}" for n, s in speeds.items()), flush=True)
     median = {name: statistics.median(values) for name, values in speeds.items()}
     ours = [name for name in names if name.startswith("SL-DETR")]
-    print(f"\n{'model':<14} {'images/s (median)':>17}" + "".join(f"   {name + ' / model':>20}" for name in ours))
+    width = max(len(name) for name in names)
+    print(f"\n{'model':<{width}} {'images/s (median)':>17}" + "".join(f"   {name + ' / model':>{width + 8}}"
+                                                                      for name in ours))
     for name, value in median.items():
-        print(f"{name:<14} {value:>17.2f}" + "".join(f"   {median[o] / value:>20.2f}" for o in ours))
+        print(f"{name:<{width}} {value:>17.2f}" + "".join(f"   {median[o] / value:>{width + 8}.2f}" for o in ours))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,9 @@ Configurations (``--configs``, comma-separated):
 - ``bf16``: the same under bf16 autocast, as ``sl-detr train`` trains on a CPU with bf16 in hardware (the losses
   in float32, `sl_detr_hf/precision_sl_detr.py`);
 - ``stride8_values``, ``stride8_values_bf16``: stride 8 as value-only level (``--backbone_stages
-  stage2,stage3,stage4 --config value_only_levels=1``), float32 / bf16.
+  stage2,stage3,stage4 --config value_only_levels=1``), float32 / bf16;
+- ``grid_sample``, ``grid_sample_bf16``: ``today`` / ``bf16`` with transformers' grid_sample form of the deformable
+  attention's sampling instead of the gather the model installs (`sl_detr_hf/deformable_sampling_sl_detr.py`).
 
     python benchmarks/real_step_cost.py --data $HIT_TRAIN --image_size 640 --batch 4 --configs today,bf16
 """
@@ -41,6 +43,8 @@ CONFIGS = {
     "stride8_values": {"stages": "stage2,stage3,stage4", "allocator": True, "config": "value_only_levels=1"},
     "stride8_values_bf16": {"stages": "stage2,stage3,stage4", "allocator": True, "config": "value_only_levels=1",
                             "bf16": True},
+    "grid_sample": {"stages": "stage3,stage4", "allocator": True, "grid_sample": True},
+    "grid_sample_bf16": {"stages": "stage3,stage4", "allocator": True, "bf16": True, "grid_sample": True},
 }
 
 
@@ -63,6 +67,12 @@ def run_one(data: Path, name: str, image_size: int, batch: int, steps: int, thre
     names = list(raw.features["objects"]["category"].feature.names)
     model_args = ModelArguments(backbone_stages=config["stages"], config=config.get("config", ""))
     model = build_model(model_args, names, seed=0, most_objects=most_objects_per_image(raw))
+    if config.get("grid_sample"):
+        from transformers.models.deformable_detr.modeling_deformable_detr import MultiScaleDeformableAttention
+
+        for module in model.modules():
+            if hasattr(module, "attn") and hasattr(module, "sampling_offsets"):
+                module.attn = MultiScaleDeformableAttention()
     processor = SlDetrImageProcessor(size={"shortest_edge": image_size, "longest_edge": image_size},
                                      max_detections=model.config.max_detections)
     dataset = prepare_dataset(raw, processor, "rotated", RotatedDetectionAugment())

@@ -129,7 +129,7 @@ def test_every_deformable_attention_of_the_model_gathers_and_predicts_as_before(
     torch.testing.assert_close(ours.pred_boxes, theirs.pred_boxes, rtol=1e-4, atol=1e-5)
 
 
-def test_exporting_runs_the_grid_sample_form(monkeypatch):
+def test_training_and_exporting_run_the_grid_sample_form(monkeypatch):
     import sl_detr_hf.deformable_sampling_sl_detr as module
 
     def refuse(*args):
@@ -140,5 +140,11 @@ def test_exporting_runs_the_grid_sample_form(monkeypatch):
     monkeypatch.setattr(module, "multi_scale_deformable_sampling", refuse)
     with pytest.raises(AssertionError, match="gather form"):
         SlDetrMultiScaleDeformableSampling()(*args)
+    with torch.no_grad():  # a gradient-free call gathers
+        with pytest.raises(AssertionError, match="gather form"):
+            SlDetrMultiScaleDeformableSampling()(*args)
+    locations.requires_grad_()  # training: the grid_sample form
+    torch.testing.assert_close(SlDetrMultiScaleDeformableSampling()(*args), REFERENCE(*args))
+    locations.requires_grad_(False)
     monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
     torch.testing.assert_close(SlDetrMultiScaleDeformableSampling()(*args), REFERENCE(*args))
