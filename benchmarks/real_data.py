@@ -190,10 +190,11 @@ def train_sl_detr(train_dir: Path, out: Path, minutes: float, image_size: int, s
     shutil.rmtree(out, ignore_errors=True)  # a finished run there would be refused, not retrained
     out.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    with open(out.with_suffix(".log"), "w") as log:
+    log_path = out.parent / f"{out.name}.log"  # not with_suffix: a tag such as "_lr1.5e-3" holds dots
+    with open(log_path, "w") as log:
         done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
     if done.returncode:
-        raise RuntimeError(f"`sl-detr train` failed (exit {done.returncode}); its output: {out.with_suffix('.log')}")
+        raise RuntimeError(f"`sl-detr train` failed (exit {done.returncode}); its output: {log_path}")
     wall = time.monotonic() - start
     state = json.loads((out / "trainer_state.json").read_text())
     runtime = next(h["train_runtime"] for h in state["log_history"] if "train_runtime" in h)
