@@ -45,11 +45,9 @@ def sl_detr_runner(model_dir: Path, bf16: bool = False, grid_sample: bool = Fals
 
     model = SlDetrForObjectDetection.from_pretrained(model_dir).eval()
     if grid_sample:  # undo the gather form the model installs (sl_detr_hf/deformable_sampling_sl_detr.py)
-        from transformers.models.deformable_detr.modeling_deformable_detr import MultiScaleDeformableAttention
+        from sl_detr_hf.deformable_sampling_sl_detr import use_grid_sample_sampling
 
-        for module in model.modules():
-            if hasattr(module, "attn") and hasattr(module, "sampling_offsets"):
-                module.attn = MultiScaleDeformableAttention()
+        use_grid_sample_sampling(model)
     processor = SlDetrImageProcessor.from_pretrained(model_dir)
 
     def run(path: Path) -> int:

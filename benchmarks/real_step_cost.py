@@ -68,11 +68,9 @@ def run_one(data: Path, name: str, image_size: int, batch: int, steps: int, thre
     model_args = ModelArguments(backbone_stages=config["stages"], config=config.get("config", ""))
     model = build_model(model_args, names, seed=0, most_objects=most_objects_per_image(raw))
     if config.get("grid_sample"):
-        from transformers.models.deformable_detr.modeling_deformable_detr import MultiScaleDeformableAttention
+        from sl_detr_hf.deformable_sampling_sl_detr import use_grid_sample_sampling
 
-        for module in model.modules():
-            if hasattr(module, "attn") and hasattr(module, "sampling_offsets"):
-                module.attn = MultiScaleDeformableAttention()
+        use_grid_sample_sampling(model)
     processor = SlDetrImageProcessor(size={"shortest_edge": image_size, "longest_edge": image_size},
                                      max_detections=model.config.max_detections)
     dataset = prepare_dataset(raw, processor, "rotated", RotatedDetectionAugment())

@@ -124,3 +124,12 @@ def use_gather_sampling(model: nn.Module) -> nn.Module:
         if isinstance(module, DeformableDetrMultiscaleDeformableAttention):
             module.attn = SlDetrMultiScaleDeformableSampling()
     return model
+
+
+def use_grid_sample_sampling(model: nn.Module) -> nn.Module:
+    """Put transformers' grid_sample form back on every deformable attention module of `model` (in place; to
+    compare the two forms, as `benchmarks/inference_speed.py --grid_sample` does). Returns `model`."""
+    for module in model.modules():
+        if isinstance(module, DeformableDetrMultiscaleDeformableAttention):
+            module.attn = MultiScaleDeformableAttention()
+    return model

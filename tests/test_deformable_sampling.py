@@ -17,6 +17,7 @@ from transformers.models.deformable_detr.modeling_deformable_detr import (
 from sl_detr_hf.deformable_sampling_sl_detr import (
     SlDetrMultiScaleDeformableSampling,
     multi_scale_deformable_sampling,
+    use_grid_sample_sampling,
 )
 
 REFERENCE = MultiScaleDeformableAttention()  # transformers' pure-PyTorch form (grid_sample per level)
@@ -122,8 +123,8 @@ def test_every_deformable_attention_of_the_model_gathers_and_predicts_as_before(
     mask[1, :, 70:] = 0  # a padded image: the masked value tokens stay zeros
     with torch.no_grad():
         ours = model(pixel_values=pixels, pixel_mask=mask)
-        for module in attentions:
-            module.attn = MultiScaleDeformableAttention()
+        use_grid_sample_sampling(model)
+        assert all(type(m.attn) is MultiScaleDeformableAttention for m in attentions)
         theirs = model(pixel_values=pixels, pixel_mask=mask)
     torch.testing.assert_close(ours.logits, theirs.logits, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(ours.pred_boxes, theirs.pred_boxes, rtol=1e-4, atol=1e-5)
