@@ -117,19 +117,20 @@ class SlDetrMultiScaleDeformableSampling(MultiScaleDeformableAttention):
         return multi_scale_deformable_sampling(value, value_spatial_shapes_list, sampling_locations, attention_weights)
 
 
+def _set_sampling(model: nn.Module, form: type[MultiScaleDeformableAttention]) -> nn.Module:
+    for module in model.modules():
+        if isinstance(module, DeformableDetrMultiscaleDeformableAttention):
+            module.attn = form()
+    return model
+
+
 def use_gather_sampling(model: nn.Module) -> nn.Module:
     """Give every deformable attention module of `model` the gather form of the sampling (in place; no
     parameters change). Returns `model`."""
-    for module in model.modules():
-        if isinstance(module, DeformableDetrMultiscaleDeformableAttention):
-            module.attn = SlDetrMultiScaleDeformableSampling()
-    return model
+    return _set_sampling(model, SlDetrMultiScaleDeformableSampling)
 
 
 def use_grid_sample_sampling(model: nn.Module) -> nn.Module:
     """Put transformers' grid_sample form back on every deformable attention module of `model` (in place; to
     compare the two forms, as `benchmarks/inference_speed.py --grid_sample` does). Returns `model`."""
-    for module in model.modules():
-        if isinstance(module, DeformableDetrMultiscaleDeformableAttention):
-            module.attn = MultiScaleDeformableAttention()
-    return model
+    return _set_sampling(model, MultiScaleDeformableAttention)
