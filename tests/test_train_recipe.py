@@ -165,6 +165,9 @@ def test_scale_jitter_reaches_the_augmentation(tmp_path, argv, expected):
     (["--scale_jitter", "1.0"], "rotated", r"in \[0, 1\)"),
     (["--scale_jitter", "0.5", "--augment", "False"], "rotated", "needs the augmentation"),
     (["--scale_jitter", "0.5"], "horizontal", "needs the augmentation"),
+    (["--mosaic", "1.5"], "rotated", r"probability in \[0, 1\]"),
+    (["--mosaic", "0.5", "--augment", "False"], "rotated", "--mosaic needs the augmentation"),
+    (["--mosaic", "0.5"], "horizontal", "--mosaic needs the augmentation"),
 ])
 def test_scale_jitter_that_would_not_apply_is_refused(tmp_path, argv, box_type, message):
     (_, data_args, _), _ = _args(tmp_path, argv)

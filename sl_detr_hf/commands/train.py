@@ -95,6 +95,10 @@ class DataArguments:
         "help": "with --augment: zoom each training image by a random factor in [1 - j, 1 + j] about its centre, "
                 "canvas kept (YOLO's `scale`, e.g. 0.5): objects at the sizes other flying heights / ground "
                 "resolutions give; 0 (default) turns it off"})
+    mosaic: float = field(default=0.0, metadata={
+        "help": "with --augment: the probability that a training image is YOLO's mosaic of it and three others "
+                "(each scaled to a quarter about a random centre: objects at 0.3-0.7 of their size, four images' "
+                "objects in one step); 0 turns it off"})
     max_minutes: float | None = field(default=None, metadata={
         "help": "stop training after this many minutes of training, counted across resumed runs (checkpoints keep "
                 "the time spent); without --max_steps the time also drives the learning rate (warmup, then a cosine "
@@ -420,9 +424,12 @@ def augmentation(data: DataArguments, box_type: str) -> RotatedDetectionAugment 
     jitter = data.scale_jitter
     if not 0 <= jitter < 1:
         raise SystemExit(f"error: --scale_jitter must be in [0, 1), got {jitter}")
+    if not 0 <= data.mosaic <= 1:
+        raise SystemExit(f"error: --mosaic must be a probability in [0, 1], got {data.mosaic}")
     if not (data.augment and box_type == "rotated"):
-        if jitter:
-            raise SystemExit("error: --scale_jitter needs the augmentation: --augment True and rotated boxes")
+        for name in ("scale_jitter", "mosaic"):
+            if getattr(data, name):
+                raise SystemExit(f"error: --{name} needs the augmentation: --augment True and rotated boxes")
         return None
     return RotatedDetectionAugment(scale_range=(1 - jitter, 1 + jitter) if jitter else None)
 
@@ -467,7 +474,7 @@ def run_train(model_args: ModelArguments, data: DataArguments, training_args) ->
     processor = SlDetrImageProcessor(size={"shortest_edge": data.image_size, "longest_edge": data.image_size},
                                      box_type=box_type, max_detections=model.config.max_detections)
     augment = augmentation(data, box_type)
-    train_ds = prepare_dataset(train_raw, processor, box_type, augment)
+    train_ds = prepare_dataset(train_raw, processor, box_type, augment, mosaic=data.mosaic if augment else 0.0)
     val_ds = prepare_dataset(val_raw, processor, box_type) if val_raw is not None else None
     by_time = bool(data.max_minutes) and training_args.max_steps <= 0  # the step count is not known
     # at the time limit: save; the evaluation below runs once, after training

@@ -7,9 +7,11 @@ from typing import Any
 
 import datasets
 import torch
+from torchvision.transforms.v2.functional import pil_to_tensor
 
 from ..data.collate import SlDetrCollator
 from ..data.images import open_image
+from ..data.mosaic import Mosaic
 from ..data.orientation import TURNABLE_KEY
 from ..data.transforms import RotatedDetectionAugment
 from ..image_processing_sl_detr import SlDetrImageProcessor
@@ -21,41 +23,63 @@ class DetectionTransform:
     """Batched ``Dataset.with_transform`` function: rows -> ``{"pixel_values", "labels"}`` per example.
 
     Each row needs ``image`` and ``objects`` with ``rbox`` (pixel, rotated datasets) or ``bbox`` (COCO
-    ``xywh``, horizontal datasets), ``category`` and optionally ``difficult``. With ``augment``, the image
-    and its rotated boxes go through :class:`RotatedDetectionAugment` first (rotated datasets only). The
+    ``xywh``, horizontal datasets), ``category`` and optionally ``difficult``. With ``mosaic > 0`` (rotated
+    datasets, ``rows`` the dataset itself with undecoded images), an example is with that probability YOLO's mosaic
+    of it and three random rows (:class:`~sl_detr_hf.data.mosaic.Mosaic`). With ``augment``, the image
+    and its rotated boxes then go through :class:`RotatedDetectionAugment` (rotated datasets only). The
     images are resized / normalized by ``image_processor`` but not padded: :class:`SlDetrCollator` pads. Examples
     of an augmentation with quarter turns carry ``"turnable": True``: the collator may turn them once more so that
     a batch has one orientation (`sl_detr_hf.data.orientation`).
     """
 
     def __init__(self, image_processor: SlDetrImageProcessor, box_type: str = "rotated",
-                 augment: RotatedDetectionAugment | None = None) -> None:
+                 augment: RotatedDetectionAugment | None = None, mosaic: float = 0.0,
+                 rows: datasets.Dataset | None = None) -> None:
         if box_type not in ("rotated", "horizontal"):
             raise ValueError(f"`box_type` must be 'rotated' or 'horizontal', got {box_type!r}")
         if augment is not None and box_type != "rotated":
             raise ValueError("augmentation needs rotated boxes (`box_type='rotated'`)")
+        if mosaic and (box_type != "rotated" or rows is None):
+            raise ValueError("a mosaic needs rotated boxes (`box_type='rotated'`) and the dataset's `rows`")
         self.image_processor = image_processor
         self.box_type = box_type
         self.augment = augment
+        self.rows = rows if mosaic else None
+        self.mosaic = Mosaic(self._row, len(rows), mosaic) if mosaic else None
 
-    def _example(self, image: Any, objects: Mapping[str, Any], index: int) -> dict[str, Any]:
-        image = open_image(image)  # a path / {"path", "bytes"} decoded here: a broken file's error names it
-        categories = list(objects["category"])
-        difficult = list(objects.get("difficult") or [0] * len(categories))
+    def _geometry(self, objects: Mapping[str, Any], index: int) -> str:
         geometry = "rbox" if self.box_type == "rotated" and "rbox" in objects else "bbox"
         if geometry not in objects:
             raise ValueError(f"row {index}: `objects` has no {geometry!r} column (columns: {sorted(objects)})")
-        boxes = list(objects[geometry])
+        return geometry
+
+    def _target(self, objects: Mapping[str, Any], index: int) -> dict[str, Any]:
+        """A row's objects as tensors: ``boxes`` ``(N, 5)`` (rbox) or ``(N, 4)`` (COCO bbox), ``class_labels``,
+        ``difficult``."""
+        geometry = self._geometry(objects, index)
+        categories = list(objects["category"])
+        difficult = list(objects.get("difficult") or [0] * len(categories))
+        return {"boxes": torch.tensor(list(objects[geometry]), dtype=torch.float32).reshape(-1, len(geometry) + 1),
+                "class_labels": torch.tensor(categories, dtype=torch.long),
+                "difficult": torch.tensor(difficult, dtype=torch.long)}
+
+    def _row(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Row ``index`` of ``rows`` as a ``(3, H, W)`` uint8 image and its target (a mosaic's other images)."""
+        row = self.rows[index]
+        return pil_to_tensor(open_image(row["image"]).convert("RGB")), self._target(row["objects"], index)
+
+    def _example(self, image: Any, objects: Mapping[str, Any], index: int) -> dict[str, Any]:
+        image = open_image(image)  # a path / {"path", "bytes"} decoded here: a broken file's error names it
+        geometry = self._geometry(objects, index)
+        target = self._target(objects, index)
+        if self.mosaic is not None:
+            image, target = self.mosaic(pil_to_tensor(image.convert("RGB")), target)
         if self.augment is not None:
-            target = {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 5),
-                      "class_labels": torch.tensor(categories, dtype=torch.long),
-                      "difficult": torch.tensor(difficult, dtype=torch.long)}
             image, target = self.augment(image, target)
-            boxes, categories = target["boxes"].tolist(), target["class_labels"].tolist()
-            difficult = target["difficult"].tolist()
         annotation = {"image_id": index, "annotations": [
             {geometry: box, "category_id": int(c), "difficult": int(d)}
-            for box, c, d in zip(boxes, categories, difficult)
+            for box, c, d in zip(target["boxes"].tolist(), target["class_labels"].tolist(),
+                                 target["difficult"].tolist())
         ]}
         out = self.image_processor(images=image, annotations=annotation, return_tensors="pt", do_pad=False)
         return {"pixel_values": out["pixel_values"][0], "labels": out["labels"][0]}
@@ -79,16 +103,18 @@ class DetectionTransform:
 
 
 def prepare_dataset(dataset: datasets.Dataset, image_processor: SlDetrImageProcessor, box_type: str = "rotated",
-                    augment: RotatedDetectionAugment | None = None) -> datasets.Dataset:
+                    augment: RotatedDetectionAugment | None = None, mosaic: float = 0.0) -> datasets.Dataset:
     """``dataset`` with :class:`DetectionTransform` applied on access (lazy: images decode per batch).
 
     The ``image`` column is handed over undecoded, so that an image that cannot be decoded raises an error naming
     its file (:class:`~sl_detr_hf.data.images.UnreadableImageError`) instead of PIL's bare ``image file is
-    truncated``.
+    truncated``. ``mosaic``: the probability that an example is YOLO's mosaic of it and three other rows
+    (:class:`~sl_detr_hf.data.mosaic.Mosaic`, rotated boxes; before ``augment``).
     """
     if isinstance(dataset.features.get("image"), datasets.Image):
         dataset = dataset.cast_column("image", datasets.Image(decode=False))
-    return dataset.with_transform(DetectionTransform(image_processor, box_type, augment))
+    return dataset.with_transform(DetectionTransform(image_processor, box_type, augment, mosaic,
+                                                     rows=dataset if mosaic else None))
 
 
 def make_collator(box_type: str = "rotated") -> SlDetrCollator:
