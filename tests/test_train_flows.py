@@ -172,6 +172,20 @@ def test_the_same_seed_gives_the_same_weights(tmp_path, data):
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
 
 
+def test_a_mosaic_run_repeats_with_its_seed_and_differs_from_a_plain_one(tmp_path, data):
+    """--mosaic reaches the training data (the weights differ from a plain run's) and draws its rows from torch's
+    seeded generator in the data-loader workers (the same seed, the same weights)."""
+    runs = {}
+    for name, extra in (("a", ["--mosaic", "1.0"]), ("b", ["--mosaic", "1.0"]), ("plain", [])):
+        out = tmp_path / name
+        assert main(["train", "--data_format", "dota", "--train_dir", str(data), "--max_steps", "2", "--seed", "3",
+                     "--output_dir", str(out), "--save_strategy", "no", "--dataloader_num_workers", "1", *SMALL,
+                     *extra]) == 0
+        runs[name] = load_file(out / "model.safetensors")
+    assert all(torch.equal(runs["a"][k], runs["b"][k]) for k in runs["a"])
+    assert any(not torch.equal(runs["a"][k], runs["plain"][k]) for k in runs["a"])
+
+
 def test_a_time_limited_run_evaluates_once(monkeypatch, tmp_path, data):
     from sl_detr_hf.training import SlDetrTrainer
 
