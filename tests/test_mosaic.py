@@ -78,16 +78,22 @@ def test_every_box_moves_with_its_pixels_and_stays_inside(cx, cy, sizes, angle, 
     corners = rbox_to_poly(out["boxes"]).reshape(4, 4, 2)
     assert (corners[..., 0] >= -1e-3).all() and (corners[..., 0] <= width + 1e-3).all()
     assert (corners[..., 1] >= -1e-3).all() and (corners[..., 1] <= height + 1e-3).all()
-    for k in range(4):  # the box's centre pixel has the colour of its own image
-        x, y = out["boxes"][k, :2].floor().long().tolist()
-        assert canvas[0, min(y, height - 1), min(x, width - 1)].item() == k + 1
-    # an isotropic scale keeps the aspect ratio and the long side's direction (up to the tile's pixel rounding)
     boxes = out["boxes"]
-    long_side, short_side = boxes[:, 2:4].amax(1), boxes[:, 2:4].amin(1)
-    torch.testing.assert_close(long_side / short_side, torch.full((4,), 2.0), atol=0.1, rtol=0)
-    direction = torch.where(boxes[:, 2] >= boxes[:, 3], boxes[:, 4], boxes[:, 4] + math.pi / 2)
-    turn = torch.remainder(direction - angle + math.pi / 2, math.pi) - math.pi / 2
-    assert turn.abs().max() < 0.03
+    for k, (h, w) in enumerate(sizes):
+        # where image k landed, read off the canvas (its colour k + 1, the fill 0): the box follows those pixels
+        rows, cols = (canvas[0] == k + 1).nonzero(as_tuple=True)
+        top, left = rows.min().item(), cols.min().item()
+        sy, sx = (rows.max().item() + 1 - top) / h, (cols.max().item() + 1 - left) / w
+        centre = torch.tensor([left + targets[k]["boxes"][0, 0] * sx, top + targets[k]["boxes"][0, 1] * sy])
+        torch.testing.assert_close(boxes[k, :2], centre.float(), atol=1e-3, rtol=0)
+        # the scale is isotropic up to the tile's pixel rounding (|ln(sx / sy)|): the same aspect ratio, area and
+        # long side's direction
+        skew = abs(math.log(sx / sy)) + 1e-3
+        long_side, short_side = boxes[k, 2:4].max().item(), boxes[k, 2:4].min().item()
+        assert abs(math.log(long_side / short_side / 2.0)) <= 2 * skew
+        assert abs(math.log(long_side * short_side / (72.0 * sx * sy))) <= 2 * skew
+        direction = boxes[k, 4].item() + (0 if boxes[k, 2] >= boxes[k, 3] else math.pi / 2)
+        assert abs((direction - angle + math.pi / 2) % math.pi - math.pi / 2) <= skew
 
 
 def test_objects_that_shrink_below_min_side_are_dropped_with_their_fields():
