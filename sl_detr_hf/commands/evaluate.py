@@ -23,12 +23,12 @@ __all__ = ["main", "run_evaluate"]
 
 def run_evaluate(argv: Sequence[str]) -> dict:
     """Full-size DOTA evaluation: split, predict patches, merge with rotated NMS, mAP50 (DOTA), mAP75, mAP50:95,
-    AP by size, Task1 files."""
+    AP by size, Task1 files. An image no larger than a patch is predicted whole, as in training."""
     import torch
     from tqdm.auto import tqdm
 
     from .. import SlDetrForObjectDetection
-    from ..data import load_dota, load_yolo_obb, merge_patch_detections, split_dota_cached
+    from ..data import load_dota, load_yolo_obb, merge_patch_detections, parse_patch_name, split_dota_cached
     from ..data.dota import write_dota_folder
     from ..data.images import to_rgb
     from ..evaluation import dota_summary, evaluate_dota, format_dota_table, write_task1_submission
@@ -42,8 +42,11 @@ def run_evaluate(argv: Sequence[str]) -> dict:
     parser.add_argument("--data_format", default="dota", choices=("dota", "yolo_obb"),
                         help="the format of --data_dir (default dota); the classes are the model's, in its id order")
     parser.add_argument("--output_dir", default="outputs/evaluate")
-    parser.add_argument("--patch_size", type=int, default=1024)
-    parser.add_argument("--gap", type=int, default=200)
+    parser.add_argument("--patch_size", type=int, default=None, help="side of the patches a larger image is split "
+                        "into; default: the model's input size (its image processor's longest edge, 1024 if none). "
+                        "An image that fits in one patch is predicted whole, sized as in training (no padding)")
+    parser.add_argument("--gap", type=int, default=None,
+                        help="overlap of neighbouring patches; default: patch_size * 200 / 1024 (DOTA's 200 at 1024)")
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--threshold", type=float, default=0.001)
     parser.add_argument("--nms_iou", type=float, default=0.1)
@@ -61,6 +64,12 @@ def run_evaluate(argv: Sequence[str]) -> dict:
         parser.error(f"--model {err}")
     model = SlDetrForObjectDetection.from_pretrained(args.model).to(args.device).eval()
     processor = SlDetrImageProcessor.from_pretrained(args.model)
+    if args.patch_size is None:
+        args.patch_size = int((processor.size or {}).get("longest_edge") or 1024)
+    if args.gap is None:
+        args.gap = round(args.patch_size * 200 / 1024)
+    if not 0 <= args.gap < args.patch_size:
+        parser.error(f"--gap must be in [0, --patch_size), got {args.gap} with --patch_size {args.patch_size}")
     names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     # The ground truth first: unreadable or oversized images are found before the long split / predict work.
     try:
@@ -81,10 +90,15 @@ def run_evaluate(argv: Sequence[str]) -> dict:
     patches_root = out / "patches"
     split_dota_cached(dota_dir, patches_root, sizes=(args.patch_size,), gaps=(args.gap,))
     patches = load_dota(patches_root, class_names=names, labels_dir=None)  # the patch images; truth is `full`
+    # an image that fits in one patch goes in whole, as training sized it: its patch would add a padding band
+    whole = {image_id: i for i, (image_id, width, height) in enumerate(zip(full["image_id"], full["width"],
+                                                                           full["height"]))
+             if width <= args.patch_size and height <= args.patch_size}
     patch_dets = []
     for start in tqdm(range(0, len(patches), args.batch_size), desc="predict patches"):
         rows = patches[start:start + args.batch_size]
-        images = [to_rgb(im) for im in rows["image"]]
+        images = [to_rgb(full[whole[source]]["image"] if source in whole else im)
+                  for source, im in zip((parse_patch_name(name).image_id for name in rows["image_id"]), rows["image"])]
         inputs = processor(images=images, return_tensors="pt").to(args.device)
         with torch.no_grad(), bf16_autocast(torch.device(args.device).type, enabled=args.bf16):
             outputs = model(**inputs)
@@ -94,7 +108,13 @@ def run_evaluate(argv: Sequence[str]) -> dict:
         for name, r in zip(rows["image_id"], results):
             patch_dets.append({"patch_id": name, "boxes": r["rboxes"].cpu(), "scores": r["scores"].cpu(),
                                "labels": r["labels"].cpu()})
-    merged = merge_patch_detections(patch_dets, iou_threshold=args.nms_iou)
+    # the NMS merges the patches of a split image; a whole image's detections are the model's own (no NMS, as the
+    # evaluation during training)
+    split = [det for det in patch_dets if parse_patch_name(det["patch_id"]).image_id not in whole]
+    merged = merge_patch_detections(split, iou_threshold=args.nms_iou) + [
+        {"image_id": parse_patch_name(det["patch_id"]).image_id, "boxes": det["boxes"], "scores": det["scores"],
+         "labels": det["labels"]} for det in patch_dets if parse_patch_name(det["patch_id"]).image_id in whole]
+    merged.sort(key=lambda det: det["image_id"])
     gts = [{"image_id": row["image_id"], "boxes": torch.tensor(row["objects"]["rbox"]).reshape(-1, 5),
             "labels": torch.tensor(row["objects"]["category"]),
             "difficult": torch.tensor(row["objects"]["difficult"]) > 0} for row in full.remove_columns("image")]
