@@ -46,13 +46,17 @@ def _seen(monkeypatch) -> list[tuple[tuple[int, ...], int]]:
     return seen
 
 
+def _evaluate(tmp_path, model_dir, data) -> None:
+    assert main(["evaluate", "--model", str(model_dir), "--data_dir", str(data), "--device", "cpu",
+                 "--output_dir", str(tmp_path / "eval")]) == 0
+
+
 def test_a_frame_that_fits_goes_in_whole_at_the_training_size(tmp_path, model_dir, monkeypatch):
     # a 64 x 48 frame and a model trained at 64 px: it sees the frame as training did (64 x 48, nothing padded); it
     # used to see a 1024 px patch, mostly padding, shrunk to 64 x 64 (the frame in its corner at 4 x 3 px)
     data = _folder(tmp_path / "val", [(64, 48)])
     seen = _seen(monkeypatch)
-    assert main(["evaluate", "--model", str(model_dir), "--data_dir", str(data), "--device", "cpu",
-                 "--output_dir", str(tmp_path / "eval")]) == 0
+    _evaluate(tmp_path, model_dir, data)
     assert seen == [((1, 3, 48, 64), 0)]
     assert "mAP" in json.loads((tmp_path / "eval" / "metrics.json").read_text())
 
@@ -62,8 +66,7 @@ def test_a_larger_image_is_split_into_patches_of_the_model_input_size(tmp_path, 
     # 36, y 0 and 16; each a full 64 x 64 patch (none passes the border), the model sees them at 64 x 64
     data = _folder(tmp_path / "val", [(100, 80)])
     seen = _seen(monkeypatch)
-    assert main(["evaluate", "--model", str(model_dir), "--data_dir", str(data), "--device", "cpu",
-                 "--output_dir", str(tmp_path / "eval")]) == 0
+    _evaluate(tmp_path, model_dir, data)
     assert seen == [((4, 3, 64, 64), 0)]
     patches = sorted(p.name for p in (tmp_path / "eval" / "patches" / "images").iterdir())
     assert patches == ["im0__64__0___0.png", "im0__64__0___16.png", "im0__64__36___0.png", "im0__64__36___16.png"]
