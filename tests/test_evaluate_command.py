@@ -77,3 +77,13 @@ def test_a_gap_as_large_as_the_patch_is_refused(tmp_path, model_dir):
     with pytest.raises(SystemExit):
         main(["evaluate", "--model", str(model_dir), "--data_dir", str(data), "--device", "cpu", "--patch_size", "64",
               "--gap", "64", "--output_dir", str(tmp_path / "eval")])
+
+
+def test_a_processor_with_two_edges_gets_patches_of_its_shortest_edge(tmp_path, model_dir, monkeypatch):
+    # shortest 48, longest 96 (like COCO's 800 / 1333): a 48 px square is what the processor leaves as it is; a
+    # longest-edge patch (96) would be shrunk to 48
+    SlDetrImageProcessor(size={"shortest_edge": 48, "longest_edge": 96}).save_pretrained(model_dir)
+    data = _folder(tmp_path / "val", [(96, 72)])
+    seen = _seen(monkeypatch)
+    _evaluate(tmp_path, model_dir, data)
+    assert seen and all(shape[-2:] == (48, 48) and padded == 0 for shape, padded in seen)

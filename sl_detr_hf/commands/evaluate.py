@@ -43,8 +43,9 @@ def run_evaluate(argv: Sequence[str]) -> dict:
                         help="the format of --data_dir (default dota); the classes are the model's, in its id order")
     parser.add_argument("--output_dir", default="outputs/evaluate")
     parser.add_argument("--patch_size", type=int, default=None, help="side of the patches a larger image is split "
-                        "into; default: the model's input size (its image processor's longest edge, 1024 if none). "
-                        "An image that fits in one patch is predicted whole, sized as in training (no padding)")
+                        "into; default: the model's input size (its image processor's shortest edge, the square it "
+                        "does not resize; 1024 if none). An image that fits in one patch is predicted whole, sized as "
+                        "in training (no padding)")
     parser.add_argument("--gap", type=int, default=None,
                         help="overlap of neighbouring patches; default: patch_size * 200 / 1024 (DOTA's 200 at 1024)")
     parser.add_argument("--batch_size", type=int, default=4)
@@ -65,7 +66,8 @@ def run_evaluate(argv: Sequence[str]) -> dict:
     model = SlDetrForObjectDetection.from_pretrained(args.model).to(args.device).eval()
     processor = SlDetrImageProcessor.from_pretrained(args.model)
     if args.patch_size is None:
-        args.patch_size = int((processor.size or {}).get("longest_edge") or 1024)
+        size = processor.size or {}  # a square patch of the shortest edge is the one the processor does not resize
+        args.patch_size = int(size.get("shortest_edge") or size.get("longest_edge") or 1024)
     if args.gap is None:
         args.gap = round(args.patch_size * 200 / 1024)
     if not 0 <= args.gap < args.patch_size:
