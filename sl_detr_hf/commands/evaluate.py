@@ -92,31 +92,32 @@ def run_evaluate(argv: Sequence[str]) -> dict:
     patches_root = out / "patches"
     split_dota_cached(dota_dir, patches_root, sizes=(args.patch_size,), gaps=(args.gap,))
     patches = load_dota(patches_root, class_names=names, labels_dir=None)  # the patch images; truth is `full`
-    # an image that fits in one patch goes in whole, as training sized it: its patch would add a padding band
+    # an image that fits in one patch goes in whole, as training sized it (its patch would add a padding band), and
+    # its detections are the model's own, without the merge's NMS (as sl_detr_hf/tiling.py does for a scene that
+    # fits in one tile, and as the evaluation during training)
     whole = {image_id: i for i, (image_id, width, height) in enumerate(zip(full["image_id"], full["width"],
                                                                            full["height"]))
              if width <= args.patch_size and height <= args.patch_size}
-    patch_dets = []
+    patch_dets, whole_dets = [], []
     for start in tqdm(range(0, len(patches), args.batch_size), desc="predict patches"):
         rows = patches[start:start + args.batch_size]
-        images = [to_rgb(full[whole[source]]["image"] if source in whole else im)
-                  for source, im in zip((parse_patch_name(name).image_id for name in rows["image_id"]), rows["image"])]
+        sources = [parse_patch_name(name).image_id for name in rows["image_id"]]
+        images = [to_rgb(full[whole[source]]["image"] if source in whole else image)
+                  for source, image in zip(sources, rows["image"])]
         inputs = processor(images=images, return_tensors="pt").to(args.device)
         with torch.no_grad(), bf16_autocast(torch.device(args.device).type, enabled=args.bf16):
             outputs = model(**inputs)
         outputs.logits, outputs.pred_boxes = as_float32((outputs.logits, outputs.pred_boxes))
         sizes = torch.tensor([[im.height, im.width] for im in images], device=args.device)
         results = processor.post_process_object_detection(outputs, threshold=args.threshold, target_sizes=sizes)
-        for name, r in zip(rows["image_id"], results):
-            patch_dets.append({"patch_id": name, "boxes": r["rboxes"].cpu(), "scores": r["scores"].cpu(),
-                               "labels": r["labels"].cpu()})
-    # the NMS merges the patches of a split image; a whole image's detections are the model's own (no NMS, as the
-    # evaluation during training)
-    split = [det for det in patch_dets if parse_patch_name(det["patch_id"]).image_id not in whole]
-    merged = merge_patch_detections(split, iou_threshold=args.nms_iou) + [
-        {"image_id": parse_patch_name(det["patch_id"]).image_id, "boxes": det["boxes"], "scores": det["scores"],
-         "labels": det["labels"]} for det in patch_dets if parse_patch_name(det["patch_id"]).image_id in whole]
-    merged.sort(key=lambda det: det["image_id"])
+        for name, source, r in zip(rows["image_id"], sources, results):
+            det = {"boxes": r["rboxes"].cpu(), "scores": r["scores"].cpu(), "labels": r["labels"].cpu()}
+            if source in whole:
+                whole_dets.append({"image_id": source, **det})
+            else:
+                patch_dets.append({"patch_id": name, **det})
+    merged = sorted(merge_patch_detections(patch_dets, iou_threshold=args.nms_iou) + whole_dets,
+                    key=lambda det: det["image_id"])
     gts = [{"image_id": row["image_id"], "boxes": torch.tensor(row["objects"]["rbox"]).reshape(-1, 5),
             "labels": torch.tensor(row["objects"]["category"]),
             "difficult": torch.tensor(row["objects"]["difficult"]) > 0} for row in full.remove_columns("image")]

@@ -21,7 +21,7 @@ from torch import Tensor
 from torchvision.transforms.v2 import functional as F
 
 from ..geometry_conversions import rboxes_from_torchvision, rboxes_to_torchvision
-from .transforms import PER_OBJECT_KEYS
+from .transforms import PER_OBJECT_KEYS, select_objects
 
 __all__ = ["Mosaic", "mosaic"]
 
@@ -41,7 +41,8 @@ def mosaic(images: Sequence[Tensor], targets: Sequence[dict[str, Any]], center: 
         min_side: objects whose scaled short side is below this (pixels) are dropped with their fields.
     Returns:
         ``(C, H_0, W_0)`` uint8 tensor and the target: ``"boxes"`` ``(sum N_k, 5)`` float32 le90, per-object
-        fields concatenated, ``"size"`` ``(H_0, W_0)`` when the first target has one.
+        fields concatenated, ``area`` / ``polygon`` / ``size`` as :func:`~sl_detr_hf.data.transforms.select_objects`
+        sets them.
     """
     if len(images) != 4 or len(targets) != 4:
         raise ValueError(f"a mosaic takes 4 images and 4 targets, got {len(images)} and {len(targets)}")
@@ -53,7 +54,7 @@ def mosaic(images: Sequence[Tensor], targets: Sequence[dict[str, Any]], center: 
         raise ValueError(f"center {center} leaves an empty quarter in a {height} x {width} canvas")
     canvas = images[0].new_full((channels, height, width), fill)
     quarters = ((0, 0, cx, cy), (cx, 0, width, cy), (0, cy, cx, height), (cx, cy, width, height))
-    boxes, fields = [], {key: [] for key in PER_OBJECT_KEYS if key in targets[0]}
+    boxes = []
     for k, ((x0, y0, x1, y1), image, target) in enumerate(zip(quarters, images, targets)):
         h, w = image.shape[-2:]
         scale = min((y1 - y0) / h, (x1 - x0) / w)
@@ -67,19 +68,10 @@ def mosaic(images: Sequence[Tensor], targets: Sequence[dict[str, Any]], center: 
             tile[:, 0] += left
             tile[:, 1] += top
         boxes.append(tile)
-        for key in fields:
-            fields[key].append(torch.as_tensor(target[key]))
     boxes = torch.cat(boxes)
-    keep = boxes[:, 2:4].amin(dim=1) >= min_side
-    result = dict(targets[0])
-    result["boxes"] = boxes[keep]
-    for key, parts in fields.items():
-        result[key] = torch.cat(parts)[keep]
-    for key in ("area", "polygon"):
-        result.pop(key, None)  # of the first image only: not this canvas's
-    if "size" in targets[0]:
-        result["size"] = torch.tensor([height, width])
-    return canvas, result
+    joined = {**targets[0], **{key: torch.cat([torch.as_tensor(target[key]) for target in targets])
+                               for key in PER_OBJECT_KEYS if key in targets[0]}}
+    return canvas, select_objects(joined, boxes, boxes[:, 2:4].amin(dim=1) >= min_side, (height, width))
 
 
 class Mosaic:

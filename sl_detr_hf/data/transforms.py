@@ -24,7 +24,7 @@ from torchvision.transforms.v2 import functional as F
 from ..geometry_conversions import rbox_area, rbox_to_poly, rboxes_from_torchvision, rboxes_to_torchvision
 from ..geometry_overlaps import box_iou_rotated
 
-__all__ = ["PER_OBJECT_KEYS", "RandomRotate90", "RotatedDetectionAugment", "visible_fraction"]
+__all__ = ["PER_OBJECT_KEYS", "RandomRotate90", "RotatedDetectionAugment", "select_objects", "visible_fraction"]
 
 PER_OBJECT_KEYS = ("class_labels", "labels", "category", "difficult", "iscrowd")
 """Target fields filtered together with ``boxes`` (``area`` and ``polygon`` are recomputed when present)."""
@@ -141,15 +141,22 @@ class RotatedDetectionAugment:
         boxes = rboxes_from_torchvision(out_boxes).float()
         inside = ((boxes[:, 0] >= 0) & (boxes[:, 0] <= new_w) & (boxes[:, 1] >= 0) & (boxes[:, 1] <= new_h)
                   & (visible_fraction(boxes, new_h, new_w) >= self.min_visibility))
-        result = dict(target)
-        result["boxes"] = boxes[inside]
-        for key in PER_OBJECT_KEYS:
-            if key in target:
-                result[key] = torch.as_tensor(target[key])[inside]
-        if "area" in target:
-            result["area"] = rbox_area(result["boxes"])
-        if "polygon" in target:
-            result["polygon"] = rbox_to_poly(result["boxes"])
-        if "size" in target:
-            result["size"] = torch.tensor([new_h, new_w])
-        return out_image.as_subclass(Tensor), result
+        return out_image.as_subclass(Tensor), select_objects(target, boxes, inside, (new_h, new_w))
+
+
+def select_objects(target: dict[str, Any], boxes: Tensor, keep: Tensor, size: tuple[int, int]) -> dict[str, Any]:
+    """``target`` on a new image: ``boxes[keep]`` (``(N, 5)`` pixel rotated boxes, one per object of ``target``)
+    and the kept objects of its :data:`PER_OBJECT_KEYS` fields; ``area`` and ``polygon`` recomputed and ``size`` set
+    to ``size`` ``(H, W)`` where ``target`` has them; other fields pass through."""
+    result = dict(target)
+    result["boxes"] = boxes[keep]
+    for key in PER_OBJECT_KEYS:
+        if key in target:
+            result[key] = torch.as_tensor(target[key])[keep]
+    if "area" in target:
+        result["area"] = rbox_area(result["boxes"])
+    if "polygon" in target:
+        result["polygon"] = rbox_to_poly(result["boxes"])
+    if "size" in target:
+        result["size"] = torch.tensor(size)
+    return result

@@ -47,31 +47,27 @@ class DetectionTransform:
         self.rows = rows if mosaic else None
         self.mosaic = Mosaic(self._row, len(rows), mosaic) if mosaic else None
 
-    def _geometry(self, objects: Mapping[str, Any], index: int) -> str:
+    def _target(self, objects: Mapping[str, Any], index: int) -> tuple[str, dict[str, Any]]:
+        """A row's geometry column (``"rbox"`` / ``"bbox"``) and its objects as tensors: ``boxes`` ``(N, 5)``
+        (rbox) or ``(N, 4)`` (COCO bbox), ``class_labels``, ``difficult``."""
         geometry = "rbox" if self.box_type == "rotated" and "rbox" in objects else "bbox"
         if geometry not in objects:
             raise ValueError(f"row {index}: `objects` has no {geometry!r} column (columns: {sorted(objects)})")
-        return geometry
-
-    def _target(self, objects: Mapping[str, Any], index: int) -> dict[str, Any]:
-        """A row's objects as tensors: ``boxes`` ``(N, 5)`` (rbox) or ``(N, 4)`` (COCO bbox), ``class_labels``,
-        ``difficult``."""
-        geometry = self._geometry(objects, index)
         categories = list(objects["category"])
         difficult = list(objects.get("difficult") or [0] * len(categories))
-        return {"boxes": torch.tensor(list(objects[geometry]), dtype=torch.float32).reshape(-1, len(geometry) + 1),
-                "class_labels": torch.tensor(categories, dtype=torch.long),
-                "difficult": torch.tensor(difficult, dtype=torch.long)}
+        return geometry, {
+            "boxes": torch.tensor(list(objects[geometry]), dtype=torch.float32).reshape(-1, len(geometry) + 1),
+            "class_labels": torch.tensor(categories, dtype=torch.long),
+            "difficult": torch.tensor(difficult, dtype=torch.long)}
 
     def _row(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
         """Row ``index`` of ``rows`` as a ``(3, H, W)`` uint8 image and its target (a mosaic's other images)."""
         row = self.rows[index]
-        return pil_to_tensor(open_image(row["image"]).convert("RGB")), self._target(row["objects"], index)
+        return pil_to_tensor(open_image(row["image"]).convert("RGB")), self._target(row["objects"], index)[1]
 
     def _example(self, image: Any, objects: Mapping[str, Any], index: int) -> dict[str, Any]:
         image = open_image(image)  # a path / {"path", "bytes"} decoded here: a broken file's error names it
-        geometry = self._geometry(objects, index)
-        target = self._target(objects, index)
+        geometry, target = self._target(objects, index)
         if self.mosaic is not None:
             image, target = self.mosaic(pil_to_tensor(image.convert("RGB")), target)
         if self.augment is not None:
