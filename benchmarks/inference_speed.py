@@ -6,6 +6,7 @@ side by side in one run, on the same images at the same size.
     OMP_NUM_THREADS=1 taskset -c 0 python benchmarks/inference_speed.py --model OUT --images VAL/images --threads 1
     python benchmarks/inference_speed.py --model OUT --images VAL/images --bf16    # also SL-DETR under bf16 autocast
     python benchmarks/inference_speed.py --model OUT --images VAL/images --grid_sample --peers ""  # sampling forms
+    python benchmarks/inference_speed.py --model OUT --images VAL/images --unfolded --peers ""  # batch norms apart
 
 Each model predicts every image once per round, in a process of its own (importing Ultralytics changes the threading
 of the process that imports it: SL-DETR measured 7.5 images/s beside it in one process, 11.8 alone); the first image
@@ -35,9 +36,10 @@ import torch
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 SL_DETR_BF16 = "SL-DETR-bf16"  # the same model under bf16 autocast (`--bf16`; sl-detr predict --bf16)
 GRID_SAMPLE = "-grid_sample"  # suffix: transformers' grid_sample form of the sampling (`--grid_sample`)
+UNFOLDED = "-unfolded"  # suffix: every batch norm computed apart from its convolution (`--unfolded`)
 
 
-def sl_detr_runner(model_dir: Path, bf16: bool = False, grid_sample: bool = False):
+def sl_detr_runner(model_dir: Path, bf16: bool = False, grid_sample: bool = False, unfolded: bool = False):
     from PIL import Image
 
     from sl_detr_hf import SlDetrForObjectDetection, SlDetrImageProcessor
@@ -48,6 +50,10 @@ def sl_detr_runner(model_dir: Path, bf16: bool = False, grid_sample: bool = Fals
         from sl_detr_hf.deformable_sampling_sl_detr import use_grid_sample_sampling
 
         use_grid_sample_sampling(model)
+    if unfolded:  # undo the folding the model installs (sl_detr_hf/conv_norm_folding_sl_detr.py)
+        from sl_detr_hf.conv_norm_folding_sl_detr import use_unfolded_conv_norms
+
+        use_unfolded_conv_norms(model)
     processor = SlDetrImageProcessor.from_pretrained(model_dir)
 
     def run(path: Path) -> int:
@@ -88,7 +94,7 @@ def _one_round(args: argparse.Namespace, images: list[Path]) -> float:
     """In this process: load ``args.only`` and time one round."""
     if args.only.startswith("SL-DETR"):
         run = sl_detr_runner(args.model, bf16=args.only.startswith(SL_DETR_BF16),
-                             grid_sample=args.only.endswith(GRID_SAMPLE))
+                             grid_sample=args.only.endswith(GRID_SAMPLE), unfolded=args.only.endswith(UNFOLDED))
     else:
         peers = [p for p in args.peers.split(",") if p]
         weights = dict(zip(peers, args.peer_weights or [None] * len(peers)))
@@ -109,6 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bf16", action="store_true", help="also SL-DETR under bf16 autocast (SL-DETR-bf16)")
     parser.add_argument("--grid_sample", action="store_true",
                         help="also SL-DETR with transformers' grid_sample form of the deformable sampling")
+    parser.add_argument("--unfolded", action="store_true",
+                        help="also SL-DETR with every batch norm computed apart from its convolution")
     parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # one model, one round (a child process)
     args = parser.parse_args(argv)
     if args.threads:
@@ -121,6 +129,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     names = ["SL-DETR", SL_DETR_BF16] if args.bf16 else ["SL-DETR"]
     names += [name + GRID_SAMPLE for name in names] if args.grid_sample else []
+    names += [name + UNFOLDED for name in names if not name.endswith(GRID_SAMPLE)] if args.unfolded else []
     peers = [p for p in args.peers.split(",") if p]
     if peers and importlib.util.find_spec("ultralytics") is None:
         print("Ultralytics is not installed (pip install -e '.[benchmark]'): SL-DETR alone")

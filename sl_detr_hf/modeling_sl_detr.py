@@ -52,6 +52,7 @@ from transformers.utils.generic import can_return_tuple
 
 from .backbone_sl_detr import apply_backbone_policy, check_feature_sizes, check_pixel_inputs
 from .configuration_sl_detr import SlDetrConfig
+from .conv_norm_folding_sl_detr import use_folded_conv_norms
 from .decoder_sl_detr import SlDetrDecoder, init_marked_module, refine_boxes
 from .deformable_sampling_sl_detr import use_gather_sampling
 from .denoising_sl_detr import build_denoising_queries
@@ -163,6 +164,7 @@ class SlDetrModel(SlDetrPreTrainedModel, DeformableDetrModel):
         super().__init__(config)
         apply_backbone_stem(self.backbone, config)
         apply_backbone_policy(self.backbone, config)
+        use_folded_conv_norms(self.backbone)  # batch norms folded into their convolutions at inference
         if config.position_embedding_type == "sine":  # no parameters: the same module with RHINO's numbers as options
             self.position_embedding = SlDetrSinePositionEmbedding(
                 config.d_model // 2, config.position_embedding_temperature, config.position_embedding_offset

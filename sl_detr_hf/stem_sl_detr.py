@@ -9,7 +9,9 @@ map, plus the norm, activation and pool over it. The light stem is two 3x3 strid
 ceil(W / 4))`, at about a third of the cost (BENCHMARKS.md "Angle range, dense encoder loss, stride 8 and a
 light stem on HIT-UAV").
 
-This file ships with `trust_remote_code` checkpoints: it imports only torch and the configuration.
+At inference each batch norm is folded into its convolution (`conv_norm_folding_sl_detr.py`).
+
+This file ships with `trust_remote_code` checkpoints: it imports only torch, transformers and its sibling files.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 from torch import nn
 
 from .configuration_sl_detr import BACKBONE_STEMS
+from .conv_norm_folding_sl_detr import conv_norm
 
 __all__ = ["BACKBONE_STEMS", "SlDetrLightStem", "apply_backbone_stem"]
 
@@ -43,7 +46,8 @@ class SlDetrLightStem(nn.Module):
         if pixel_values.shape[1] != self.num_channels:
             raise ValueError(f"the stem takes {self.num_channels} channels, got pixel_values of shape "
                              f"{tuple(pixel_values.shape)}")
-        return self.layers(pixel_values)
+        conv1, norm1, act1, conv2, norm2, act2 = self.layers  # each norm folded into its convolution at inference
+        return act2(conv_norm(act1(conv_norm(pixel_values, conv1, norm1)), conv2, norm2))
 
 
 def apply_backbone_stem(conv_encoder: nn.Module, config) -> None:
