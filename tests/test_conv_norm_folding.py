@@ -139,3 +139,20 @@ def test_frozen_norms_are_left_alone():
     with torch.no_grad():
         model(pixel_values=torch.randn(1, 3, 64, 64))
     assert _count_norms(model) == 0 and _folded_convs(model) == 0
+
+
+@pytest.mark.parametrize("switch", [(torch.compiler, "is_exporting"), (torch.compiler, "is_compiling"),
+                                    (torch.onnx, "is_in_onnx_export")])
+def test_exported_and_compiled_graphs_keep_the_norm(monkeypatch, switch):
+    """While exporting or compiling the convolution and the norm stay two nodes (the runtime folds them)."""
+    conv, norm = nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3).eval()
+    x = torch.randn(1, 2, 5, 5)
+    monkeypatch.setattr(*switch, lambda: True)
+    with torch.no_grad():
+        y = conv_norm(x, conv, norm)
+    assert _CACHE not in conv.__dict__
+    torch.testing.assert_close(y, norm(conv(x)))
+    monkeypatch.undo()
+    with torch.no_grad():
+        torch.testing.assert_close(conv_norm(x, conv, norm), y, rtol=1e-5, atol=1e-6)
+    assert _CACHE in conv.__dict__
