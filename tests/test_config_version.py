@@ -63,8 +63,10 @@ def test_a_version_1_folder_loads_and_predicts_exactly_as_before(name):
     assert torch.equal(got["pixel_mask_sum"], reference["pixel_mask_sum"])
     for key in ("logits", "pred_boxes", "enc_outputs_class", "enc_outputs_coord_logits", "0.scores", "1.scores",
                 "0.labels", "1.labels", "0.boxes", "1.boxes", "0.rboxes", "1.rboxes"):
-        # equal on the machine that wrote the fixture; other CPUs differ in the last bits (another numerics: > 1e-3)
-        torch.testing.assert_close(got[key], reference[f"{name}.{key}"], rtol=0, atol=1e-5, msg=key)
+        # equal on the machine that wrote the fixture; other CPUs, and the batch norms folded into their convolutions
+        # since (conv_norm_folding_sl_detr.py), differ in the last bits: a few float32 ulps of pixel coordinates near
+        # 100 (another numerics: > 1e-3)
+        torch.testing.assert_close(got[key], reference[f"{name}.{key}"], rtol=1e-6, atol=1e-5, msg=key)
     expected = "rhino" if name == "rhino_rotated" else "deformable_detr"
     assert (model.config.numerics, model.config.config_version) == (expected, CONFIG_VERSION)
     assert (model.config.position_embedding_temperature, model.config.angle_start) == (
