@@ -10,7 +10,7 @@ Installed by `SlDetrModel` on the backbone's convolution + `nn.BatchNorm2d` pair
 and `ResNetShortCut` (their class becomes a subclass whose forward calls [`conv_norm`], as
 `torch.nn.utils.parametrize` swaps a module's class) and the light stem (`stem_sl_detr.py`). Nothing else
 changes: the modules keep their parameters, buffers and state-dict keys; the folded weights are a cache on the
-convolution, rebuilt when any of the five tensors changes (an optimizer step, `load_state_dict`, `.to()`). The
+convolution, rebuilt when any of the six tensors changes (an optimizer step, `load_state_dict`, `.to()`). The
 folded path runs only where it computes the same function and nothing needs the unfolded one: the norm in
 evaluation mode with running statistics, no gradient needed, not while exporting or compiling (the exported graph
 keeps both nodes; ONNX runtimes fold them themselves). Frozen batch norms (pretrained backbones, converted
