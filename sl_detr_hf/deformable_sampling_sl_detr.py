@@ -52,41 +52,49 @@ def multi_scale_deformable_sampling(
     """
     batch, tokens, heads, channels = value.shape
     _, queries, _, levels, points, _ = sampling_locations.shape
+    device = value.device
     dtype = torch.promote_types(value.dtype, sampling_locations.dtype)
-    # positions in float32 at least: bf16 / fp16 cannot hold token indices (bf16 has 8 significant bits)
+    # positions in float32 at least (bf16 / fp16 cannot hold token indices: bf16 has 8 significant bits), float64
+    # where the rows of the value table outgrow float32's exact integers (2^24)
     position_dtype = torch.promote_types(dtype, torch.float32)
-    locations = sampling_locations.to(position_dtype)
-    shapes = torch.tensor(spatial_shapes_list, device=value.device, dtype=position_dtype)  # (L, 2): H_l, W_l
-    height, width = shapes[:, :1], shapes[:, 1:]  # (L, 1): broadcast over the points
-    level_start = torch.cat([shapes.new_zeros(1), (shapes[:, 0] * shapes[:, 1]).cumsum(0)[:-1]]).view(levels, 1)
-    x = locations[..., 0] * width - 0.5  # (B, Q, heads, L, P) pixel coordinates, grid_sample's align_corners=False
-    y = locations[..., 1] * height - 0.5
-    x0, y0 = x.floor(), y.floor()
-    fx, fy = x - x0, y - y0
-    x1, y1 = x0 + 1, y0 + 1
-    # the bilinear weight of each corner, 0 outside the map (padding_mode="zeros"; also where a location is NaN)
-    inside_x0, inside_x1 = (x0 >= 0) & (x0 < width), (x1 >= 0) & (x1 < width)
-    inside_y0, inside_y1 = (y0 >= 0) & (y0 < height), (y1 >= 0) & (y1 < height)
+    if batch * tokens * heads >= 1 << 24:
+        position_dtype = torch.promote_types(position_dtype, torch.float64)
+    # Every per-level constant is laid out whole over (heads, L, P): an operand broadcast over the innermost
+    # dimensions would make each elementwise operation below loop over runs of P values (3-30x slower on a CPU).
+    shapes = torch.tensor(spatial_shapes_list, device=device, dtype=position_dtype)  # (L, 2): H_l, W_l
+    size = shapes.flip(1).t().reshape(2, 1, 1, 1, levels, 1).expand(2, 1, 1, heads, levels, points).contiguous()
+    last = size - 1  # (2, 1, 1, heads, L, P): the last column / row of each level
+    level_start = torch.cat([shapes.new_zeros(1), (shapes[:, 0] * shapes[:, 1]).cumsum(0)[:-1]])
+    image_start = torch.arange(batch, device=device, dtype=position_dtype).view(batch, 1, 1, 1, 1) * tokens
+    head = torch.arange(heads, device=device, dtype=position_dtype).view(1, 1, heads, 1, 1)
+    # row of the (B * S * heads, C) value table read by corner (x, y): ((b S + start_l + y W_l + x) heads + head)
+    row_base = ((image_start + level_start.view(1, 1, 1, levels, 1)) * heads + head).expand(
+        batch, 1, heads, levels, points).contiguous()
+    row_stride = size[0] * heads  # (1, 1, heads, L, P): one row of the level's map
+    # x and y as the outer dimension, (2, B, Q, heads, L, P), contiguous; a NaN / infinite location lies outside
+    xy = sampling_locations.to(position_dtype).movedim(-1, 0).contiguous().nan_to_num(-1.0, -1.0, -1.0)
+    pixel = xy * size - 0.5  # grid_sample's align_corners=False: normalized x sits at pixel x W - 1/2
+    lower = pixel.floor()
+    frac = pixel - lower
+    upper = lower + 1
+    # each corner clamped into its map; a corner the clamp moved lies outside (padding_mode="zeros"): weight 0
+    lower_in = torch.minimum(lower.clamp_min(0), last)
+    upper_in = torch.minimum(upper.clamp_min(0), last)
+    lower_weight = (1 - frac) * (1 - (lower - lower_in).abs()).clamp_min(0)
+    upper_weight = frac * (1 - (upper - upper_in).abs()).clamp_min(0)
+    x0, x1 = lower_in[0] * heads, upper_in[0] * heads
+    y0, y1 = lower_in[1] * row_stride + row_base, upper_in[1] * row_stride + row_base
     weights = attention_weights.to(position_dtype)
-    wx0, wx1 = torch.where(inside_x0, 1 - fx, 0.0), torch.where(inside_x1, fx, 0.0)
-    wy0 = torch.where(inside_y0, 1 - fy, 0.0) * weights
-    wy1 = torch.where(inside_y1, fy, 0.0) * weights
-    # row-major token index of each corner within the level's tokens (exact in float below 2^24 tokens); a corner
-    # outside the map (or at a NaN / infinite location) reads token 0 with weight 0
-    cx0, cx1 = torch.where(inside_x0, x0, 0.0), torch.where(inside_x1, x1, 0.0)
-    ry0 = torch.where(inside_y0, y0, 0.0) * width + level_start
-    ry1 = torch.where(inside_y1, y1, 0.0) * width + level_start
-    token = torch.stack([ry0 + cx0, ry0 + cx1, ry1 + cx0, ry1 + cx1], -1)  # (B, Q, heads, L, P, 4)
-    corner_weight = torch.stack([wy0 * wx0, wy0 * wx1, wy1 * wx0, wy1 * wx1], -1).to(dtype)
-    # rows of the (B * S * heads, C) value table: ((b * S) + token) * heads + head
-    row_base = torch.arange(batch, device=value.device).view(batch, 1, 1, 1) * (tokens * heads) + torch.arange(
-        heads, device=value.device
-    ).view(1, 1, heads, 1)
-    rows = token.view(batch, queries, heads, -1).to(torch.int64) * heads + row_base
+    wx0, wx1 = lower_weight[0], upper_weight[0]
+    wy0, wy1 = lower_weight[1] * weights, upper_weight[1] * weights
+    # one bag of 4 L P rows per (b, q, head); int32 indices (embedding_bag takes them, and they convert faster)
+    index_dtype = torch.int32 if batch * tokens * heads < 1 << 31 else torch.int64
+    rows = torch.stack([y0 + x0, y0 + x1, y1 + x0, y1 + x1], 3).to(index_dtype)  # (B, Q, heads, 4, L, P)
+    corner_weight = torch.stack([wy0 * wx0, wy0 * wx1, wy1 * wx0, wy1 * wx1], 3).to(dtype)
     output = F.embedding_bag(
-        rows.view(-1, levels * points * 4),
+        rows.view(-1, 4 * levels * points),
         value.to(dtype).reshape(batch * tokens * heads, channels),
-        per_sample_weights=corner_weight.view(-1, levels * points * 4),
+        per_sample_weights=corner_weight.view(-1, 4 * levels * points),
         mode="sum",
     )
     return output.view(batch, queries, heads * channels)

@@ -99,6 +99,20 @@ def test_bf16_inputs_index_every_token():
     assert mixed.dtype == torch.float32
 
 
+def test_a_value_table_past_float32_integers_reads_the_right_rows():
+    # 8192 x 512 tokens x 5 heads = 21 M table rows, past 2^24, where float32 holds only every other integer
+    shapes, heads = [(8192, 512)], 5
+    tokens = 8192 * 512
+    value = (torch.arange(tokens * heads, dtype=torch.int64) % 1000).float().view(1, tokens, heads, 1)
+    cells = torch.tensor([(511, 8191), (510, 8191), (511, 8190), (3, 8000), (0, 5)])  # (column, row) per head
+    # cell centres, exact in float32 (powers of two): each head reads one cell with weight 1
+    locations = ((cells.float() + 0.5) / torch.tensor([512.0, 8192.0])).view(1, 1, heads, 1, 1, 2)
+    out = multi_scale_deformable_sampling(value, shapes, locations, torch.ones(1, 1, heads, 1, 1))
+    rows = (cells[:, 1] * 512 + cells[:, 0]) * heads + torch.arange(heads)
+    assert (rows >= 1 << 24).sum() == 4 and (rows % 2 == 1).any()
+    torch.testing.assert_close(out.view(heads), (rows % 1000).float(), rtol=0, atol=0)
+
+
 def test_non_finite_locations_contribute_nothing():
     shapes = [(4, 5), (2, 3)]
     value, locations, weights = random_case(1, 6, 2, 3, shapes, 2, 11)
