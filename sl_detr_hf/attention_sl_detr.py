@@ -106,7 +106,105 @@ def rotated_sampling_locations(
     return centre + sampling_offsets / n_points * half_size
 
 
-class SlDetrRotatedDeformableAttention(DeformableDetrMultiscaleDeformableAttention):
+def short_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """`softmax(logits, -1)` for a short last dimension (the `L * P` samples of a deformable attention head).
+
+    The same values as `F.softmax(logits, -1)` (to float rounding); computed over the first dimension of the
+    transposed `(n, rows)` table, which a CPU vectorizes along the rows: over 8 samples per row it is 3x faster
+    forward and backward (BENCHMARKS.md, "Inference on one core").
+    """
+    n = logits.shape[-1]
+    return F.softmax(logits.reshape(-1, n).t(), 0).t().reshape(logits.shape)
+
+
+def point_sampling_locations(reference_points: torch.Tensor, sampling_offsets: torch.Tensor,
+                             spatial_shapes_list: list[tuple[int, int]]) -> torch.Tensor:
+    """Deformable DETR's sampling locations around 2-d reference points (the encoder's): offsets in level cells.
+
+    Args:
+        reference_points: `(B, Q, L, 2)` normalized `(x, y)`.
+        sampling_offsets: `(B, Q, heads, L, P, 2)`.
+        spatial_shapes_list: `L` pairs `(H_l, W_l)`.
+
+    Returns:
+        `(B, Q, heads, L, P, 2)`: `reference + offset / (W_l, H_l)`, bit for bit the parent's; the divisor is laid out
+        whole over `(heads, L, P, 2)` so that the division runs over contiguous rows.
+    """
+    _, _, heads, levels, points, _ = sampling_offsets.shape
+    cells = torch.tensor([(w, h) for h, w in spatial_shapes_list], dtype=sampling_offsets.dtype,
+                         device=sampling_offsets.device)
+    cells = cells.view(1, levels, 1, 2).expand(heads, levels, points, 2).contiguous()
+    return sampling_offsets / cells + reference_points[:, :, None, :, None, :]
+
+
+class SlDetrDeformableAttention(DeformableDetrMultiscaleDeformableAttention):
+    """transformers' multi-scale deformable attention (same parameters, forward signature and results, to float
+    rounding) with the short softmax of its attention weights and whole-row sampling locations; the subclass below
+    adds 5-d (rotated) reference boxes. `SlDetrModel` gives every deformable attention of transformers' class
+    this class (no parameter changes), as the gather of `deformable_sampling_sl_detr.py` its sampling."""
+
+    def sampling_locations(self, reference_points: torch.Tensor, sampling_offsets: torch.Tensor,
+                           spatial_shapes: torch.Tensor, spatial_shapes_list: list[tuple[int, int]]) -> torch.Tensor:
+        """`(B, Q, heads, L, P, 2)` normalized locations around `(B, Q, L, 2 | 4)` references (the parent's)."""
+        width = reference_points.shape[-1]
+        if width == 2:
+            return point_sampling_locations(reference_points, sampling_offsets, spatial_shapes_list)
+        if width == 4:
+            ref = reference_points[:, :, None, :, None, :]
+            return ref[..., :2] + sampling_offsets / self.n_points * ref[..., 2:] * 0.5
+        raise ValueError(f"Last dim of reference_points must be 2 or 4, but got {width}")
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        encoder_hidden_states=None,
+        encoder_attention_mask=None,
+        position_embeddings: torch.Tensor | None = None,
+        reference_points=None,
+        spatial_shapes=None,
+        spatial_shapes_list=None,
+        level_start_index=None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # the parent's projections, in its order
+        if position_embeddings is not None:
+            hidden_states = hidden_states + position_embeddings
+        batch_size, num_queries, _ = hidden_states.shape
+        _, sequence_length, _ = encoder_hidden_states.shape
+        if sum(height * width for height, width in spatial_shapes_list) != sequence_length:
+            raise ValueError(f"{type(self).__name__}: spatial_shapes_list does not match the encoder sequence length "
+                             f"{sequence_length}")
+        value = self.value_proj(encoder_hidden_states)
+        if attention_mask is not None:
+            value = value.masked_fill(~attention_mask[..., None], float(0))
+        value = value.view(batch_size, sequence_length, self.n_heads, self.d_model // self.n_heads)
+        sampling_offsets = self.sampling_offsets(hidden_states).view(
+            batch_size, num_queries, self.n_heads, self.n_levels, self.n_points, 2
+        )
+        attention_weights = short_softmax(self.attention_weights(hidden_states).view(
+            batch_size, num_queries, self.n_heads, self.n_levels * self.n_points
+        )).view(batch_size, num_queries, self.n_heads, self.n_levels, self.n_points)
+        sampling_locations = self.sampling_locations(reference_points, sampling_offsets, spatial_shapes,
+                                                     spatial_shapes_list)
+        output = self.attn(
+            value, spatial_shapes, spatial_shapes_list, level_start_index, sampling_locations, attention_weights,
+            self.im2col_step,
+        )
+        return self.output_proj(output), attention_weights
+
+
+def use_sl_detr_attention(model: nn.Module) -> nn.Module:
+    """Give every deformable attention of transformers' own class in `model` [`SlDetrDeformableAttention`]'s
+    forward (in place: the class of the module changes, as `torch.nn.utils.parametrize` does; its parameters,
+    buffers and state-dict keys do not). Returns `model`."""
+    for module in model.modules():
+        if type(module) is DeformableDetrMultiscaleDeformableAttention:
+            module.__class__ = SlDetrDeformableAttention
+    return model
+
+
+class SlDetrRotatedDeformableAttention(SlDetrDeformableAttention):
     """Multi-scale deformable attention whose box-relative sampling follows the reference box's angle.
 
     Args:
@@ -162,57 +260,14 @@ class SlDetrRotatedDeformableAttention(DeformableDetrMultiscaleDeformableAttenti
     def extra_repr(self) -> str:
         return f"sampling={self.sampling!r}, rotate_in_pixels={self.rotate_in_pixels}"
 
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        encoder_hidden_states=None,
-        encoder_attention_mask=None,
-        position_embeddings: torch.Tensor | None = None,
-        reference_points=None,
-        spatial_shapes=None,
-        spatial_shapes_list=None,
-        level_start_index=None,
-        **kwargs,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def sampling_locations(self, reference_points: torch.Tensor, sampling_offsets: torch.Tensor,
+                           spatial_shapes: torch.Tensor, spatial_shapes_list: list[tuple[int, int]]) -> torch.Tensor:
+        """Around 5-d references, [`rotated_sampling_locations`] (`"none"` drops theta); 2-d and 4-d: the parent's."""
         width = reference_points.shape[-1]
         if width not in (2, 4, 5):
             raise ValueError(f"Last dim of reference_points must be 2, 4 or 5 (cx, cy, w, h, theta), got {width}")
         if width != 5 or self.sampling == "none":
-            return super().forward(
-                hidden_states, attention_mask=attention_mask, encoder_hidden_states=encoder_hidden_states,
-                encoder_attention_mask=encoder_attention_mask, position_embeddings=position_embeddings,
-                reference_points=reference_points[..., :4], spatial_shapes=spatial_shapes,
-                spatial_shapes_list=spatial_shapes_list, level_start_index=level_start_index, **kwargs,
-            )
-        # Same projections as the parent (kept in step with it by the theta = 0 equality test).
-        if position_embeddings is not None:
-            hidden_states = hidden_states + position_embeddings
-        batch_size, num_queries, _ = hidden_states.shape
-        _, sequence_length, _ = encoder_hidden_states.shape
-        if sum(height * width for height, width in spatial_shapes_list) != sequence_length:
-            raise ValueError(
-                "SlDetrRotatedDeformableAttention: spatial_shapes_list does not match the encoder sequence length "
-                f"{sequence_length}"
-            )
-        value = self.value_proj(encoder_hidden_states)
-        if attention_mask is not None:
-            value = value.masked_fill(~attention_mask[..., None], float(0))
-        value = value.view(batch_size, sequence_length, self.n_heads, self.d_model // self.n_heads)
-        sampling_offsets = self.sampling_offsets(hidden_states).view(
-            batch_size, num_queries, self.n_heads, self.n_levels, self.n_points, 2
-        )
-        attention_weights = self.attention_weights(hidden_states).view(
-            batch_size, num_queries, self.n_heads, self.n_levels * self.n_points
-        )
-        attention_weights = F.softmax(attention_weights, -1).view(
-            batch_size, num_queries, self.n_heads, self.n_levels, self.n_points
-        )
-        sampling_locations = rotated_sampling_locations(
-            reference_points, sampling_offsets, self.n_points, spatial_shapes, self.sampling, self.rotate_in_pixels
-        )
-        output = self.attn(
-            value, spatial_shapes, spatial_shapes_list, level_start_index, sampling_locations, attention_weights,
-            self.im2col_step,
-        )
-        return self.output_proj(output), attention_weights
+            return super().sampling_locations(reference_points[..., :4], sampling_offsets, spatial_shapes,
+                                              spatial_shapes_list)
+        return rotated_sampling_locations(reference_points, sampling_offsets, self.n_points, spatial_shapes,
+                                          self.sampling, self.rotate_in_pixels)

@@ -50,6 +50,7 @@ from transformers.models.deformable_detr.modeling_deformable_detr import (
 from transformers.utils import logging
 from transformers.utils.generic import can_return_tuple
 
+from .attention_sl_detr import use_sl_detr_attention
 from .backbone_sl_detr import apply_backbone_policy, check_feature_sizes, check_pixel_inputs
 from .configuration_sl_detr import SlDetrConfig
 from .conv_norm_folding_sl_detr import use_folded_conv_norms
@@ -207,6 +208,7 @@ class SlDetrModel(SlDetrPreTrainedModel, DeformableDetrModel):
         for module in new_modules:
             if module is not None:
                 module.apply(self._init_weights)
+        use_sl_detr_attention(self)  # transformers' deformable attention with whole-row softmax and locations
         use_gather_sampling(self)  # the deformable attention's sampling as one gather (no parameters)
 
     def gen_encoder_output_proposals(

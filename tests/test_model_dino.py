@@ -184,7 +184,9 @@ def test_decoder_cross_attention_keeps_deformable_detr_names():
     assert names == {f"{layer}.{kind}" for layer in ("sampling_offsets", "attention_weights", "value_proj",
                                                      "output_proj") for kind in ("weight", "bias")}
     horizontal = SlDetrForObjectDetection(tiny_config("horizontal")).model.decoder.layers[0].encoder_attn
-    assert type(horizontal).__name__ == "DeformableDetrMultiscaleDeformableAttention"
+    # transformers' attention, with the model's whole-row softmax and locations (attention_sl_detr.py)
+    assert type(horizontal).__name__ == "SlDetrDeformableAttention"
+    assert {name for name, _ in horizontal.named_parameters()} == names
 
 
 def test_horizontal_model_with_the_dino_parts_trains():

@@ -10,7 +10,13 @@ from torch import nn
 from transformers import DeformableDetrConfig
 from transformers.models.deformable_detr.modeling_deformable_detr import DeformableDetrMultiscaleDeformableAttention
 
-from sl_detr_hf.attention_sl_detr import SAMPLING_MODES, SlDetrRotatedDeformableAttention
+from sl_detr_hf.attention_sl_detr import (
+    SAMPLING_MODES,
+    SlDetrDeformableAttention,
+    SlDetrRotatedDeformableAttention,
+    short_softmax,
+    use_sl_detr_attention,
+)
 
 SHAPES = [(6, 10), (3, 5)]  # (H_l, W_l): non-square levels
 
@@ -80,7 +86,8 @@ def _locations(sampling: str, reference: torch.Tensor, offsets: tuple[float, flo
 
 @pytest.mark.parametrize("sampling", SAMPLING_MODES)
 def test_theta_zero_equals_parent_exactly(sampling):
-    parent = _parent()
+    parent = use_sl_detr_attention(_parent())  # the model's axis-aligned attention (SlDetrDeformableAttention)
+    assert type(parent) is SlDetrDeformableAttention
     rotated = SlDetrRotatedDeformableAttention(_config(), num_heads=2, n_points=3, sampling=sampling)
     rotated.load_state_dict(parent.state_dict())  # same parameter names: Deformable DETR weights load strictly
     inputs, boxes = _inputs(), _boxes()
@@ -95,7 +102,7 @@ def test_theta_zero_equals_parent_exactly(sampling):
 
 @pytest.mark.parametrize("dims", [2, 4])
 def test_2d_and_4d_references_unchanged(dims):
-    parent = _parent()
+    parent = use_sl_detr_attention(_parent())
     inputs, boxes = _inputs(), _boxes()[..., :dims]
     expected, _ = parent(**inputs, reference_points=boxes)
     for sampling in SAMPLING_MODES:
@@ -183,7 +190,7 @@ def test_sampled_values_reveal_rotated_location():
 
 
 def test_rhino_and_none_differ_for_rotated_non_square_box():
-    parent = _parent()
+    parent = use_sl_detr_attention(_parent())
     inputs, boxes = _inputs(), _boxes()
     reference = torch.cat([boxes, torch.full_like(boxes[..., :1], 0.6)], -1)
     rhino, _ = SlDetrRotatedDeformableAttention.from_deformable(parent, "rhino")(**inputs, reference_points=reference)
@@ -251,3 +258,47 @@ def test_bad_reference_width_raises():
     module = SlDetrRotatedDeformableAttention.from_deformable(_parent(), "rhino")
     with pytest.raises(ValueError, match="2, 4 or 5"):
         module(**_inputs(), reference_points=torch.rand(2, 5, 2, 3))
+
+
+def test_short_softmax_equals_softmax():
+    logits = torch.randn(3, 7, 4, 8, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(short_softmax(logits), torch.softmax(logits, -1), rtol=1e-12, atol=1e-15)
+    grad = torch.randn(3, 7, 4, 8, dtype=torch.float64)
+    ours = torch.autograd.grad(short_softmax(logits), logits, grad)[0]
+    theirs = torch.autograd.grad(torch.softmax(logits, -1), logits, grad)[0]
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-15)
+    assert short_softmax(torch.zeros(0, 8)).shape == (0, 8)
+
+
+@pytest.mark.parametrize("dims", [2, 4])
+@pytest.mark.parametrize("train", [False, True])
+def test_sl_detr_attention_equals_transformers(dims, train):
+    # SlDetrDeformableAttention (every axis-aligned deformable attention of the model) against transformers' class:
+    # the same outputs, attention weights and gradients to float rounding, padding included
+    theirs = _parent(n_points=4).train(train)
+    ours = use_sl_detr_attention(_parent(n_points=4)).train(train)
+    assert type(ours) is SlDetrDeformableAttention and list(ours.state_dict()) == list(theirs.state_dict())
+    inputs, boxes = _inputs(), _boxes()[..., :dims]
+    results = []
+    for module in (ours, theirs):
+        output, weights = module(**inputs, reference_points=boxes)
+        output.square().sum().backward()
+        results.append((output, weights, module.sampling_offsets.weight.grad, module.attention_weights.weight.grad))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    if dims == 2:  # the locations themselves: bit for bit
+        recorded = []
+        for module in (ours, theirs):
+            module.attn = _Recorder()
+            module(**inputs, reference_points=boxes)
+            recorded.append(module.attn.locations)
+        assert torch.equal(*recorded)
+
+
+def test_every_deformable_attention_of_the_model_is_sl_detr_attention():
+    from _tiny_sl_detr import tiny_model
+
+    model = tiny_model()
+    attentions = [m for m in model.modules() if isinstance(m, DeformableDetrMultiscaleDeformableAttention)]
+    assert len(attentions) == 2 and all(isinstance(m, SlDetrDeformableAttention) for m in attentions)
+    assert type(model.model.encoder.layers[0].self_attn) is SlDetrDeformableAttention
