@@ -7,6 +7,7 @@ side by side in one run, on the same images at the same size.
     python benchmarks/inference_speed.py --model OUT --images VAL/images --bf16    # also SL-DETR under bf16 autocast
     python benchmarks/inference_speed.py --model OUT --images VAL/images --grid_sample --peers ""  # sampling forms
     python benchmarks/inference_speed.py --model OUT --images VAL/images --unfolded --peers ""  # batch norms apart
+    python benchmarks/inference_speed.py --model OUT --images VAL/images --keep_freed_memory  # as sl-detr predict
 
 Each model predicts every image once per round, in a process of its own (importing Ultralytics changes the threading
 of the process that imports it: SL-DETR measured 7.5 images/s beside it in one process, 11.8 alone); the first image
@@ -16,6 +17,8 @@ Pre- and post-processing are included, as a user pays them: SL-DETR through `SlD
 0.3) from a PIL image, each peer through `YOLO.predict(path, conf=0.25)` (its default). The peers are built from
 their bundled yaml (untrained, its 15 DOTA classes; nothing is downloaded) unless `--peer_weights` gives trained
 ones: untrained, their confidences stay under 0.25, so their NMS has nothing to do, which can only flatter them.
+`--keep_freed_memory` adds SL-DETR with the allocator setting `sl-detr predict` / `evaluate` / `train` make on a
+CPU (`sl_detr_hf/training/allocator.py`; the library alone, `pipeline()`, never makes it): rows `SL-DETR-kept`.
 """
 
 from __future__ import annotations
@@ -37,9 +40,11 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 SL_DETR_BF16 = "SL-DETR-bf16"  # the same model under bf16 autocast (`--bf16`; sl-detr predict --bf16)
 GRID_SAMPLE = "-grid_sample"  # suffix: transformers' grid_sample form of the sampling (`--grid_sample`)
 UNFOLDED = "-unfolded"  # suffix: every batch norm computed apart from its convolution (`--unfolded`)
+KEPT = "-kept"  # suffix: glibc keeps freed memory, as the sl-detr commands set it on a CPU (`--keep_freed_memory`)
 
 
-def sl_detr_runner(model_dir: Path, bf16: bool = False, grid_sample: bool = False, unfolded: bool = False):
+def sl_detr_runner(model_dir: Path, bf16: bool = False, grid_sample: bool = False, unfolded: bool = False,
+                   keep_memory: bool = False):
     from PIL import Image
 
     from sl_detr_hf import SlDetrForObjectDetection, SlDetrImageProcessor
@@ -55,6 +60,10 @@ def sl_detr_runner(model_dir: Path, bf16: bool = False, grid_sample: bool = Fals
 
         use_unfolded_conv_norms(model)
     processor = SlDetrImageProcessor.from_pretrained(model_dir)
+    if keep_memory:
+        from sl_detr_hf.training.allocator import keep_freed_memory
+
+        keep_freed_memory()
 
     def run(path: Path) -> int:
         image = Image.open(path).convert("RGB")
@@ -94,7 +103,8 @@ def _one_round(args: argparse.Namespace, images: list[Path]) -> float:
     """In this process: load ``args.only`` and time one round."""
     if args.only.startswith("SL-DETR"):
         run = sl_detr_runner(args.model, bf16=args.only.startswith(SL_DETR_BF16),
-                             grid_sample=args.only.endswith(GRID_SAMPLE), unfolded=args.only.endswith(UNFOLDED))
+                             grid_sample=args.only.endswith(GRID_SAMPLE), unfolded=args.only.endswith(UNFOLDED),
+                             keep_memory=args.only.endswith(KEPT))
     else:
         peers = [p for p in args.peers.split(",") if p]
         weights = dict(zip(peers, args.peer_weights or [None] * len(peers)))
@@ -117,6 +127,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="also SL-DETR with transformers' grid_sample form of the deformable sampling")
     parser.add_argument("--unfolded", action="store_true",
                         help="also SL-DETR with every batch norm computed apart from its convolution")
+    parser.add_argument("--keep_freed_memory", action="store_true",
+                        help="also SL-DETR with the allocator setting of the sl-detr commands on a CPU (-kept)")
     parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # one model, one round (a child process)
     args = parser.parse_args(argv)
     if args.threads:
@@ -129,7 +141,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     names = ["SL-DETR", SL_DETR_BF16] if args.bf16 else ["SL-DETR"]
     names += [name + GRID_SAMPLE for name in names] if args.grid_sample else []
-    names += [name + UNFOLDED for name in names if not name.endswith(GRID_SAMPLE)] if args.unfolded else []
+    plain = [name for name in names if not name.endswith(GRID_SAMPLE)]
+    names += [name + UNFOLDED for name in plain] if args.unfolded else []
+    names += [name + KEPT for name in plain] if args.keep_freed_memory else []
     peers = [p for p in args.peers.split(",") if p]
     if peers and importlib.util.find_spec("ultralytics") is None:
         print("Ultralytics is not installed (pip install -e '.[benchmark]'): SL-DETR alone")

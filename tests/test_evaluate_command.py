@@ -87,3 +87,12 @@ def test_a_processor_with_two_edges_gets_patches_of_its_shortest_edge(tmp_path, 
     seen = _seen(monkeypatch)
     _evaluate(tmp_path, model_dir, data)
     assert seen and all(shape[-2:] == (48, 48) and padded == 0 for shape, padded in seen)
+
+
+def test_evaluate_on_the_cpu_keeps_freed_memory(tmp_path, model_dir, monkeypatch):
+    from sl_detr_hf.training import allocator
+
+    applied = []
+    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: applied.append(1) or True)
+    _evaluate(tmp_path, model_dir, _folder(tmp_path / "val", [(64, 48)]))
+    assert applied == [1]

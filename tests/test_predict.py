@@ -261,3 +261,14 @@ def test_predict_bf16(model_dir, image_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(image_dir / "a.png"), "--model", str(onnx), "--bf16"])
     assert "--bf16 applies to SL-DETR model folders" in capsys.readouterr().err
+
+
+def test_predict_on_the_cpu_keeps_freed_memory(model_dir, image_dir, tmp_path, monkeypatch):
+    # as `sl-detr train` does on a CPU (training/allocator.py; recorded here, the test process keeps its malloc)
+    from sl_detr_hf.training import allocator
+
+    applied = []
+    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: applied.append(1) or True)
+    assert main([str(image_dir / "a.png"), "--model", str(model_dir), "--output-dir", str(tmp_path / "out"),
+                 "--device", "cpu", "--no-draw"]) == 0
+    assert applied == [1]

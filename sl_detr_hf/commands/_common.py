@@ -14,8 +14,8 @@ from ..training.time_budget import TimeBudgetCallback
 
 logger = logging.getLogger("sl_detr_hf")
 
-__all__ = ["TimeLimitCallback", "check_model_folder", "default_num_workers", "parse_config_overrides",
-           "parse_dataclasses", "plot_training_curves", "tiny_config_kwargs"]
+__all__ = ["TimeLimitCallback", "check_model_folder", "default_num_workers", "keep_freed_memory_on",
+           "parse_config_overrides", "parse_dataclasses", "plot_training_curves", "tiny_config_kwargs"]
 
 
 def tiny_config_kwargs(num_labels: int, id2label: dict[int, str], d_model: int = 128, layers: int = 2,
@@ -32,6 +32,20 @@ def tiny_config_kwargs(num_labels: int, id2label: dict[int, str], d_model: int =
 
     return {**SlDetrConfig.tiny_kwargs(id2label, d_model, layers, num_queries, backbone_stages, num_feature_levels),
             "num_labels": num_labels, "box_type": box_type}
+
+
+def keep_freed_memory_on(device) -> bool:
+    """The commands' allocator setting: on a CPU, glibc keeps the memory it frees (`training/allocator.py`: no
+    fresh `mmap` and page faults per large tensor; a quarter of a training step, a tenth of an image's inference on
+    one core, BENCHMARKS.md). GPU runs and ONNX Runtime (its own arena) keep glibc's defaults; the library itself
+    (`pipeline()`, `from_pretrained`) never sets it. Returns whether it is in effect."""
+    import torch
+
+    from ..training import allocator
+
+    if torch.device(device).type != "cpu":
+        return False
+    return allocator.keep_freed_memory()
 
 
 TimeLimitCallback = TimeBudgetCallback

@@ -16,7 +16,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from ._common import check_model_folder
+from ._common import check_model_folder, keep_freed_memory_on
 
 __all__ = ["main", "run_evaluate"]
 
@@ -64,6 +64,7 @@ def run_evaluate(argv: Sequence[str]) -> dict:
     except ValueError as err:
         parser.error(f"--model {err}")
     model = SlDetrForObjectDetection.from_pretrained(args.model).to(args.device).eval()
+    keep_freed_memory_on(args.device)  # as training does on a CPU (commands/_common.py)
     processor = SlDetrImageProcessor.from_pretrained(args.model)
     if args.patch_size is None:
         size = processor.size or {}  # a square patch of the shortest edge is the one the processor does not resize

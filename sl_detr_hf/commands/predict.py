@@ -8,6 +8,7 @@ georeferenced rasters, GeoJSON (the library functions are in `sl_detr_hf.inferen
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,8 +22,11 @@ from ..inference import (
     write_predictions_json,
 )
 from ..onnx_predictor import OnnxDetector
+from ._common import keep_freed_memory_on
 
 __all__ = ["build_parser", "main"]
+
+logger = logging.getLogger("sl_detr_hf")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   bf16=args.bf16))
     except (OSError, ValueError, ImportError) as err:
         parser.error(f"cannot load model {args.model}: {err}")
+    if not onnx_model and keep_freed_memory_on(device):
+        logger.info("CPU inference: freed memory stays in the process (sl_detr_hf.training.allocator)")
     output_dir.mkdir(parents=True, exist_ok=True)
     unreadable: list[tuple[Path, str]] = []
     notes: list[str] = []

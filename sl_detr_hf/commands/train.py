@@ -14,6 +14,7 @@ from ._common import (
     TimeLimitCallback,
     check_model_folder,
     default_num_workers,
+    keep_freed_memory_on,
     parse_config_overrides,
     parse_dataclasses,
 )
@@ -533,8 +534,4 @@ def keep_freed_memory_for_training(training_args) -> bool:
     """`keep_freed_memory` where it was measured to help: training on the CPU (BENCHMARKS.md, "Cost per image at
     real sizes"), called after the data is read (``--split_patches`` decodes whole scenes, whose one-off buffers
     would stay in the heap). GPU runs keep glibc's defaults. Returns whether it is in effect."""
-    from ..training.allocator import keep_freed_memory
-
-    if training_args.device.type != "cpu":
-        return False
-    return keep_freed_memory()
+    return keep_freed_memory_on(training_args.device)
