@@ -111,7 +111,7 @@ def short_softmax(logits: torch.Tensor) -> torch.Tensor:
 
     The same values as `F.softmax(logits, -1)` (to float rounding); computed over the first dimension of the
     transposed `(n, rows)` table, which a CPU vectorizes along the rows: over 8 samples per row it is 3x faster
-    forward and backward (BENCHMARKS.md, "Inference on one core").
+    forward and backward (BENCHMARKS.md, "Inference on one core: whole rows").
     """
     n = logits.shape[-1]
     return F.softmax(logits.reshape(-1, n).t(), 0).t().reshape(logits.shape)

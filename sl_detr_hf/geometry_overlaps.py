@@ -68,7 +68,8 @@ def prob_iou(boxes1: Tensor, boxes2: Tensor | None = None, eps: float = 1e-7) ->
     mahalanobis = (pb * dx.square() + pa * dy.square() - 2 * pc * dx * dy) / det
     bhattacharyya = mahalanobis / 8 + 0.5 * torch.log(det / (det1[..., :, None] * det2[..., None, :]).sqrt())
     # exp(-60) is 1e-26, so 1 - exp(-d) is 1 in float32 and float64 beyond it: the clamp changes no value, and
-    # keeps the exponential off the slow path that far arguments take on a CPU (10x, BENCHMARKS.md)
+    # keeps the exponential off the slow path far arguments take on a CPU (10x; BENCHMARKS.md, "Inference on one
+    # core: whole rows")
     hellinger = (1 - torch.exp(-bhattacharyya.clamp(0, 60)) + eps).sqrt()
     return 1 - hellinger
 
