@@ -96,6 +96,9 @@ class DataArguments:
         "help": "with --augment: zoom each training image by a random factor in [1 - j, 1 + j] about its centre, "
                 "canvas kept (YOLO's `scale`, e.g. 0.5): objects at the sizes other flying heights / ground "
                 "resolutions give; 0 (default) turns it off"})
+    repeat_factor_threshold: float = field(default=0.0, metadata={
+        "help": "repeat-factor sampling for rare classes (LVIS): a class in fewer than this share of the training "
+                "images gets its images repeated sqrt(threshold / share) times per epoch (e.g. 0.3; 0: off)"})
     mosaic: float = field(default=0.0, metadata={
         "help": "with --augment: the probability that a training image is YOLO's mosaic of it and three others "
                 "(each scaled to a quarter about a random centre: objects at 0.3-0.7 of their size, four images' "
@@ -355,6 +358,28 @@ def _angle_start(rboxes: np.ndarray | None, default: int, dihedral: bool) -> int
     return choice.angle_start
 
 
+def rare_class_repeat_factors(dataset, names: list[str], threshold: float):
+    """Each training example's repeat factor for ``--repeat_factor_threshold`` (`data/repeat_factors.py`), logged;
+    None when the threshold is 0."""
+    if not threshold:
+        return None
+    from ..data.repeat_factors import (
+        class_repeat_factors,
+        dataset_image_classes,
+        describe_repeat_factors,
+        image_repeat_factors,
+    )
+
+    try:
+        classes = dataset_image_classes(dataset)
+        class_factors = class_repeat_factors(classes, len(names), threshold)
+    except ValueError as err:
+        raise SystemExit(f"error: --repeat_factor_threshold: {err}") from None
+    factors = image_repeat_factors(classes, class_factors)
+    logger.info(describe_repeat_factors(names, class_factors, factors))
+    return factors
+
+
 def most_objects_per_image(dataset) -> int:
     """The most objects in one example of a detection `datasets.Dataset` (``objects.category`` lengths)."""
     import pyarrow.compute as pc
@@ -477,6 +502,7 @@ def run_train(model_args: ModelArguments, data: DataArguments, training_args) ->
     augment = augmentation(data, box_type)
     train_ds = prepare_dataset(train_raw, processor, box_type, augment, mosaic=data.mosaic if augment else 0.0)
     val_ds = prepare_dataset(val_raw, processor, box_type) if val_raw is not None else None
+    repeat_factors = rare_class_repeat_factors(train_raw, names, data.repeat_factor_threshold)
     by_time = bool(data.max_minutes) and training_args.max_steps <= 0  # the step count is not known
     # at the time limit: save; the evaluation below runs once, after training
     callbacks = ([TimeLimitCallback(data.max_minutes, evaluate_on_stop=False, save_on_stop=True,
@@ -488,7 +514,7 @@ def run_train(model_args: ModelArguments, data: DataArguments, training_args) ->
         compute_metrics=DetectionMetrics(processor, id2label=id2label, iou_threshold=data.eval_iou_threshold),
         callbacks=callbacks, ema_decay=model_args.ema_decay, ema_warmup_steps=model_args.ema_warmup_steps,
         low_lr_multiplier=_low_lr_multiplier(model_args),
-        time_budget_minutes=data.max_minutes if by_time else None,
+        time_budget_minutes=data.max_minutes if by_time else None, repeat_factors=repeat_factors,
     )
     if by_time and not training_args.disable_tqdm:
         from transformers.trainer_callback import ProgressCallback

@@ -93,12 +93,19 @@ class SlDetrTrainer(Trainer):
         ema_decay: when set, keep an exponential moving average of the weights (:class:`~.ema.ModelEma`, decay
             ramped up over ``ema_warmup_steps``): evaluation during training scores the average, checkpoints
             hold it as ``ema.pt`` (resuming restores it), and at the end of training the model takes it.
+        repeat_factors: when set, one factor >= 1 per training example: the epochs are drawn by
+            :class:`~sl_detr_hf.data.repeat_factors.RepeatFactorSampler` (rare classes repeated, LVIS), seeded
+            with ``args.seed``, instead of a shuffle.
         All other arguments are `Trainer`'s; pass ``compute_metrics=DetectionMetrics(...)`` for mAP.
     """
 
     def __init__(self, *args, low_lr_multiplier: float = 0.1, time_budget_minutes: float | None = None,
-                 ema_decay: float | None = None, ema_warmup_steps: int = 2000, **kwargs):
+                 ema_decay: float | None = None, ema_warmup_steps: int = 2000, repeat_factors=None, **kwargs):
         super().__init__(*args, **kwargs)
+        if repeat_factors is not None and self.train_dataset is not None and len(repeat_factors) != len(
+                self.train_dataset):
+            raise ValueError(f"{len(repeat_factors)} repeat factors for {len(self.train_dataset)} training examples")
+        self.repeat_factors = repeat_factors
         self.low_lr_multiplier = low_lr_multiplier
         self.time_budget_minutes = time_budget_minutes
         if time_budget_minutes is not None and self.time_budget is None:
@@ -106,6 +113,13 @@ class SlDetrTrainer(Trainer):
         self.ema_callback = EmaCallback(ema_decay, ema_warmup_steps) if ema_decay is not None else None
         if self.ema_callback is not None:
             self.add_callback(self.ema_callback)
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.repeat_factors is None:
+            return super()._get_train_sampler(train_dataset)
+        from ..data.repeat_factors import RepeatFactorSampler
+
+        return RepeatFactorSampler(self.repeat_factors, seed=self.args.seed)
 
     @property
     def time_budget(self) -> TimeBudgetCallback | None:
