@@ -484,6 +484,7 @@ def run_train(model_args: ModelArguments, data: DataArguments, training_args) ->
     if val_raw is not None and model_names is not None:  # coco / hf splits keep their own lists
         val_raw = remap_dataset_classes(val_raw, names)
     id2label = dict(enumerate(names))
+    repeat_factors = rare_class_repeat_factors(train_raw, names, data.repeat_factor_threshold)
     if keep_freed_memory_for_training(training_args):
         logger.info("CPU training: freed memory stays in the process (sl_detr_hf.training.allocator)")
     trains = training_args.do_train or not training_args.do_eval
@@ -502,7 +503,6 @@ def run_train(model_args: ModelArguments, data: DataArguments, training_args) ->
     augment = augmentation(data, box_type)
     train_ds = prepare_dataset(train_raw, processor, box_type, augment, mosaic=data.mosaic if augment else 0.0)
     val_ds = prepare_dataset(val_raw, processor, box_type) if val_raw is not None else None
-    repeat_factors = rare_class_repeat_factors(train_raw, names, data.repeat_factor_threshold)
     by_time = bool(data.max_minutes) and training_args.max_steps <= 0  # the step count is not known
     # at the time limit: save; the evaluation below runs once, after training
     callbacks = ([TimeLimitCallback(data.max_minutes, evaluate_on_stop=False, save_on_stop=True,
