@@ -122,3 +122,20 @@ def test_train_samples_by_repeat_factors(tmp_path, monkeypatch, caplog):
         main(["train", "--data_format", "dota", "--train_dir", str(folder), "--max_steps", "1",
               "--output_dir", str(tmp_path / "bad"), "--repeat_factor_threshold", "2", "--use_cpu",
               "--report_to", "none"])
+
+
+@pytest.mark.parametrize("layout", ["struct_of_lists", "list_of_structs"])
+def test_image_classes_read_from_either_objects_layout(layout):
+    import datasets
+
+    label = datasets.ClassLabel(names=["a", "b", "c"])
+    if layout == "struct_of_lists":  # the DOTA / YOLO-OBB loaders' Sequence of a dict
+        features = datasets.Features({"objects": {"category": datasets.List(label),
+                                                  "x": datasets.List(datasets.Value("float32"))}})
+        rows = [{"category": [0, 2], "x": [1.0, 2.0]}, {"category": [], "x": []}, {"category": [1], "x": [0.0]}]
+    else:  # a list of per-object dicts
+        features = datasets.Features({"objects": datasets.List({"category": label, "x": datasets.Value("float32")})})
+        rows = [[{"category": 0, "x": 1.0}, {"category": 2, "x": 2.0}], [], [{"category": 1, "x": 0.0}]]
+    dataset = datasets.Dataset.from_dict({"objects": rows}, features=features)
+    assert dataset_image_classes(dataset) == [[0, 2], [], [1]]
+    assert dataset_image_classes(dataset.select([2, 0])) == [[1], [0, 2]]
