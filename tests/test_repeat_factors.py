@@ -139,3 +139,18 @@ def test_image_classes_read_from_either_objects_layout(layout):
     dataset = datasets.Dataset.from_dict({"objects": rows}, features=features)
     assert dataset_image_classes(dataset) == [[0, 2], [], [1]]
     assert dataset_image_classes(dataset.select([2, 0])) == [[1], [0, 2]]
+
+
+def test_the_trainer_refuses_factors_of_another_length(tmp_path):
+    from _tiny_sl_detr import tiny_model
+    from transformers import TrainingArguments
+
+    from sl_detr_hf.training import SlDetrTrainer
+
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", data_seed=5)
+    rows = [{"pixel_values": torch.zeros(3, 8, 8)}] * 3
+    with pytest.raises(ValueError, match="2 repeat factors for 3 training examples"):
+        SlDetrTrainer(model=tiny_model(), args=args, train_dataset=rows, repeat_factors=np.ones(2))
+    trainer = SlDetrTrainer(model=tiny_model(), args=args, train_dataset=rows, repeat_factors=np.array([1, 2, 1.5]))
+    sampler = trainer._get_train_sampler()
+    assert isinstance(sampler, RepeatFactorSampler) and sampler.seed == 5 and len(sampler) == 4  # round(4.5) = 4

@@ -95,7 +95,7 @@ class SlDetrTrainer(Trainer):
             hold it as ``ema.pt`` (resuming restores it), and at the end of training the model takes it.
         repeat_factors: when set, one factor >= 1 per training example: the epochs are drawn by
             :class:`~sl_detr_hf.data.repeat_factors.RepeatFactorSampler` (rare classes repeated, LVIS), seeded
-            with ``args.seed``, instead of a shuffle.
+            with ``args.data_seed`` or else ``args.seed``, instead of a shuffle.
         All other arguments are `Trainer`'s; pass ``compute_metrics=DetectionMetrics(...)`` for mAP.
     """
 
@@ -119,7 +119,8 @@ class SlDetrTrainer(Trainer):
             return super()._get_train_sampler(train_dataset)
         from ..data.repeat_factors import RepeatFactorSampler
 
-        return RepeatFactorSampler(self.repeat_factors, seed=self.args.seed)
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed  # as Trainer's shuffle
+        return RepeatFactorSampler(self.repeat_factors, seed=seed)
 
     @property
     def time_budget(self) -> TimeBudgetCallback | None:
