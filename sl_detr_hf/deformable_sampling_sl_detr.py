@@ -71,8 +71,9 @@ def multi_scale_deformable_sampling(
     row_base = ((image_start + level_start.view(1, 1, 1, levels, 1)) * heads + head).expand(
         batch, 1, heads, levels, points).contiguous()
     row_stride = size[0] * heads  # (1, 1, heads, L, P): one row of the level's map
-    # x and y as the outer dimension, (2, B, Q, heads, L, P), contiguous; a NaN / infinite location lies outside
-    xy = sampling_locations.to(position_dtype).movedim(-1, 0).contiguous().nan_to_num(-1.0, -1.0, -1.0)
+    # x and y as the outer dimension, (2, B, Q, heads, L, P), contiguous; a NaN, infinite or huge location lies
+    # outside (beyond [-1, 2] every corner is outside the map, so the clamp changes no result)
+    xy = sampling_locations.to(position_dtype).movedim(-1, 0).contiguous().nan_to_num(-1.0).clamp(-1.0, 2.0)
     pixel = xy * size - 0.5  # grid_sample's align_corners=False: normalized x sits at pixel x W - 1/2
     lower = pixel.floor()
     frac = pixel - lower

@@ -113,16 +113,20 @@ def test_a_value_table_past_float32_integers_reads_the_right_rows():
     torch.testing.assert_close(out.view(heads), (rows % 1000).float(), rtol=0, atol=0)
 
 
-def test_non_finite_locations_contribute_nothing():
+def test_non_finite_and_huge_locations_contribute_nothing():
     shapes = [(4, 5), (2, 3)]
     value, locations, weights = random_case(1, 6, 2, 3, shapes, 2, 11)
     broken = locations.clone()
     broken[0, 0, 0, 0, 0] = torch.tensor([float("nan"), 0.5])
     broken[0, 1, 1, 1, 1] = torch.tensor([float("inf"), float("-inf")])
+    broken[0, 2, 0, 1, 0] = torch.tensor([3e38, 0.5])  # finite, but its pixel overflows float32
+    broken[0, 3, 1, 0, 1] = torch.tensor([0.5, -3e38])
     out = multi_scale_deformable_sampling(value, shapes, broken, weights)
     kept = weights.clone()
     kept[0, 0, 0, 0, 0] = 0
     kept[0, 1, 1, 1, 1] = 0
+    kept[0, 2, 0, 1, 0] = 0
+    kept[0, 3, 1, 0, 1] = 0
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out, multi_scale_deformable_sampling(value, shapes, locations, kept))
 
