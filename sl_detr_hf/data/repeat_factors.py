@@ -56,17 +56,14 @@ def image_repeat_factors(image_classes: Sequence[Sequence[int]], class_factors: 
 def dataset_image_classes(dataset) -> list[list[int]]:
     """Each example's `objects.category` list of a detection `datasets.Dataset`, read from its Arrow table (in the
     dataset's row order, without decoding an image)."""
-    table = dataset.select_columns(["objects"]).with_format("arrow")[:]
-    objects = table.column("objects").combine_chunks()
-    categories = objects.field("category") if hasattr(objects, "field") else None
-    if categories is None:  # a list of structs: objects is a list column
-        import pyarrow.compute as pc
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
-        categories = pc.struct_field(pc.list_flatten(objects), "category")
-        lengths = pc.list_value_length(objects).to_numpy(zero_copy_only=False)
-        flat = categories.to_numpy(zero_copy_only=False)
-        bounds = np.concatenate([[0], np.cumsum(lengths)])
-        return [flat[a:b].astype(int).tolist() for a, b in zip(bounds[:-1], bounds[1:])]
+    objects = dataset.select_columns(["objects"]).with_format("arrow")[:].column("objects").combine_chunks()
+    if pa.types.is_struct(objects.type):  # the loaders' Sequence of a dict: a struct of per-image lists
+        categories = objects.field("category")
+    else:  # a list of per-object dicts
+        categories = pa.ListArray.from_arrays(objects.offsets, pc.struct_field(objects.values, "category"))
     return [list(map(int, row)) for row in categories.to_pylist()]
 
 
@@ -89,10 +86,9 @@ class RepeatFactorSampler(Sampler[int]):
         self.whole = torch.floor(self.factors).long()
         self.length = int(round(float(factors.sum())))
         fraction = self.factors - self.whole
-        extra = self.length - int(self.whole.sum())
+        self.extra = self.length - int(self.whole.sum())  # K
         # inclusion probabilities of the K extra draws: the fractional parts scaled to sum to K, at most 1 each
-        self.inclusion = (fraction * (extra / float(fraction.sum())) if extra > 0 else fraction * 0).clamp(max=1)
-        self.extra = extra
+        self.inclusion = (fraction * (self.extra / max(float(fraction.sum()), 1e-12))).clamp(0, 1)
         self.seed = seed
         self.epoch = 0
         self._epoch_set = False
