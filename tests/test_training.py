@@ -15,6 +15,7 @@ from transformers import AutoModelForObjectDetection
 
 from sl_detr_hf import SlDetrConfig, SlDetrForObjectDetection, SlDetrImageProcessor
 from sl_detr_hf.cli import DemoArguments, main, run_demo, tiny_config_kwargs
+from sl_detr_hf.commands._common import distribute_cpu_processes
 from sl_detr_hf.commands.demo import demo_parts
 from sl_detr_hf.data import load_dota, make_synthetic_dota
 from sl_detr_hf.training import (
@@ -92,8 +93,9 @@ def test_trainer_trains_evaluates_saves_and_reloads(tmp_path, synthetic_root):
     assert torch.allclose(a.logits, b.logits, atol=1e-6) and torch.allclose(a.pred_boxes, b.pred_boxes, atol=1e-6)
 
 
-def run_cli(*args: str, cwd: Path | None = None, launcher: list[str] | None = None, timeout: int = 600):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+def run_cli(*args: str, cwd: Path | None = None, launcher: list[str] | None = None, timeout: int = 600,
+            env: dict[str, str] | None = None):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", **(env or {}))
     cmd = (launcher or [sys.executable]) + list(args)
     return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd or REPO, env=env, timeout=timeout)
 
@@ -168,6 +170,34 @@ def test_two_processes_give_the_same_metrics_as_one(tmp_path, synthetic_root):
     assert metrics["train_steps_per_second"] > 0
     assert 0 <= metrics["eval_mAP"] <= 1
     assert (tmp_path / "train2" / "model.safetensors").is_file()
+
+
+def test_processes_without_a_gpu_are_told_the_cpu_is_the_device():
+    env = {"WORLD_SIZE": "2"}
+    assert distribute_cpu_processes(env, accelerator_available=False) == 2
+    assert env == {"WORLD_SIZE": "2", "ACCELERATE_USE_CPU": "true"}
+    for env, accelerator in (({"WORLD_SIZE": "1"}, False), ({}, False), ({"WORLD_SIZE": "2"}, True),
+                             ({"WORLD_SIZE": "2", "ACCELERATE_USE_CPU": "false"}, False), ({"WORLD_SIZE": "x"}, False)):
+        before = dict(env)
+        assert distribute_cpu_processes(env, accelerator_available=accelerator) == 0 and env == before
+
+
+@pytest.mark.slow
+def test_torchrun_without_use_cpu_trains_one_model_on_a_cpu_machine(tmp_path, synthetic_root):
+    """`torchrun --nproc_per_node 2 -m sl_detr_hf.cli train` without `--use_cpu`, no GPU visible: one DDP training
+    whose processes share the data (10 images, 5 per process, batches of 2: 3 batches an epoch, so 2 steps are 2/3
+    of an epoch). Before, each process trained alone on all 10 images (5 batches: 0.4 epoch) into the same folder."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    result = run_cli("-m", "sl_detr_hf.cli", "train", "--data_format", "dota", "--train_dir", str(synthetic_root),
+                     "--image_size", str(IMAGE_SIZE), "--max_steps", "2", "--per_device_train_batch_size", "2",
+                     "--save_strategy", "no", "--eval_strategy", "no", "--augment", "False", "--config",
+                     "d_model=32,num_denoising=10", "--num_queries", "10", "--report_to", "none",
+                     "--output_dir", str(tmp_path / "run"), launcher=launcher, env={"CUDA_VISIBLE_DEVICES": ""})
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "one training in 2 CPU processes" in output and "parallel_mode != ParallelMode.DISTRIBUTED" not in output
+    state = json.loads((tmp_path / "run" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2 and state["log_history"][-1]["epoch"] == pytest.approx(2 / 3)
 
 
 def test_demo_parts_follow_the_arguments():

@@ -14,6 +14,7 @@ from ._common import (
     TimeLimitCallback,
     check_model_folder,
     default_num_workers,
+    distribute_cpu_processes,
     keep_freed_memory_on,
     parse_config_overrides,
     parse_dataclasses,
@@ -541,8 +542,12 @@ def main(argv: Sequence[str]) -> int:
     """``sl-detr train [options]`` (or a single JSON / YAML file of them)."""
     from transformers import TrainingArguments
 
+    processes = distribute_cpu_processes()  # before TrainingArguments set up the device
     (model_args, data_args, training_args), given = parse_dataclasses(
         "sl-detr train", (ModelArguments, DataArguments, TrainingArguments), argv, return_given=True)
+    if processes:
+        logger.info("%d processes on a machine without a GPU: one training in %d CPU processes (DDP over gloo, as "
+                    "with --use_cpu)", processes, processes)
     training_args.remove_unused_columns = False
     training_args.label_names = ["labels"]
     apply_recipe(given, model_args, data_args, training_args)
