@@ -15,7 +15,6 @@ from transformers import AutoModelForObjectDetection
 
 from sl_detr_hf import SlDetrConfig, SlDetrForObjectDetection, SlDetrImageProcessor
 from sl_detr_hf.cli import DemoArguments, main, run_demo, tiny_config_kwargs
-from sl_detr_hf.commands._common import distribute_cpu_processes
 from sl_detr_hf.commands.demo import demo_parts
 from sl_detr_hf.data import load_dota, make_synthetic_dota
 from sl_detr_hf.training import (
@@ -26,6 +25,7 @@ from sl_detr_hf.training import (
     paper_training_arguments,
     prepare_dataset,
 )
+from sl_detr_hf.training.processes import distribute_cpu_processes
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 128
@@ -180,6 +180,15 @@ def test_processes_without_a_gpu_are_told_the_cpu_is_the_device():
                              ({"WORLD_SIZE": "2", "ACCELERATE_USE_CPU": "false"}, False), ({"WORLD_SIZE": "x"}, False)):
         before = dict(env)
         assert distribute_cpu_processes(env, accelerator_available=accelerator) == 0 and env == before
+
+
+def test_paper_training_arguments_distribute_cpu_processes_first(tmp_path, monkeypatch):
+    import sl_detr_hf.training.trainer as trainer_module
+
+    calls = []
+    monkeypatch.setattr(trainer_module, "distribute_cpu_processes", lambda: calls.append(True) or 0)
+    args = paper_training_arguments(str(tmp_path), use_cpu=True)
+    assert calls == [True] and args.learning_rate == 1e-4
 
 
 @pytest.mark.slow

@@ -14,7 +14,6 @@ from ._common import (
     TimeLimitCallback,
     check_model_folder,
     default_num_workers,
-    distribute_cpu_processes,
     keep_freed_memory_on,
     parse_config_overrides,
     parse_dataclasses,
@@ -541,6 +540,8 @@ def run_train(model_args: ModelArguments, data: DataArguments, training_args) ->
 def main(argv: Sequence[str]) -> int:
     """``sl-detr train [options]`` (or a single JSON / YAML file of them)."""
     from transformers import TrainingArguments
+
+    from ..training.processes import distribute_cpu_processes
 
     processes = distribute_cpu_processes()  # before TrainingArguments set up the device
     (model_args, data_args, training_args), given = parse_dataclasses(

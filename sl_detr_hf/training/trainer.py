@@ -20,6 +20,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from .ema import EmaCallback
 from .metrics import select_detection_outputs
+from .processes import distribute_cpu_processes
 from .schedule import TimeBudgetSchedule
 from .time_budget import TimeBudgetCallback, spent_seconds_in_checkpoint
 
@@ -62,7 +63,8 @@ def build_param_groups(
 
 def paper_training_arguments(output_dir: str, **overrides) -> TrainingArguments:
     """`TrainingArguments` with the paper's optimizer defaults (AdamW lr 1e-4, weight decay 1e-4, grad clip
-    0.1), and what detection needs (`remove_unused_columns=False`, labels named ``labels``)."""
+    0.1), and what detection needs (`remove_unused_columns=False`, labels named ``labels``). Launched in several
+    processes on a machine without a GPU, the processes train one model on the CPU (:mod:`.processes`)."""
     defaults = dict(
         learning_rate=1e-4,
         weight_decay=1e-4,
@@ -74,6 +76,7 @@ def paper_training_arguments(output_dir: str, **overrides) -> TrainingArguments:
         report_to="none",
     )
     defaults.update(overrides)
+    distribute_cpu_processes()  # several processes on a machine without a GPU: one DDP training, not one each
     return TrainingArguments(output_dir=output_dir, **defaults)
 
 
