@@ -10,11 +10,13 @@ process group is initialized, but parallel_mode != DISTRIBUTED"). :func:`distrib
 from __future__ import annotations
 
 import os
+from collections.abc import MutableMapping
 
 __all__ = ["distribute_cpu_processes"]
 
 
-def distribute_cpu_processes(environ: dict | None = None, accelerator_available: bool | None = None) -> int:
+def distribute_cpu_processes(environ: MutableMapping[str, str] | None = None,
+                             accelerator_available: bool | None = None) -> int:
     """Make a multi-process CPU launch distributed: returns the number of processes it did so for, else 0.
 
     ``torchrun`` / ``accelerate launch`` start several processes (``WORLD_SIZE`` > 1); on a machine without a GPU,
