@@ -17,15 +17,9 @@ __all__ = ["distribute_cpu_processes"]
 
 def distribute_cpu_processes(environ: MutableMapping[str, str] | None = None,
                              accelerator_available: bool | None = None) -> int:
-    """Make a multi-process CPU launch distributed: returns the number of processes it did so for, else 0.
-
-    ``torchrun`` / ``accelerate launch`` start several processes (``WORLD_SIZE`` > 1); on a machine without a GPU,
-    `TrainingArguments` then sets up one *independent* run per process, each training on all the data and writing
-    the same output folder, unless told that the CPU is the device (``--use_cpu``). This sets
-    ``ACCELERATE_USE_CPU=true`` (what ``--use_cpu`` does) in ``environ`` (default ``os.environ``) before the
-    arguments are parsed, so the processes train one model with DDP over gloo. Nothing changes with one process, with
-    a GPU (or another torch accelerator), or when ``ACCELERATE_USE_CPU`` is already set.
-    """
+    """Set ``ACCELERATE_USE_CPU=true`` (what ``--use_cpu`` sets) in ``environ`` (default ``os.environ``) when
+    ``WORLD_SIZE`` > 1 and no torch accelerator is present; call it before `TrainingArguments` are built. Returns the
+    number of processes it did so for, else 0 (one process, a GPU, or ``ACCELERATE_USE_CPU`` already set)."""
     environ = os.environ if environ is None else environ
     try:
         world = int(environ.get("WORLD_SIZE", "1") or 1)
