@@ -172,6 +172,19 @@ def test_zoom_scales_boxes_about_the_image_centre(factor):
     assert _angle_close(float(measured[4]), 0.4, 0.03)
 
 
+@pytest.mark.parametrize("factor", [0.8, 1.25])
+def test_zoom_interpolates_pixels(factor):
+    # a horizontal ramp of 2 grey levels a pixel, zoomed by `factor` about the centre, stays a ramp of 2 / factor a
+    # pixel: bilinear resampling; nearest neighbour (torchvision's default) repeats or skips columns (steps 0 / 4)
+    ramp = (torch.arange(100) * 2 + 20).to(torch.uint8).expand(3, 60, 100).clone()
+    aug = RotatedDetectionAugment(hflip_prob=0, vflip_prob=0, rot90_prob=0, scale_range=(factor, factor),
+                                  brightness=0, contrast=0, saturation=0)
+    out_image, _ = aug(ramp, {"boxes": torch.zeros(0, 5), "class_labels": torch.zeros(0, dtype=torch.long)})
+    steps = out_image[0, 30, 20:80].double().diff()  # inside the zoomed image for both factors
+    assert abs(float(steps.mean()) - 2 / factor) < 0.1
+    assert float((steps - 2 / factor).abs().max()) <= 1.0  # uint8 rounding only
+
+
 def test_zoom_range_is_checked():
     with pytest.raises(ValueError, match="scale_range"):
         RotatedDetectionAugment(scale_range=(1.5, 0.5))

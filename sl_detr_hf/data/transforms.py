@@ -120,7 +120,9 @@ class RotatedDetectionAugment:
             low, high = scale_range
             if not 0 < low <= high:
                 raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {scale_range!r}")
-            steps.append(v2.RandomAffine(degrees=0, scale=(low, high), fill=fill))
+            # bilinear, as YOLO's warpAffine: torchvision's default (nearest) turns a zoomed small object into stairs
+            steps.append(v2.RandomAffine(degrees=0, scale=(low, high), fill=fill,
+                                         interpolation=v2.InterpolationMode.BILINEAR))
         if scales:
             steps.append(v2.RandomShortestSize(list(scales), max_size=max_size))
         if brightness or contrast or saturation or hue:
