@@ -175,7 +175,7 @@ def test_zoom_scales_boxes_about_the_image_centre(factor):
 @pytest.mark.parametrize("factor", [0.8, 1.25])
 def test_zoom_interpolates_pixels(factor):
     # a horizontal ramp of 2 grey levels a pixel, zoomed by `factor` about the centre, stays a ramp of 2 / factor a
-    # pixel: bilinear resampling; nearest neighbour (torchvision's default) repeats or skips columns (steps 0 / 4)
+    # pixel: bilinear resampling; nearest neighbour (torchvision's default) repeats or skips columns (steps 0, 2, 4)
     ramp = (torch.arange(100) * 2 + 20).to(torch.uint8).expand(3, 60, 100).clone()
     aug = RotatedDetectionAugment(hflip_prob=0, vflip_prob=0, rot90_prob=0, scale_range=(factor, factor),
                                   brightness=0, contrast=0, saturation=0)

@@ -30,9 +30,7 @@ def distribute_cpu_processes(environ: MutableMapping[str, str] | None = None,
     if accelerator_available is None:
         import torch
 
-        accelerator = getattr(torch, "accelerator", None)
-        accelerator_available = (accelerator.is_available() if accelerator is not None
-                                 else torch.cuda.is_available())
+        accelerator_available = torch.accelerator.is_available()  # CUDA, XPU, MPS, ... (torch >= 2.6)
     if accelerator_available:
         return 0
     environ["ACCELERATE_USE_CPU"] = "true"
