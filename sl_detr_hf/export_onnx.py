@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from .geometry_conversions import rbox_corners, rbox_to_hbox, regularize_rboxes
+from .image_processing_sl_detr import MIN_IMAGE_STD
 
 __all__ = ["METADATA_KEY", "OnnxDetectionHead", "OnnxPostProcess", "default_image_size", "export_onnx",
            "export_settings", "read_onnx_settings", "require_onnx"]
@@ -145,6 +146,8 @@ def export_settings(model: nn.Module, processor: Any, image_size: tuple[int, int
         "do_normalize": bool(processor.do_normalize),
         "image_mean": [float(v) for v in processor.image_mean],
         "image_std": [float(v) for v in processor.image_std],
+        "normalize_per_image": bool(getattr(processor, "normalize_per_image", False)),
+        "min_image_std": float(MIN_IMAGE_STD),
         "box_type": box_type,
         "top_k": int(top_k),
         "num_queries": int(config.num_queries),

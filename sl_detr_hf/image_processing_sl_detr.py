@@ -49,21 +49,27 @@ from .geometry_conversions import (
 )
 from .geometry_nms import batched_nms_rotated
 
-__all__ = ["SlDetrImageProcessor", "pad_images", "to_rgb_image"]
+__all__ = ["SlDetrImageProcessor", "pad_images", "standardize_image", "to_rgb_image"]
 
 logger = logging.getLogger(__name__)
 
 _BOX_TYPES = ("rotated", "horizontal")
+# the smallest standard deviation `normalize_per_image` divides by (pixel values in [0, 1]: 5 of 255 grey levels),
+# so that a flat image (calm water, a blank frame) is not blown up into amplified sensor noise
+MIN_IMAGE_STD = 5 / 255
 _GEOMETRY_LENGTHS = {"polygon": 8, "rbox": 5, "bbox": 4}
 
 
 class SlDetrImageProcessorKwargs(ImagesKwargs, total=False):
     """Extra keyword arguments: ``box_type`` ("rotated" | "horizontal"), ``max_detections`` (default top-k),
-    ``clip_boxes`` (clip the axis-aligned ``boxes`` of the post-processing to the image, as mmdetection does)."""
+    ``clip_boxes`` (clip the axis-aligned ``boxes`` of the post-processing to the image, as mmdetection does),
+    ``normalize_per_image`` (each image to zero mean and unit std by its own statistics, instead of
+    ``image_mean`` / ``image_std``)."""
 
     box_type: str
     max_detections: int
     clip_boxes: bool
+    normalize_per_image: bool
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -277,6 +283,14 @@ def pad_images(images: Sequence[Tensor], size: tuple[int, int] | None = None, va
     return out, mask
 
 
+def standardize_image(image: Tensor) -> Tensor:
+    """``(C, H, W)`` float image -> zero mean and unit standard deviation over all its pixels and channels (the
+    deviation floored at :data:`MIN_IMAGE_STD`): ``normalize_per_image`` of :class:`SlDetrImageProcessor`."""
+    mean = image.mean()
+    std = image.std(correction=0).clamp_min(MIN_IMAGE_STD)
+    return (image - mean) / std
+
+
 class SlDetrImageProcessor(TorchvisionBackend):
     r"""Image processor of SL-DETR (oriented or axis-aligned boxes).
 
@@ -292,6 +306,11 @@ class SlDetrImageProcessor(TorchvisionBackend):
         clip_boxes: clip the post-processing's axis-aligned ``boxes`` to the image (``target_sizes``), as
             mmdetection's DETR heads do (default ``False``; set by the DINO checkpoint converter). Rotated
             ``rboxes`` are never clipped.
+        normalize_per_image: standardize each image by its own mean and standard deviation (over all its
+            pixels and channels, after the resize and the rescale; the deviation floored at
+            :data:`MIN_IMAGE_STD`) instead of ``image_mean`` / ``image_std`` (default ``False``). For sensors
+            whose gain and contrast change from frame to frame, as thermal cameras (docs/training.md,
+            "Per-image normalization").
     """
 
     valid_kwargs = SlDetrImageProcessorKwargs
@@ -307,6 +326,7 @@ class SlDetrImageProcessor(TorchvisionBackend):
     box_type = "rotated"
     max_detections = 500
     clip_boxes = False
+    normalize_per_image = False
     model_input_names = ["pixel_values", "pixel_mask"]
 
     def __init__(self, **kwargs: Unpack[SlDetrImageProcessorKwargs]) -> None:
@@ -337,8 +357,10 @@ class SlDetrImageProcessor(TorchvisionBackend):
     def _preprocess(self, images: list[Tensor], annotations: Any, do_resize: bool, size: SizeDict,
                     resample: Any, do_rescale: bool, rescale_factor: float, do_normalize: bool,
                     image_mean: Any, image_std: Any, do_pad: bool, pad_size: SizeDict | None,
-                    return_tensors: Any = None, box_type: str | None = None, **kwargs: Any) -> BatchFeature:
+                    return_tensors: Any = None, box_type: str | None = None,
+                    normalize_per_image: bool | None = None, **kwargs: Any) -> BatchFeature:
         box_type = box_type or self.box_type
+        per_image = self.normalize_per_image if normalize_per_image is None else normalize_per_image
         if box_type not in _BOX_TYPES:
             raise ValueError(f"`box_type` must be one of {_BOX_TYPES}, got {box_type!r}")
         if annotations is not None:
@@ -357,8 +379,11 @@ class SlDetrImageProcessor(TorchvisionBackend):
             new = (int(image.shape[-2]), int(image.shape[-1]))
             if annotations is not None and box_type == "rotated":
                 _check_aspect(orig, new, i)
-            image = self.rescale_and_normalize(image.unsqueeze(0), do_rescale, rescale_factor, do_normalize,
-                                               image_mean, image_std)[0]
+            if per_image:
+                image = standardize_image(image.float() * rescale_factor if do_rescale else image.float())
+            else:
+                image = self.rescale_and_normalize(image.unsqueeze(0), do_rescale, rescale_factor, do_normalize,
+                                                   image_mean, image_std)[0]
             processed.append(image.to(torch.float32))
             sizes.append(new)
             orig_sizes.append(orig)

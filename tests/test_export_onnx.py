@@ -244,3 +244,29 @@ def test_predictor_runs_without_torch(exported, tmp_path):
     got = json.loads(result.stdout)
     expected = OnnxDetector(path)(str(image), threshold=0.0)
     assert_same_detections(expected, got, atol=1e-6)
+
+
+def test_per_image_normalization_travels_with_the_file():
+    """A model trained on images standardized one by one: the settings say so and the predictor's numpy
+    preprocessing gives the processor's pixel values (a low-contrast image, one at full contrast, one flat)."""
+    from sl_detr_hf.export_onnx import export_settings
+    from sl_detr_hf.image_processing_sl_detr import MIN_IMAGE_STD
+    from sl_detr_hf.onnx_predictor import preprocess
+
+    processor = fixed_processor("rotated")
+    processor.normalize_per_image = True
+    settings = export_settings(tiny_model("rotated"), processor, (SIZE, SIZE), NUM_QUERIES, False, 18)
+    assert settings["normalize_per_image"] is True and settings["min_image_std"] == pytest.approx(MIN_IMAGE_STD)
+    generator = np.random.default_rng(3)
+    from PIL import Image
+
+    images = [Image.fromarray(generator.integers(100, 120, (64, 96, 3), dtype=np.uint8)),
+              Image.fromarray(generator.integers(0, 256, (96, 64, 3), dtype=np.uint8)),
+              Image.fromarray(np.full((64, 96, 3), 77, dtype=np.uint8))]
+    pixel_values, pixel_mask, _ = preprocess(images, settings)
+    expected = processor(images, return_tensors="pt")
+    np.testing.assert_allclose(pixel_values, expected["pixel_values"].numpy(), atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(pixel_mask, expected["pixel_mask"].numpy())
+    assert abs(pixel_values[0, :, :64, :96].std() - 1) < 1e-4 and pixel_values[2].max() == 0
+    plain = export_settings(tiny_model("rotated"), fixed_processor("rotated"), (SIZE, SIZE), NUM_QUERIES, False, 18)
+    assert plain["normalize_per_image"] is False

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
 import torch
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from transformers.utils import ModelOutput
 
 from sl_detr_hf.image_processing_sl_detr import SlDetrImageProcessor
@@ -340,3 +342,38 @@ def test_transformers_object_detection_example_collate_path():
     model = tiny_model("horizontal").train()
     outputs = model(**batch)
     assert torch.isfinite(outputs.loss) and outputs.loss > 0
+
+
+def test_normalize_per_image_hand_computed():
+    """Each image to zero mean / unit std by its own statistics: a 2 x 2 grey image by hand, the same image at half
+    its contrast gives the same values, and a nearly flat image is divided by the floor, not by its tiny std."""
+    from sl_detr_hf.image_processing_sl_detr import MIN_IMAGE_STD
+
+    processor = SlDetrImageProcessor(do_resize=False, normalize_per_image=True)
+    grey = torch.tensor([[0, 51], [102, 153]], dtype=torch.uint8).expand(3, 2, 2)
+    low_contrast = (grey // 2 + 60).to(torch.uint8)  # 60, 85, 111, 136: the same up to rounding
+    flat = torch.full((3, 2, 2), 100, dtype=torch.uint8)
+    flat[:, 0, 0] = 101
+    out = processor([grey, low_contrast, flat], return_tensors="pt")["pixel_values"]
+    # values / 255 = 0, .2, .4, .6: mean .3, population std sqrt(.05)
+    expected = torch.tensor([[-0.3, -0.1], [0.1, 0.3]]) / math.sqrt(0.05)
+    torch.testing.assert_close(out[0], expected.expand(3, 2, 2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[1], expected.expand(3, 2, 2), atol=2e-2, rtol=0)
+    # flat: std of (1/255, 0, 0, 0) is sqrt(3) / 4 / 255, below the floor of 5 / 255
+    flat_expected = (torch.tensor([[1.0, 0.0], [0.0, 0.0]]) - 0.25) / 255 / MIN_IMAGE_STD
+    torch.testing.assert_close(out[2], flat_expected.expand(3, 2, 2), atol=1e-6, rtol=0)
+    # the ImageNet normalization when off (the default), and the padding stays zero when on
+    default = SlDetrImageProcessor(do_resize=False)(grey, return_tensors="pt")["pixel_values"][0]
+    mean = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)
+    torch.testing.assert_close(default, (grey.float() / 255 - mean) / std, atol=1e-5, rtol=0)
+    padded = processor([grey, torch.full((3, 1, 1), 9, dtype=torch.uint8)], return_tensors="pt")
+    assert padded["pixel_values"][1, :, 0, 0].abs().max() == 0  # one pixel: its own mean
+    assert padded["pixel_values"][1, :, 1:, :].abs().max() == 0 and padded["pixel_mask"][1].sum() == 1
+
+
+def test_normalize_per_image_is_saved_and_loaded(tmp_path):
+    SlDetrImageProcessor(normalize_per_image=True).save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "preprocessor_config.json").read_text())["normalize_per_image"] is True
+    assert SlDetrImageProcessor.from_pretrained(tmp_path).normalize_per_image is True
+    assert SlDetrImageProcessor().normalize_per_image is False

@@ -303,3 +303,40 @@ def test_the_training_forward_runs_under_the_precision_chosen(monkeypatch, tmp_p
     assert main(["train", "--data_format", "dota", "--train_dir", str(data), "--max_steps", "2",
                  "--output_dir", str(tmp_path), "--save_strategy", "no", *given, *SMALL]) == 0
     assert len(seen) == 2 and set(seen) == {how != "off"}
+
+
+def _per_image(folder: Path) -> bool:
+    return json.loads((folder / "preprocessor_config.json").read_text())["normalize_per_image"]
+
+
+def test_per_image_normalization_stays_with_its_model_through_resume_and_fine_tuning(tmp_path, data, caplog):
+    """A run trained on images standardized one by one resumes with them (a different value given is refused) and
+    a folder fine-tuned from it keeps them unless told otherwise: a model never silently meets other inputs."""
+    out = tmp_path / "run"
+    args = ["train", "--data_format", "dota", "--train_dir", str(data), "--output_dir", str(out), "--save_steps", "1",
+            *SMALL]
+    assert main([*args, "--max_steps", "1", "--normalize_per_image", "True"]) == 0
+    assert _per_image(out) and _per_image(out / "checkpoint-1")
+    plain = tmp_path / "plain"
+    assert main(["train", "--data_format", "dota", "--train_dir", str(data), "--output_dir", str(plain),
+                 "--max_steps", "1", "--save_strategy", "no", *SMALL]) == 0
+    assert not _per_image(plain)  # off unless asked for
+    with pytest.raises(SystemExit, match="trained with --normalize_per_image True"):
+        main([*args, "--max_steps", "2", "--normalize_per_image", "False"])
+    assert main([*args, "--max_steps", "2"]) == 0
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 2 and _per_image(out)
+
+    tune = ["train", "--model_name_or_path", str(out), "--data_format", "dota", "--train_dir", str(data),
+            "--max_steps", "1", "--save_strategy", "no", "--image_size", "64", "--use_cpu", "--report_to", "none"]
+    assert main([*tune, "--output_dir", str(tmp_path / "kept")]) == 0
+    assert _per_image(tmp_path / "kept")
+    with caplog.at_level("WARNING", logger="sl_detr_hf.commands.train"):
+        assert main([*tune, "--output_dir", str(tmp_path / "changed"), "--normalize_per_image", "False"]) == 0
+    assert not _per_image(tmp_path / "changed")
+    assert "fine-tuning with False changes its inputs" in caplog.text
+    # a folder saved before the option existed has no such key: ImageNet's normalization, as it was trained
+    config = json.loads((out / "preprocessor_config.json").read_text())
+    del config["normalize_per_image"]
+    (out / "preprocessor_config.json").write_text(json.dumps(config))
+    assert main([*tune, "--output_dir", str(tmp_path / "old")]) == 0
+    assert not _per_image(tmp_path / "old")

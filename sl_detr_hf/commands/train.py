@@ -103,6 +103,11 @@ class DataArguments:
         "help": "with --augment: the probability that a training image is YOLO's mosaic of it and three others "
                 "(each scaled to a quarter about a random centre: objects at 0.3-0.7 of their size, four images' "
                 "objects in one step); 0 turns it off"})
+    normalize_per_image: bool | None = field(default=None, metadata={
+        "help": "standardize each image by its own mean and standard deviation instead of ImageNet's (in training "
+                "and, through the saved image processor, at inference): for cameras whose gain and contrast change "
+                "from frame to frame, as thermal ones. Default: what the resumed checkpoint or the fine-tuned "
+                "--model_name_or_path was trained with, else off"})
     max_minutes: float | None = field(default=None, metadata={
         "help": "stop training after this many minutes of training, counted across resumed runs (checkpoints keep "
                 "the time spent); without --max_steps the time also drives the learning rate (warmup, then a cosine "
@@ -213,6 +218,43 @@ def model_to_resume(checkpoint: str, names: list[str], seed: int):
                 "[%d, %d)); this command's model options do not change a resumed run", config.backbone_stem,
                 config.dense_loss_coefficient, config.angle_start, config.angle_start + 180)
     return SlDetrForObjectDetection(config)
+
+
+def trained_with_per_image_normalization(source: str | Path) -> bool:
+    """Whether the model of ``source`` (a saved folder, a checkpoint or a Hub id) was trained on images standardized
+    one by one: its ``preprocessor_config.json``'s ``normalize_per_image`` (absent, as in folders saved before the
+    option, or no such file: ``False``)."""
+    from ..image_processing_sl_detr import SlDetrImageProcessor
+
+    try:
+        settings, _ = SlDetrImageProcessor.get_image_processor_dict(str(source))
+    except OSError:  # saved without an image processor
+        return False
+    return bool(settings.get("normalize_per_image", False))
+
+
+def per_image_normalization(given: bool | None, resume: str | None, model_name_or_path: str | None) -> bool:
+    """``--normalize_per_image``: a resumed run keeps its checkpoint's (a different value given is refused); a
+    fine-tuned model keeps its own unless given (a different value given is logged as a change); otherwise
+    ``given``, else off (BENCHMARKS.md, "Per-image normalization")."""
+    if resume is not None:
+        theirs = trained_with_per_image_normalization(resume)
+        if given is not None and given != theirs:
+            raise SystemExit(f"error: the checkpoint {resume} was trained with --normalize_per_image {theirs}: a "
+                             "resumed run keeps its inputs; resume without the option or train into a new "
+                             "--output_dir")
+        return theirs
+    if model_name_or_path:
+        theirs = trained_with_per_image_normalization(model_name_or_path)
+        if given is None:
+            if theirs:
+                logger.info("images standardized one by one, as %s was trained (--normalize_per_image)",
+                            model_name_or_path)
+            return theirs
+        if given != theirs:
+            logger.warning("%s was trained with --normalize_per_image %s; fine-tuning with %s changes its inputs",
+                           model_name_or_path, theirs, given)
+    return bool(given)
 
 
 def check_not_finished(checkpoint: str, training_args, max_minutes: float | None = None) -> None:
@@ -498,8 +540,11 @@ def run_train(model_args: ModelArguments, data: DataArguments, training_args) ->
         model = build_model(model_args, names, training_args.seed, most_objects=most_objects_per_image(train_raw),
                             rboxes=dataset_rboxes(train_raw), dihedral=data.augment)
     box_type = model.config.box_type
+    per_image = per_image_normalization(data.normalize_per_image, resume if trains else None,
+                                        model_args.model_name_or_path)
     processor = SlDetrImageProcessor(size={"shortest_edge": data.image_size, "longest_edge": data.image_size},
-                                     box_type=box_type, max_detections=model.config.max_detections)
+                                     box_type=box_type, max_detections=model.config.max_detections,
+                                     normalize_per_image=per_image)
     augment = augmentation(data, box_type)
     train_ds = prepare_dataset(train_raw, processor, box_type, augment, mosaic=data.mosaic if augment else 0.0)
     val_ds = prepare_dataset(val_raw, processor, box_type) if val_raw is not None else None
