@@ -306,8 +306,8 @@ class SlDetrImageProcessor(TorchvisionBackend):
         clip_boxes: clip the post-processing's axis-aligned ``boxes`` to the image (``target_sizes``), as
             mmdetection's DETR heads do (default ``False``; set by the DINO checkpoint converter). Rotated
             ``rboxes`` are never clipped.
-        normalize_per_image: standardize each image by its own mean and standard deviation (over all its
-            pixels and channels, after the resize and the rescale; the deviation floored at
+        normalize_per_image: with ``do_normalize``, standardize each image by its own mean and standard
+            deviation (over all its pixels and channels, after the resize and the rescale; the deviation floored at
             :data:`MIN_IMAGE_STD`) instead of ``image_mean`` / ``image_std`` (default ``False``). For sensors
             whose gain and contrast change from frame to frame, as thermal cameras (docs/training.md,
             "Per-image normalization").
@@ -379,7 +379,7 @@ class SlDetrImageProcessor(TorchvisionBackend):
             new = (int(image.shape[-2]), int(image.shape[-1]))
             if annotations is not None and box_type == "rotated":
                 _check_aspect(orig, new, i)
-            if per_image:
+            if do_normalize and per_image:
                 image = standardize_image(image.float() * rescale_factor if do_rescale else image.float())
             else:
                 image = self.rescale_and_normalize(image.unsqueeze(0), do_rescale, rescale_factor, do_normalize,

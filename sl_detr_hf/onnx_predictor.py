@@ -139,7 +139,7 @@ def preprocess(images: Sequence[Any], settings: dict[str, Any]) -> tuple[np.ndar
         array = _resize(image, h, w, settings["resample"])
         if settings["do_rescale"]:
             array = array * np.float32(settings["rescale_factor"])
-        if settings.get("normalize_per_image"):  # `standardize_image` of the image processor
+        if settings["do_normalize"] and settings.get("normalize_per_image"):  # the processor's `standardize_image`
             array = (array - array.mean()) / max(float(array.std()), settings["min_image_std"])
         elif settings["do_normalize"]:
             array = (array - mean) / std

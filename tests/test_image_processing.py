@@ -370,6 +370,9 @@ def test_normalize_per_image_hand_computed():
     padded = processor([grey, torch.full((3, 1, 1), 9, dtype=torch.uint8)], return_tensors="pt")
     assert padded["pixel_values"][1, :, 0, 0].abs().max() == 0  # one pixel: its own mean
     assert padded["pixel_values"][1, :, 1:, :].abs().max() == 0 and padded["pixel_mask"][1].sum() == 1
+    # it is how `do_normalize` normalizes: without it, the rescaled values
+    raw = processor(grey, do_normalize=False, return_tensors="pt")["pixel_values"][0]
+    torch.testing.assert_close(raw, grey.float() / 255, atol=1e-6, rtol=0)
 
 
 def test_normalize_per_image_is_saved_and_loaded(tmp_path):
