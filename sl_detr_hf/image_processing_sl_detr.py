@@ -379,11 +379,11 @@ class SlDetrImageProcessor(TorchvisionBackend):
             new = (int(image.shape[-2]), int(image.shape[-1]))
             if annotations is not None and box_type == "rotated":
                 _check_aspect(orig, new, i)
-            if do_normalize and per_image:
-                image = standardize_image(image.float() * rescale_factor if do_rescale else image.float())
-            else:
-                image = self.rescale_and_normalize(image.unsqueeze(0), do_rescale, rescale_factor, do_normalize,
-                                                   image_mean, image_std)[0]
+            standardize = do_normalize and per_image
+            image = self.rescale_and_normalize(image.unsqueeze(0), do_rescale, rescale_factor,
+                                               do_normalize and not standardize, image_mean, image_std)[0]
+            if standardize:
+                image = standardize_image(image.float())
             processed.append(image.to(torch.float32))
             sizes.append(new)
             orig_sizes.append(orig)
