@@ -172,11 +172,14 @@ def test_the_same_seed_gives_the_same_weights(tmp_path, data):
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
 
 
-def test_a_mosaic_run_repeats_with_its_seed_and_differs_from_a_plain_one(tmp_path, data):
-    """--mosaic reaches the training data (the weights differ from a plain run's) and draws its rows from torch's
-    seeded generator in the data-loader workers (the same seed, the same weights)."""
+@pytest.mark.parametrize(("option", "plain"), [(["--mosaic", "1.0"], []),
+                                               (["--copy_paste", "1.0"], ["--copy_paste", "0"])])
+def test_a_mosaic_or_copy_paste_run_repeats_with_its_seed_and_differs_from_a_plain_one(tmp_path, data, option,
+                                                                                      plain):
+    """--mosaic / --copy_paste reach the training data (the weights differ from a plain run's) and draw their rows
+    from torch's seeded generator in the data-loader workers (the same seed, the same weights)."""
     runs = {}
-    for name, extra in (("a", ["--mosaic", "1.0"]), ("b", ["--mosaic", "1.0"]), ("plain", [])):
+    for name, extra in (("a", option), ("b", option), ("plain", plain)):
         out = tmp_path / name
         assert main(["train", "--data_format", "dota", "--train_dir", str(data), "--max_steps", "2", "--seed", "3",
                      "--output_dir", str(out), "--save_strategy", "no", "--dataloader_num_workers", "1", *SMALL,

@@ -17,6 +17,7 @@ from sl_detr_hf.commands.train import (
     apply_recipe,
     augmentation,
     build_model,
+    copy_paste_probability,
     most_objects_per_image,
 )
 from sl_detr_hf.data import load_dota, make_synthetic_dota
@@ -161,6 +162,14 @@ def test_scale_jitter_reaches_the_augmentation(tmp_path, argv, expected):
     assert any(isinstance(step, v2.RandomHorizontalFlip) for step in steps)  # the flips stay
 
 
+@pytest.mark.parametrize(("argv", "box_type", "expected"), [
+    ([], "rotated", 1.0), (["--copy_paste", "0.25"], "rotated", 0.25), (["--copy_paste", "0"], "rotated", 0.0),
+    (["--augment", "False"], "rotated", 0.0), ([], "horizontal", 0.0)])
+def test_copy_paste_is_on_by_default_with_the_augmentation_only(tmp_path, argv, box_type, expected):
+    (_, data_args, _), _ = _args(tmp_path, argv)
+    assert copy_paste_probability(data_args, augmentation(data_args, box_type)) == expected
+
+
 @pytest.mark.parametrize(("argv", "box_type", "message"), [
     (["--scale_jitter", "1.0"], "rotated", r"in \[0, 1\)"),
     (["--scale_jitter", "0.5", "--augment", "False"], "rotated", "needs the augmentation"),
@@ -168,6 +177,9 @@ def test_scale_jitter_reaches_the_augmentation(tmp_path, argv, expected):
     (["--mosaic", "1.5"], "rotated", r"probability in \[0, 1\]"),
     (["--mosaic", "0.5", "--augment", "False"], "rotated", "--mosaic needs the augmentation"),
     (["--mosaic", "0.5"], "horizontal", "--mosaic needs the augmentation"),
+    (["--copy_paste", "-0.1"], "rotated", r"--copy_paste must be a probability in \[0, 1\]"),
+    (["--copy_paste", "0.5", "--augment", "False"], "rotated", "--copy_paste needs the augmentation"),
+    (["--copy_paste", "0.5"], "horizontal", "--copy_paste needs the augmentation"),
 ])
 def test_scale_jitter_that_would_not_apply_is_refused(tmp_path, argv, box_type, message):
     (_, data_args, _), _ = _args(tmp_path, argv)

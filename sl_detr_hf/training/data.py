@@ -10,6 +10,7 @@ import torch
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 from ..data.collate import SlDetrCollator
+from ..data.copy_paste import CopyPaste
 from ..data.images import open_image
 from ..data.mosaic import Mosaic
 from ..data.orientation import TURNABLE_KEY
@@ -25,7 +26,9 @@ class DetectionTransform:
     Each row needs ``image`` and ``objects`` with ``rbox`` (pixel, rotated datasets) or ``bbox`` (COCO
     ``xywh``, horizontal datasets), ``category`` and optionally ``difficult``. With ``mosaic > 0`` (rotated
     datasets, ``rows`` the dataset itself with undecoded images), an example is with that probability YOLO's mosaic
-    of it and three random rows (:class:`~sl_detr_hf.data.mosaic.Mosaic`). With ``augment``, the image
+    of it and three random rows (:class:`~sl_detr_hf.data.mosaic.Mosaic`); with ``copy_paste > 0`` (the same
+    conditions) it then gets, with that probability, the objects of a random other row pasted into free places
+    (:class:`~sl_detr_hf.data.copy_paste.CopyPaste`). With ``augment``, the image
     and its rotated boxes then go through :class:`RotatedDetectionAugment` (rotated datasets only). The
     images are resized / normalized by ``image_processor`` but not padded: :class:`SlDetrCollator` pads. Examples
     of an augmentation with quarter turns carry ``"turnable": True``: the collator may turn them once more so that
@@ -34,18 +37,20 @@ class DetectionTransform:
 
     def __init__(self, image_processor: SlDetrImageProcessor, box_type: str = "rotated",
                  augment: RotatedDetectionAugment | None = None, mosaic: float = 0.0,
-                 rows: datasets.Dataset | None = None) -> None:
+                 rows: datasets.Dataset | None = None, copy_paste: float = 0.0) -> None:
         if box_type not in ("rotated", "horizontal"):
             raise ValueError(f"`box_type` must be 'rotated' or 'horizontal', got {box_type!r}")
         if augment is not None and box_type != "rotated":
             raise ValueError("augmentation needs rotated boxes (`box_type='rotated'`)")
-        if mosaic and (box_type != "rotated" or rows is None):
-            raise ValueError("a mosaic needs rotated boxes (`box_type='rotated'`) and the dataset's `rows`")
+        for name, prob in (("a mosaic", mosaic), ("copy-paste", copy_paste)):
+            if prob and (box_type != "rotated" or rows is None):
+                raise ValueError(f"{name} needs rotated boxes (`box_type='rotated'`) and the dataset's `rows`")
         self.image_processor = image_processor
         self.box_type = box_type
         self.augment = augment
-        self.rows = rows if mosaic else None
+        self.rows = rows if mosaic or copy_paste else None
         self.mosaic = Mosaic(self._row, len(rows), mosaic) if mosaic else None
+        self.copy_paste = CopyPaste(self._row, len(rows), copy_paste) if copy_paste else None
 
     def _target(self, objects: Mapping[str, Any], index: int) -> tuple[str, dict[str, Any]]:
         """A row's geometry column (``"rbox"`` / ``"bbox"``) and its objects as tensors: ``boxes`` ``(N, 5)``
@@ -61,7 +66,8 @@ class DetectionTransform:
             "difficult": torch.tensor(difficult, dtype=torch.long)}
 
     def _row(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Row ``index`` of ``rows`` as a ``(3, H, W)`` uint8 image and its target (a mosaic's other images)."""
+        """Row ``index`` of ``rows`` as a ``(3, H, W)`` uint8 image and its target (a mosaic's other images, a
+        copy-paste's source)."""
         row = self.rows[index]
         return pil_to_tensor(open_image(row["image"]).convert("RGB")), self._target(row["objects"], index)[1]
 
@@ -70,6 +76,10 @@ class DetectionTransform:
         geometry, target = self._target(objects, index)
         if self.mosaic is not None:
             image, target = self.mosaic(pil_to_tensor(image.convert("RGB")), target)
+        if self.copy_paste is not None:
+            if not isinstance(image, torch.Tensor):
+                image = pil_to_tensor(image.convert("RGB"))
+            image, target = self.copy_paste(image, target)
         if self.augment is not None:
             image, target = self.augment(image, target)
         annotation = {"image_id": index, "annotations": [
@@ -99,18 +109,22 @@ class DetectionTransform:
 
 
 def prepare_dataset(dataset: datasets.Dataset, image_processor: SlDetrImageProcessor, box_type: str = "rotated",
-                    augment: RotatedDetectionAugment | None = None, mosaic: float = 0.0) -> datasets.Dataset:
+                    augment: RotatedDetectionAugment | None = None, mosaic: float = 0.0,
+                    copy_paste: float = 0.0) -> datasets.Dataset:
     """``dataset`` with :class:`DetectionTransform` applied on access (lazy: images decode per batch).
 
     The ``image`` column is handed over undecoded, so that an image that cannot be decoded raises an error naming
     its file (:class:`~sl_detr_hf.data.images.UnreadableImageError`) instead of PIL's bare ``image file is
     truncated``. ``mosaic``: the probability that an example is YOLO's mosaic of it and three other rows
-    (:class:`~sl_detr_hf.data.mosaic.Mosaic`, rotated boxes; before ``augment``).
+    (:class:`~sl_detr_hf.data.mosaic.Mosaic`, rotated boxes; before ``augment``). ``copy_paste``: the
+    probability that an example gets the objects of a random other row pasted into it
+    (:class:`~sl_detr_hf.data.copy_paste.CopyPaste`, rotated boxes; after the mosaic, before ``augment``).
     """
     if isinstance(dataset.features.get("image"), datasets.Image):
         dataset = dataset.cast_column("image", datasets.Image(decode=False))
     return dataset.with_transform(DetectionTransform(image_processor, box_type, augment, mosaic,
-                                                     rows=dataset if mosaic else None))
+                                                     rows=dataset if mosaic or copy_paste else None,
+                                                     copy_paste=copy_paste))
 
 
 def make_collator(box_type: str = "rotated") -> SlDetrCollator:
