@@ -54,3 +54,27 @@ def random_image(height: int = 60, width: int = 90, seed: int = 0) -> Image.Imag
     """A random RGB image."""
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def write_grey_dota(root, count: int, size: tuple[int, int], lines: list[str]) -> None:
+    """``count`` flat grey images of ``size`` ``(W, H)`` (levels 0, 40, 80, ...) in a DOTA folder, each with the
+    label ``lines``."""
+    (root / "images").mkdir(parents=True)
+    (root / "labelTxt").mkdir()
+    for k in range(count):
+        Image.new("RGB", size, (40 * k, 40 * k, 40 * k)).save(root / "images" / f"im{k}.png")
+        (root / "labelTxt" / f"im{k}.txt").write_text("\n".join(lines) + "\n")
+
+
+def training_loss(examples: list[dict], names: list[str]) -> float:
+    """The loss of a tiny random SL-DETR (`sl-detr train`'s tiny config, d_model 32, one layer) on the collated
+    ``examples`` of `prepare_dataset`."""
+    from sl_detr_hf.commands._common import tiny_config_kwargs
+    from sl_detr_hf.training import make_collator
+
+    torch.manual_seed(0)
+    config = SlDetrConfig(**tiny_config_kwargs(len(names), dict(enumerate(names)), d_model=32, layers=1,
+                                               num_queries=30))
+    batch = make_collator()(examples)
+    return SlDetrForObjectDetection(config)(pixel_values=batch["pixel_values"], pixel_mask=batch["pixel_mask"],
+                                            labels=batch["labels"]).loss.item()

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ..geometry_conversions import rbox_corners
-from .transforms import PER_OBJECT_KEYS, select_objects
+from .transforms import PER_OBJECT_KEYS, OtherRowsAugment, select_objects
 
 __all__ = ["CopyPaste", "copy_paste", "object_rectangles"]
 
@@ -130,31 +130,23 @@ def copy_paste(image: Tensor, target: dict[str, Any], source: Tensor, source_tar
     return out, select_objects(joined, all_boxes, torch.ones(len(all_boxes), dtype=torch.bool), (height, width))
 
 
-class CopyPaste:
+class CopyPaste(OtherRowsAugment):
     """With probability ``prob``, paste the objects of a random other training row into a training example.
 
-    Args:
-        load: ``index -> (image, target)``: ``(C, H, W)`` uint8 tensor and a :func:`copy_paste` target of the
-            dataset's row ``index``.
-        num_rows: the dataset's length (the source is drawn from ``range(num_rows)``).
-        prob: the probability of a paste, in ``[0, 1]``.
-        margin, tries: as in :func:`copy_paste`.
+    ``load`` (rows with :func:`copy_paste` targets), ``num_rows`` and ``prob`` (of a paste): as in
+    :class:`~sl_detr_hf.data.transforms.OtherRowsAugment`; ``margin``, ``tries``: as in :func:`copy_paste`.
     """
 
     def __init__(self, load: Callable[[int], tuple[Tensor, dict[str, Any]]], num_rows: int, prob: float = 0.5,
                  margin: float = 2.0, tries: int = 16) -> None:
-        if not 0 <= prob <= 1:
-            raise ValueError(f"the copy-paste probability must be in [0, 1], got {prob!r}")
-        if num_rows < 1:
-            raise ValueError("copy-paste needs a dataset with at least one row")
+        super().__init__(load, num_rows, prob, "copy-paste")
         if margin < 0 or tries < 1:
             raise ValueError(f"margin must be >= 0 and tries >= 1, got {margin!r} and {tries!r}")
-        self.load, self.num_rows, self.prob = load, num_rows, prob
         self.margin, self.tries = margin, tries
 
     def __call__(self, image: Tensor, target: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
         """``image`` ``(C, H, W)`` uint8 and its target -> the same, or with another row's objects pasted."""
-        if self.prob == 0 or (self.prob < 1 and torch.rand(()).item() >= self.prob):
+        if not self.fires():
             return image, target
         source, source_target = self.load(int(torch.randint(self.num_rows, ())))
         return copy_paste(image, target, source, source_target, self.margin, self.tries)

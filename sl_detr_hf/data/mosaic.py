@@ -21,7 +21,7 @@ from torch import Tensor
 from torchvision.transforms.v2 import functional as F
 
 from ..geometry_conversions import rboxes_from_torchvision, rboxes_to_torchvision
-from .transforms import PER_OBJECT_KEYS, select_objects
+from .transforms import PER_OBJECT_KEYS, OtherRowsAugment, select_objects
 
 __all__ = ["Mosaic", "mosaic"]
 
@@ -74,7 +74,7 @@ def mosaic(images: Sequence[Tensor], targets: Sequence[dict[str, Any]], center: 
     return canvas, select_objects(joined, boxes, boxes[:, 2:4].amin(dim=1) >= min_side, (height, width))
 
 
-class Mosaic:
+class Mosaic(OtherRowsAugment):
     """With probability ``prob``, replace a training example by the mosaic of it and three random others.
 
     Args:
@@ -87,19 +87,15 @@ class Mosaic:
 
     def __init__(self, load: Callable[[int], tuple[Tensor, dict[str, Any]]], num_rows: int, prob: float = 0.5,
                  center_range: tuple[float, float] = (0.3, 0.7), fill: int = 0) -> None:
-        if not 0 <= prob <= 1:
-            raise ValueError(f"the mosaic probability must be in [0, 1], got {prob!r}")
+        super().__init__(load, num_rows, prob, "mosaic")
         low, high = center_range
         if not 0 < low <= high < 1:
             raise ValueError(f"center_range must be (low, high) with 0 < low <= high < 1, got {center_range!r}")
-        if num_rows < 1:
-            raise ValueError("a mosaic needs a dataset with at least one row")
-        self.load, self.num_rows, self.prob = load, num_rows, prob
         self.center_range, self.fill = (low, high), fill
 
     def __call__(self, image: Tensor, target: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
         """``image`` ``(C, H, W)`` uint8 and its target -> the same or a mosaic of the same size."""
-        if self.prob == 0 or (self.prob < 1 and torch.rand(()).item() >= self.prob):
+        if not self.fires():
             return image, target
         others = [self.load(int(j)) for j in torch.randint(self.num_rows, (3,))]
         low, high = self.center_range

@@ -11,7 +11,7 @@ dropped together with its per-object fields.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -24,7 +24,8 @@ from torchvision.transforms.v2 import functional as F
 from ..geometry_conversions import rbox_area, rbox_to_poly, rboxes_from_torchvision, rboxes_to_torchvision
 from ..geometry_overlaps import box_iou_rotated
 
-__all__ = ["PER_OBJECT_KEYS", "RandomRotate90", "RotatedDetectionAugment", "select_objects", "visible_fraction"]
+__all__ = ["PER_OBJECT_KEYS", "OtherRowsAugment", "RandomRotate90", "RotatedDetectionAugment", "select_objects",
+           "visible_fraction"]
 
 PER_OBJECT_KEYS = ("class_labels", "labels", "category", "difficult", "iscrowd")
 """Target fields filtered together with ``boxes`` (``area`` and ``polygon`` are recomputed when present)."""
@@ -162,3 +163,24 @@ def select_objects(target: dict[str, Any], boxes: Tensor, keep: Tensor, size: tu
     if "size" in target:
         result["size"] = torch.tensor(size)
     return result
+
+
+class OtherRowsAugment:
+    """Base of the augmentations that bring in other training rows (`Mosaic`, `CopyPaste`): applied to an example
+    with probability ``prob`` (:meth:`fires`, torch's generator: each data-loader worker draws its own), the rows
+    read by ``load(index) -> ((C, H, W) uint8 tensor, target)`` from ``range(num_rows)``.
+
+    ``name`` names the augmentation in the errors.
+    """
+
+    def __init__(self, load: Callable[[int], tuple[Tensor, dict[str, Any]]], num_rows: int, prob: float,
+                 name: str) -> None:
+        if not 0 <= prob <= 1:
+            raise ValueError(f"the {name} probability must be in [0, 1], got {prob!r}")
+        if num_rows < 1:
+            raise ValueError(f"{name} needs a dataset with at least one row")
+        self.load, self.num_rows, self.prob = load, num_rows, prob
+
+    def fires(self) -> bool:
+        """Whether to apply it to the next example (no draw when ``prob`` is 0 or 1)."""
+        return self.prob > 0 and (self.prob >= 1 or torch.rand(()).item() < self.prob)
