@@ -451,7 +451,7 @@ FROM_SCRATCH_RECIPE = {"learning_rate": 1e-3, "per_device_train_batch_size": 4, 
 COPY_PASTE = 1.0
 """``--copy_paste``'s default with the augmentation: every training image gets a random other one's objects
 (`data/copy_paste.py`; BENCHMARKS.md "Copy-paste": HIT-UAV's 15-minute mAP50 0.177 / 0.156 for seeds 0 / 1 against
-0.127 on average without, the airport photos' 0.637 against 0.600-0.617)."""
+0.127 on average without, the airport photos' 0.637 / 0.634 against 0.600-0.617)."""
 
 PAPER_OPTIMIZER = {"learning_rate": 1e-4, "max_grad_norm": 0.1, "weight_decay": 1e-4, "logging_steps": 25}
 """The paper's learning rate (every model not trained from scratch), gradient clip and weight decay, and a log
