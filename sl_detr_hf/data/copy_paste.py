@@ -24,8 +24,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torchvision.ops import box_iou
 
-from ..geometry_conversions import rbox_corners
+from ..geometry_conversions import rbox_to_hbox
 from .transforms import PER_OBJECT_KEYS, OtherRowsAugment, select_objects
 
 __all__ = ["CopyPaste", "copy_paste", "object_rectangles"]
@@ -34,19 +35,8 @@ __all__ = ["CopyPaste", "copy_paste", "object_rectangles"]
 def object_rectangles(boxes: Tensor, margin: float) -> Tensor:
     """Integer pixel rectangles ``(N, 4)`` ``x0, y0, x1, y1`` (``x1`` / ``y1`` exclusive) around rotated boxes
     ``(N, 5)`` ``(cx, cy, w, h, theta)``, each side widened by ``margin`` pixels."""
-    corners = rbox_corners(boxes.float())  # (N, 4, 2)
-    low = torch.floor(corners.amin(dim=1) - margin)
-    high = torch.ceil(corners.amax(dim=1) + margin)
-    return torch.cat([low, high], dim=1).long()
-
-
-def _overlaps(candidates: Tensor, occupied: Tensor) -> Tensor:
-    """``(T, 4)`` x ``(M, 4)`` rectangles -> ``(T,)`` whether each candidate overlaps any occupied one."""
-    if not len(occupied):
-        return candidates.new_zeros(len(candidates), dtype=torch.bool)
-    c, o = candidates[:, None], occupied[None]
-    return ((c[..., 0] < o[..., 2]) & (o[..., 0] < c[..., 2]) & (c[..., 1] < o[..., 3])
-            & (o[..., 1] < c[..., 3])).any(dim=1)
+    enclosing = rbox_to_hbox(boxes.float(), validate=False)  # (N, 4) x1, y1, x2, y2
+    return torch.cat([torch.floor(enclosing[:, :2] - margin), torch.ceil(enclosing[:, 2:] + margin)], dim=1).long()
 
 
 def _box_weight(box: Tensor, x0: int, y0: int, width: int, height: int, margin: float) -> Tensor:
@@ -106,7 +96,7 @@ def copy_paste(image: Tensor, target: dict[str, Any], source: Tensor, source_tar
         corner = torch.stack([torch.randint(0, width - w + 1, (tries,), generator=generator),
                               torch.randint(0, height - h + 1, (tries,), generator=generator)], dim=1)
         candidates = torch.cat([corner, corner + sizes[k]], dim=1)
-        free = (~_overlaps(candidates, occupied)).nonzero().flatten()
+        free = (box_iou(candidates.float(), occupied.float()) == 0).all(dim=1).nonzero().flatten()
         if not len(free):
             continue
         x0, y0, x1, y1 = candidates[free[0]].tolist()

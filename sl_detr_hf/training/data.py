@@ -74,11 +74,11 @@ class DetectionTransform:
     def _example(self, image: Any, objects: Mapping[str, Any], index: int) -> dict[str, Any]:
         image = open_image(image)  # a path / {"path", "bytes"} decoded here: a broken file's error names it
         geometry, target = self._target(objects, index)
+        if self.rows is not None:  # the mosaic and copy-paste work on uint8 tensors
+            image = pil_to_tensor(image.convert("RGB"))
         if self.mosaic is not None:
-            image, target = self.mosaic(pil_to_tensor(image.convert("RGB")), target)
+            image, target = self.mosaic(image, target)
         if self.copy_paste is not None:
-            if not isinstance(image, torch.Tensor):
-                image = pil_to_tensor(image.convert("RGB"))
             image, target = self.copy_paste(image, target)
         if self.augment is not None:
             image, target = self.augment(image, target)
