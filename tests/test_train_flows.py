@@ -343,3 +343,75 @@ def test_per_image_normalization_stays_with_its_model_through_resume_and_fine_tu
     (out / "preprocessor_config.json").write_text(json.dumps(config))
     assert main([*tune, "--output_dir", str(tmp_path / "old")]) == 0
     assert not _per_image(tmp_path / "old")
+
+
+def _data_options_used(monkeypatch) -> list[dict]:
+    """Spy: the input size, zoom range, mosaic and copy-paste probabilities each `prepare_dataset` of training got."""
+    from torchvision.transforms import v2
+
+    from sl_detr_hf import training
+
+    seen, prepare = [], training.prepare_dataset
+
+    def spy(raw, processor, box_type, augment=None, **kwargs):
+        if augment is not None or kwargs.get("mosaic") or kwargs.get("copy_paste"):
+            zooms = [step.scale for step in getattr(augment.transform, "transforms", [])
+                     if isinstance(step, v2.RandomAffine)]
+            seen.append({"image_size": processor.size["longest_edge"], "scale_range": (zooms or [None])[0],
+                         "mosaic": kwargs.get("mosaic"),
+                         "copy_paste": kwargs.get("copy_paste")})
+        return prepare(raw, processor, box_type, augment, **kwargs)
+
+    monkeypatch.setattr(training, "prepare_dataset", spy)
+    return seen
+
+
+def test_a_run_resumed_with_a_shorter_command_keeps_its_data_options(monkeypatch, tmp_path, data, caplog):
+    """The data options lived on the command line only: resumed without `--mosaic 0.5 --image_size 80 ...`, a run
+    went on with the defaults (no mosaic, 1024 px). Now the checkpoint's `run_options.json` fills in what the command
+    leaves out; what it gives wins, with a warning; a checkpoint of the previous release resumes as before."""
+    from sl_detr_hf.training.run_options import RUN_OPTIONS_FILE
+
+    seen = _data_options_used(monkeypatch)
+    out = tmp_path / "run"
+    common = ["train", "--data_format", "dota", "--train_dir", str(data), "--output_dir", str(out), "--save_steps", "1",
+              "--config", "d_model=32,num_denoising=10", "--num_queries", "10", "--use_cpu", "--report_to", "none"]
+    asked = ["--image_size", "80", "--mosaic", "0.5", "--copy_paste", "0.25", "--scale_jitter", "0.1"]
+    assert main([*common, *asked, "--max_steps", "1"]) == 0
+    recorded = json.loads((out / "checkpoint-1" / RUN_OPTIONS_FILE).read_text())
+    assert recorded == {"image_size": 80, "augment": True, "scale_jitter": 0.1, "mosaic": 0.5, "copy_paste": 0.25,
+                        "repeat_factor_threshold": 0.0}
+    assert json.loads((out / RUN_OPTIONS_FILE).read_text()) == recorded
+
+    assert main([*common, "--max_steps", "2"]) == 0  # the shorter command
+    assert seen[1] == seen[0] == {"image_size": 80, "scale_range": (0.9, 1.1), "mosaic": 0.5, "copy_paste": 0.25}
+    assert json.loads((out / "checkpoint-2" / RUN_OPTIONS_FILE).read_text()) == recorded
+    assert json.loads((out / "preprocessor_config.json").read_text())["size"]["longest_edge"] == 80
+
+    with caplog.at_level("WARNING", logger="sl_detr_hf.training.run_options"):
+        assert main([*common, "--max_steps", "3", "--mosaic", "0"]) == 0  # given: it wins, and says so
+    assert seen[2] == {**seen[0], "mosaic": 0.0}
+    assert "--mosaic 0.0 given: the run trained with 0.5" in caplog.text
+    assert json.loads((out / "checkpoint-3" / RUN_OPTIONS_FILE).read_text())["mosaic"] == 0.0
+
+    assert main([*common, "--max_steps", "4", "--augment", "False"]) == 0  # the options that need it go with it
+    assert json.loads((out / "checkpoint-4" / RUN_OPTIONS_FILE).read_text()) == {
+        **recorded, "augment": False, "scale_jitter": 0.0, "mosaic": 0.0, "copy_paste": 0.0}
+
+    for checkpoint in out.glob("checkpoint-*"):  # a run of the previous release: the command's options, as before
+        (checkpoint / RUN_OPTIONS_FILE).unlink()
+    seen.clear()
+    assert main([*common, "--max_steps", "5", "--image_size", "64"]) == 0
+    assert seen == [{"image_size": 64, "scale_range": None, "mosaic": 0.0, "copy_paste": 1.0}]
+
+
+def test_an_unreadable_run_options_file_is_refused_with_its_path(tmp_path, data):
+    from sl_detr_hf.training.run_options import RUN_OPTIONS_FILE
+
+    out = tmp_path / "run"
+    argv = ["train", "--data_format", "dota", "--train_dir", str(data), "--output_dir", str(out), "--save_steps", "1",
+            *SMALL]
+    assert main([*argv, "--max_steps", "1"]) == 0
+    (out / "checkpoint-1" / RUN_OPTIONS_FILE).write_text("{not json")
+    with pytest.raises(SystemExit, match=r"checkpoint-1/run_options.json: cannot read"):
+        main([*argv, "--max_steps", "2"])

@@ -521,15 +521,29 @@ def copy_paste_probability(data: DataArguments, augment: RotatedDetectionAugment
     return COPY_PASTE if data.copy_paste is None else data.copy_paste
 
 
-def run_train(model_args: ModelArguments, data: DataArguments, training_args) -> dict:
-    """Fine-tune or train SL-DETR with `SlDetrTrainer`; returns the final metrics."""
+def run_train(model_args: ModelArguments, data: DataArguments, training_args, given: Collection[str] = ()
+              ) -> dict:
+    """Fine-tune or train SL-DETR with `SlDetrTrainer`; returns the final metrics. ``given``: the option names the
+    user set; a resumed run takes the other data options from its checkpoint (`training/run_options.py`)."""
     from ..class_mapping import merge_class_names, remap_dataset_classes
     from ..data.angle_range import dataset_rboxes
     from ..image_processing_sl_detr import SlDetrImageProcessor
     from ..training import DetectionMetrics, SlDetrTrainer, make_collator, prepare_dataset
+    from ..training.run_options import RunOptionsCallback, resume_run_options
 
     if model_args.box_type not in ("rotated", "horizontal"):
         raise SystemExit(f"error: --box_type must be rotated or horizontal, got {model_args.box_type!r}")
+    trains = training_args.do_train or not training_args.do_eval
+    resume = training_args.resume_from_checkpoint
+    if resume == "last" or (resume is None and trains):  # a run into a folder with checkpoints continues it
+        resume = last_complete_checkpoint(training_args.output_dir)
+        if resume is not None:
+            logger.info("resuming from %s (the last complete checkpoint in --output_dir)", resume)
+    if resume is not None and trains:
+        try:
+            resume_run_options(data, given, resume)
+        except ValueError as err:
+            raise SystemExit(f"error: {err}") from None
     work_dir = Path(training_args.output_dir)
     train_raw = _load_split(data, "train", work_dir)
     if train_raw is None:
@@ -548,12 +562,6 @@ def run_train(model_args: ModelArguments, data: DataArguments, training_args) ->
     repeat_factors = rare_class_repeat_factors(train_raw, names, data.repeat_factor_threshold)
     if keep_freed_memory_for_training(training_args):
         logger.info("CPU training: freed memory stays in the process (sl_detr_hf.training.allocator)")
-    trains = training_args.do_train or not training_args.do_eval
-    resume = training_args.resume_from_checkpoint
-    if resume == "last" or (resume is None and trains):  # a run into a folder with checkpoints continues it
-        resume = last_complete_checkpoint(training_args.output_dir)
-        if resume is not None:
-            logger.info("resuming from %s (the last complete checkpoint in --output_dir)", resume)
     model = model_to_resume(resume, names, training_args.seed) if resume is not None and trains else None
     if model is None:
         model = build_model(model_args, names, training_args.seed, most_objects=most_objects_per_image(train_raw),
@@ -577,11 +585,16 @@ def run_train(model_args: ModelArguments, data: DataArguments, training_args) ->
     callbacks = ([TimeLimitCallback(data.max_minutes, evaluate_on_stop=False, save_on_stop=True,
                                     progress=by_time and not training_args.disable_tqdm)]
                  if data.max_minutes else [])
+    run_options = RunOptionsCallback({"image_size": data.image_size, "augment": data.augment,
+                                      "scale_jitter": data.scale_jitter, "mosaic": data.mosaic if augment else 0.0,
+                                      "copy_paste": copy_paste,
+                                      "repeat_factor_threshold": data.repeat_factor_threshold})
     trainer = SlDetrTrainer(
         model=model, args=training_args, train_dataset=train_ds, eval_dataset=val_ds,
         data_collator=make_collator(box_type), processing_class=processor,
         compute_metrics=DetectionMetrics(processor, id2label=id2label, iou_threshold=data.eval_iou_threshold),
-        callbacks=callbacks, ema_decay=model_args.ema_decay, ema_warmup_steps=model_args.ema_warmup_steps,
+        callbacks=[*callbacks, run_options], ema_decay=model_args.ema_decay,
+        ema_warmup_steps=model_args.ema_warmup_steps,
         low_lr_multiplier=_low_lr_multiplier(model_args),
         time_budget_minutes=data.max_minutes if by_time else None, repeat_factors=repeat_factors,
     )
@@ -598,6 +611,8 @@ def run_train(model_args: ModelArguments, data: DataArguments, training_args) ->
         trainer.save_model()
         trainer.save_state()  # trainer_state.json: steps, batch size, the log history
         processor.save_pretrained(training_args.output_dir)
+        if trainer.is_world_process_zero():
+            run_options.write(training_args.output_dir)
     if val_ds is not None:
         metrics.update(trainer.evaluate())
     if trainer.is_world_process_zero():
@@ -627,7 +642,7 @@ def main(argv: Sequence[str]) -> int:
         import torch
 
         training_args.dataloader_pin_memory = torch.cuda.is_available()
-    run_train(model_args, data_args, training_args)
+    run_train(model_args, data_args, training_args, given)
     return 0
 
 
