@@ -379,8 +379,8 @@ def test_a_run_resumed_with_a_shorter_command_keeps_its_data_options(monkeypatch
     asked = ["--image_size", "80", "--mosaic", "0.5", "--copy_paste", "0.25", "--scale_jitter", "0.1"]
     assert main([*common, *asked, "--max_steps", "1"]) == 0
     recorded = json.loads((out / "checkpoint-1" / RUN_OPTIONS_FILE).read_text())
-    assert recorded == {"image_size": 80, "augment": True, "scale_jitter": 0.1, "mosaic": 0.5, "copy_paste": 0.25,
-                        "repeat_factor_threshold": 0.0}
+    assert recorded == {"max_minutes": None, "image_size": 80, "augment": True, "scale_jitter": 0.1, "mosaic": 0.5,
+                        "copy_paste": 0.25, "repeat_factor_threshold": 0.0}
     assert json.loads((out / RUN_OPTIONS_FILE).read_text()) == recorded
 
     assert main([*common, "--max_steps", "2"]) == 0  # the shorter command
@@ -415,3 +415,16 @@ def test_an_unreadable_run_options_file_is_refused_with_its_path(tmp_path, data)
     (out / "checkpoint-1" / RUN_OPTIONS_FILE).write_text("{not json")
     with pytest.raises(SystemExit, match=r"checkpoint-1/run_options.json: cannot read"):
         main([*argv, "--max_steps", "2"])
+
+
+def test_a_timed_run_resumed_without_its_budget_keeps_it(tmp_path, data):
+    """Resumed without `--max_minutes`, a finished timed run trained three more epochs on a cosine over steps; now it
+    keeps its budget (here spent: refused, nothing left). `--max_steps N` given instead trains to step N."""
+    out = tmp_path / "run"
+    argv = ["train", "--data_format", "dota", "--train_dir", str(data), "--output_dir", str(out), *SMALL]
+    assert main([*argv, "--max_minutes", "0.01"]) == 0
+    step = json.loads((out / "trainer_state.json").read_text())["global_step"]
+    with pytest.raises(SystemExit, match="nothing left to train"):
+        main(argv)
+    assert main([*argv, "--max_steps", str(step + 1)]) == 0
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == step + 1

@@ -26,8 +26,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DataArguments", "ModelArguments", "build_model", "check_not_finished", "last_complete_checkpoint", "main",
-           "model_to_resume", "run_train"]
+__all__ = ["DataArguments", "ModelArguments", "build_model", "check_not_finished", "checkpoint_to_resume",
+           "last_complete_checkpoint", "main", "model_to_resume", "run_train"]
 
 
 @dataclass
@@ -521,29 +521,31 @@ def copy_paste_probability(data: DataArguments, augment: RotatedDetectionAugment
     return COPY_PASTE if data.copy_paste is None else data.copy_paste
 
 
-def run_train(model_args: ModelArguments, data: DataArguments, training_args, given: Collection[str] = ()
-              ) -> dict:
-    """Fine-tune or train SL-DETR with `SlDetrTrainer`; returns the final metrics. ``given``: the option names the
-    user set; a resumed run takes the other data options from its checkpoint (`training/run_options.py`)."""
-    from ..class_mapping import merge_class_names, remap_dataset_classes
-    from ..data.angle_range import dataset_rboxes
-    from ..image_processing_sl_detr import SlDetrImageProcessor
-    from ..training import DetectionMetrics, SlDetrTrainer, make_collator, prepare_dataset
-    from ..training.run_options import RunOptionsCallback, resume_run_options
-
-    if model_args.box_type not in ("rotated", "horizontal"):
-        raise SystemExit(f"error: --box_type must be rotated or horizontal, got {model_args.box_type!r}")
+def checkpoint_to_resume(training_args) -> str | None:
+    """The checkpoint a run continues: ``--resume_from_checkpoint`` (``last``: the newest complete one in
+    ``--output_dir``), else, for a run that trains, the newest complete one in ``--output_dir`` if any (logged)."""
     trains = training_args.do_train or not training_args.do_eval
     resume = training_args.resume_from_checkpoint
     if resume == "last" or (resume is None and trains):  # a run into a folder with checkpoints continues it
         resume = last_complete_checkpoint(training_args.output_dir)
         if resume is not None:
             logger.info("resuming from %s (the last complete checkpoint in --output_dir)", resume)
-    if resume is not None and trains:
-        try:
-            resume_run_options(data, given, resume)
-        except ValueError as err:
-            raise SystemExit(f"error: {err}") from None
+    return resume
+
+
+def run_train(model_args: ModelArguments, data: DataArguments, training_args) -> dict:
+    """Fine-tune or train SL-DETR with `SlDetrTrainer`; returns the final metrics (``main`` has resolved the
+    checkpoint to resume and its data options)."""
+    from ..class_mapping import merge_class_names, remap_dataset_classes
+    from ..data.angle_range import dataset_rboxes
+    from ..image_processing_sl_detr import SlDetrImageProcessor
+    from ..training import DetectionMetrics, SlDetrTrainer, make_collator, prepare_dataset
+    from ..training.run_options import RunOptionsCallback
+
+    if model_args.box_type not in ("rotated", "horizontal"):
+        raise SystemExit(f"error: --box_type must be rotated or horizontal, got {model_args.box_type!r}")
+    trains = training_args.do_train or not training_args.do_eval
+    resume = checkpoint_to_resume(training_args)
     work_dir = Path(training_args.output_dir)
     train_raw = _load_split(data, "train", work_dir)
     if train_raw is None:
@@ -585,10 +587,10 @@ def run_train(model_args: ModelArguments, data: DataArguments, training_args, gi
     callbacks = ([TimeLimitCallback(data.max_minutes, evaluate_on_stop=False, save_on_stop=True,
                                     progress=by_time and not training_args.disable_tqdm)]
                  if data.max_minutes else [])
-    run_options = RunOptionsCallback({"image_size": data.image_size, "augment": data.augment,
-                                      "scale_jitter": data.scale_jitter, "mosaic": data.mosaic if augment else 0.0,
-                                      "copy_paste": copy_paste,
-                                      "repeat_factor_threshold": data.repeat_factor_threshold})
+    run_options = RunOptionsCallback({  # as used: what a resumed run takes unless given (`run_options.py`)
+        "max_minutes": data.max_minutes, "image_size": data.image_size, "augment": data.augment,
+        "scale_jitter": data.scale_jitter, "mosaic": data.mosaic if augment else 0.0, "copy_paste": copy_paste,
+        "repeat_factor_threshold": data.repeat_factor_threshold})
     trainer = SlDetrTrainer(
         model=model, args=training_args, train_dataset=train_ds, eval_dataset=val_ds,
         data_collator=make_collator(box_type), processing_class=processor,
@@ -635,6 +637,15 @@ def main(argv: Sequence[str]) -> int:
                     "with --use_cpu)", processes, processes)
     training_args.remove_unused_columns = False
     training_args.label_names = ["labels"]
+    resume = checkpoint_to_resume(training_args)
+    if resume is not None and (training_args.do_train or not training_args.do_eval):
+        from ..training.run_options import resume_run_options
+
+        try:  # before the recipe: the time budget decides the schedule
+            resume_run_options(data_args, given, resume)
+        except ValueError as err:
+            raise SystemExit(f"error: {err}") from None
+    training_args.resume_from_checkpoint = resume
     apply_recipe(given, model_args, data_args, training_args)
     if "dataloader_num_workers" not in given:  # decode / augment beside the training
         training_args.dataloader_num_workers = default_num_workers()
@@ -642,7 +653,7 @@ def main(argv: Sequence[str]) -> int:
         import torch
 
         training_args.dataloader_pin_memory = torch.cuda.is_available()
-    run_train(model_args, data_args, training_args, given)
+    run_train(model_args, data_args, training_args)
     return 0
 
 

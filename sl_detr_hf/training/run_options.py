@@ -1,9 +1,10 @@
 """The data options of a training run, kept in its checkpoints so that a resumed run trains on what it began with.
 
-A run's model comes back from its checkpoint (``config.json``) and its time budget from ``trainer_state.json``;
+A run's model comes back from its checkpoint (``config.json``) and the time it spent from ``trainer_state.json``;
 the options that shape its training data (the input size, the augmentation, the mosaic, copy-paste, the rare-class
-repeats) live only on the command line. Resumed with a shorter command, say without ``--mosaic 0.5``, a run would
-silently go on with the defaults (no mosaic; a 1024 px input instead of 640). :class:`RunOptionsCallback` writes
+repeats) and its time budget lived only on the command line. Resumed with a shorter command, say without ``--mosaic
+0.5 --max_minutes 15``, a run silently went on with the defaults (no mosaic; a 1024 px input instead of 640; three
+epochs on a cosine over steps instead of the rest of its 15 minutes). :class:`RunOptionsCallback` writes
 the options as used into every checkpoint (:data:`RUN_OPTIONS_FILE`), and :func:`resume_run_options` fills in, for
 a resumed run, every such option the command does not give; an option given with another value is used and the
 change logged as a warning (turning the mosaic off for the last epochs is a deliberate choice, as in YOLO's
@@ -28,9 +29,14 @@ logger = logging.getLogger(__name__)
 RUN_OPTIONS_FILE = "run_options.json"
 """The file of a checkpoint (and of the final output folder) that records the run's data options."""
 
-RESUMED_OPTIONS = ("image_size", "augment", "scale_jitter", "mosaic", "copy_paste", "repeat_factor_threshold")
+RESUMED_OPTIONS = ("max_minutes", "image_size", "augment", "scale_jitter", "mosaic", "copy_paste",
+                   "repeat_factor_threshold")
 """`sl-detr train`'s `DataArguments` fields a resumed run takes from its checkpoint unless given (``copy_paste`` as
 resolved: its default depends on the augmentation)."""
+
+REPLACED_BY = {"max_minutes": ("max_steps", "num_train_epochs")}
+"""Recorded options not taken when the command gives one of these instead (a timed run resumed with ``--max_steps N``
+trains N steps, not the rest of its minutes)."""
 
 AUGMENTATION_OPTIONS = ("scale_jitter", "mosaic", "copy_paste")
 """Recorded options that need ``augment``: not taken when the resumed command turns the augmentation off."""
@@ -65,10 +71,12 @@ def resume_run_options(data: Any, given: Collection[str], checkpoint: str | Path
     for name, value in stored.items():
         current = getattr(data, name)
         if name not in given:
+            if set(REPLACED_BY.get(name, ())) & set(given):
+                continue
             if current != value:
                 taken[name] = value
             setattr(data, name, value)
-        elif current != value:
+        elif current != value and value is not None:
             logger.warning("--%s %s given: the run trained with %s until %s and continues with %s", name, current,
                            value, checkpoint, current)
     if not data.augment:  # the augmentation given off: the options that need it go with it
