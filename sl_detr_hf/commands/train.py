@@ -498,6 +498,7 @@ def augmentation(data: DataArguments, box_type: str) -> RotatedDetectionAugment 
     """The training augmentation of `sl-detr train` (`RotatedDetectionAugment`; rotated boxes with ``--augment``,
     else None): flips, quarter turns, colour jitter and, with ``--scale_jitter j > 0``, a zoom in ``[1 - j, 1 + j]``."""
     from ..data import RotatedDetectionAugment
+    from ..training.run_options import AUGMENTATION_OPTIONS
 
     jitter = data.scale_jitter
     if not 0 <= jitter < 1:
@@ -506,7 +507,7 @@ def augmentation(data: DataArguments, box_type: str) -> RotatedDetectionAugment 
         if not 0 <= (getattr(data, name) or 0) <= 1:
             raise SystemExit(f"error: --{name} must be a probability in [0, 1], got {getattr(data, name)}")
     if not (data.augment and box_type == "rotated"):
-        for name in ("scale_jitter", "mosaic", "copy_paste"):
+        for name in AUGMENTATION_OPTIONS:
             if getattr(data, name):
                 raise SystemExit(f"error: --{name} needs the augmentation: --augment True and rotated boxes")
         return None
@@ -521,12 +522,16 @@ def copy_paste_probability(data: DataArguments, augment: RotatedDetectionAugment
     return COPY_PASTE if data.copy_paste is None else data.copy_paste
 
 
+def trains(training_args) -> bool:
+    """Whether the command trains (``--do_train``, or neither ``--do_train`` nor ``--do_eval``)."""
+    return training_args.do_train or not training_args.do_eval
+
+
 def checkpoint_to_resume(training_args) -> str | None:
     """The checkpoint a run continues: ``--resume_from_checkpoint`` (``last``: the newest complete one in
     ``--output_dir``), else, for a run that trains, the newest complete one in ``--output_dir`` if any (logged)."""
-    trains = training_args.do_train or not training_args.do_eval
     resume = training_args.resume_from_checkpoint
-    if resume == "last" or (resume is None and trains):  # a run into a folder with checkpoints continues it
+    if resume == "last" or (resume is None and trains(training_args)):  # a folder with checkpoints continues
         resume = last_complete_checkpoint(training_args.output_dir)
         if resume is not None:
             logger.info("resuming from %s (the last complete checkpoint in --output_dir)", resume)
@@ -534,8 +539,8 @@ def checkpoint_to_resume(training_args) -> str | None:
 
 
 def run_train(model_args: ModelArguments, data: DataArguments, training_args) -> dict:
-    """Fine-tune or train SL-DETR with `SlDetrTrainer`; returns the final metrics (``main`` has resolved the
-    checkpoint to resume and its data options)."""
+    """Fine-tune or train SL-DETR with `SlDetrTrainer`; returns the final metrics. ``--resume_from_checkpoint`` is
+    the checkpoint ``main`` resolved (`checkpoint_to_resume`, whose data options it has taken), or None."""
     from ..class_mapping import merge_class_names, remap_dataset_classes
     from ..data.angle_range import dataset_rboxes
     from ..image_processing_sl_detr import SlDetrImageProcessor
@@ -544,8 +549,7 @@ def run_train(model_args: ModelArguments, data: DataArguments, training_args) ->
 
     if model_args.box_type not in ("rotated", "horizontal"):
         raise SystemExit(f"error: --box_type must be rotated or horizontal, got {model_args.box_type!r}")
-    trains = training_args.do_train or not training_args.do_eval
-    resume = checkpoint_to_resume(training_args)
+    resume = training_args.resume_from_checkpoint if trains(training_args) else None
     work_dir = Path(training_args.output_dir)
     train_raw = _load_split(data, "train", work_dir)
     if train_raw is None:
@@ -564,23 +568,21 @@ def run_train(model_args: ModelArguments, data: DataArguments, training_args) ->
     repeat_factors = rare_class_repeat_factors(train_raw, names, data.repeat_factor_threshold)
     if keep_freed_memory_for_training(training_args):
         logger.info("CPU training: freed memory stays in the process (sl_detr_hf.training.allocator)")
-    model = model_to_resume(resume, names, training_args.seed) if resume is not None and trains else None
+    model = model_to_resume(resume, names, training_args.seed) if resume is not None else None
     if model is None:
         model = build_model(model_args, names, training_args.seed, most_objects=most_objects_per_image(train_raw),
                             rboxes=dataset_rboxes(train_raw), dihedral=data.augment)
     box_type = model.config.box_type
-    per_image = per_image_normalization(data.normalize_per_image, resume if trains else None,
-                                        model_args.model_name_or_path)
+    per_image = per_image_normalization(data.normalize_per_image, resume, model_args.model_name_or_path)
     processor = SlDetrImageProcessor(size={"shortest_edge": data.image_size, "longest_edge": data.image_size},
                                      box_type=box_type, max_detections=model.config.max_detections,
                                      normalize_per_image=per_image)
     augment = augmentation(data, box_type)
-    copy_paste = copy_paste_probability(data, augment)
+    mosaic, copy_paste = (data.mosaic if augment else 0.0), copy_paste_probability(data, augment)
     if copy_paste:
         logger.info("copy-paste: a random other image's objects pasted into each training image with probability "
                     "%g (--copy_paste 0 turns it off)", copy_paste)
-    train_ds = prepare_dataset(train_raw, processor, box_type, augment, mosaic=data.mosaic if augment else 0.0,
-                               copy_paste=copy_paste)
+    train_ds = prepare_dataset(train_raw, processor, box_type, augment, mosaic=mosaic, copy_paste=copy_paste)
     val_ds = prepare_dataset(val_raw, processor, box_type) if val_raw is not None else None
     by_time = bool(data.max_minutes) and training_args.max_steps <= 0  # the step count is not known
     # at the time limit: save; the evaluation below runs once, after training
@@ -589,7 +591,7 @@ def run_train(model_args: ModelArguments, data: DataArguments, training_args) ->
                  if data.max_minutes else [])
     run_options = RunOptionsCallback({  # as used: what a resumed run takes unless given (`run_options.py`)
         "max_minutes": data.max_minutes, "image_size": data.image_size, "augment": data.augment,
-        "scale_jitter": data.scale_jitter, "mosaic": data.mosaic if augment else 0.0, "copy_paste": copy_paste,
+        "scale_jitter": data.scale_jitter, "mosaic": mosaic, "copy_paste": copy_paste,
         "repeat_factor_threshold": data.repeat_factor_threshold})
     trainer = SlDetrTrainer(
         model=model, args=training_args, train_dataset=train_ds, eval_dataset=val_ds,
@@ -604,10 +606,10 @@ def run_train(model_args: ModelArguments, data: DataArguments, training_args) ->
         from transformers.trainer_callback import ProgressCallback
 
         trainer.remove_callback(ProgressCallback)  # its bar would count to the placeholder epoch limit
-    if resume is not None and trains:
+    if resume is not None:
         check_not_finished(resume, training_args, data.max_minutes if by_time else None)
     metrics: dict = {}
-    if trains:
+    if trains(training_args):
         result = trainer.train(resume_from_checkpoint=resume)
         metrics.update(result.metrics)
         trainer.save_model()
@@ -638,7 +640,7 @@ def main(argv: Sequence[str]) -> int:
     training_args.remove_unused_columns = False
     training_args.label_names = ["labels"]
     resume = checkpoint_to_resume(training_args)
-    if resume is not None and (training_args.do_train or not training_args.do_eval):
+    if resume is not None and trains(training_args):
         from ..training.run_options import resume_run_options
 
         try:  # before the recipe: the time budget decides the schedule
