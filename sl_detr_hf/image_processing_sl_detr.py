@@ -236,23 +236,39 @@ def _check_aspect(orig: tuple[int, int], new: tuple[int, int], index: int) -> No
 
 
 _HIGH_DEPTH_MODES = ("I", "F", "I;16", "I;16L", "I;16B", "I;16N")
+SINGLE_CHANNEL_MODES = ("1", "L", "LA", *_HIGH_DEPTH_MODES)
+"""PIL modes of one colour channel (``LA``: its alpha is dropped), kept as ``L`` by ``to_rgb_image(..., gray=True)``."""
 
 
-def to_rgb_image(image: Any) -> Any:
-    """A PIL image of any mode as 8-bit RGB (other inputs are returned unchanged).
+def to_rgb_image(image: Any, gray: bool = False) -> Any:
+    """A PIL image of any mode as 8-bit RGB (other inputs are returned unchanged); with ``gray``, an image of one
+    grey channel (``1``, ``L``, ``LA``, 16 / 32-bit, or RGB whose three channels are equal, as thermal frames are
+    often stored) as 8-bit ``L`` instead, the same pixels in a third of the memory.
 
     Grayscale, palette, RGBA, CMYK, ... are converted; 16-bit, 32-bit integer and float images are first scaled
     linearly from their own ``[min, max]`` to ``[0, 255]`` (a plain ``convert("RGB")`` clips them to white).
     """
     mode = getattr(image, "mode", None)
-    if not isinstance(mode, str) or not hasattr(image, "convert") or mode == "RGB":
+    if not isinstance(mode, str) or not hasattr(image, "convert") or (gray and mode == "L"):
         return image
+    if mode == "RGB":
+        return _gray_channel(image) if gray else image
     if mode in _HIGH_DEPTH_MODES:
         wide = image if mode in ("I", "F") else image.convert("I")
         low, high = wide.getextrema()
         scale = 255.0 / (high - low) if high > low else 0.0
         image = wide.point(lambda v: (v - low) * scale).convert("L")
-    return image.convert("RGB")
+    return image.convert("L" if gray and mode in SINGLE_CHANNEL_MODES else "RGB")
+
+
+def _gray_channel(image: Any) -> Any:
+    """An RGB PIL image whose three channels are equal as its one channel (``L``); else the image itself."""
+    from PIL import ImageChops
+
+    red, green, blue = image.split()
+    if ImageChops.difference(red, green).getbbox() is None and ImageChops.difference(red, blue).getbbox() is None:
+        return red
+    return image
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -139,5 +139,6 @@ class CopyPaste(OtherRowsAugment):
         if not self.fires():
             return image, target
         source, source_target = self.load(int(torch.randint(self.num_rows, ())))
+        image, source = self.common_channels([image, source])
         return copy_paste(image, target, source, source_target, self.margin, self.tries)
 

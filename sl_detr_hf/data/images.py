@@ -7,7 +7,8 @@ One rule for every reader of the package (``load_dota``, ``split_dota``, trainin
 - :func:`check_image` finds truncated or corrupt files cheaply (PNG: chunk CRCs without inflating; JPEG: a
   1/8-scale DCT decode; other formats: a full decode);
 - :func:`to_rgb` turns any mode into 8-bit RGB; 16-bit and 32-bit images are scaled by their own range
-  (``convert("RGB")`` would clip them to white).
+  (``convert("RGB")`` would clip them to white); with ``gray=True`` a single-channel image stays one 8-bit channel
+  (thermal, SAR, panchromatic frames: the training augmentation then works on a third of the pixels).
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from typing import Any
 
 from PIL import Image
 
-from ..image_processing_sl_detr import to_rgb_image
+from ..image_processing_sl_detr import SINGLE_CHANNEL_MODES, to_rgb_image
 
-__all__ = ["MAX_IMAGE_PIXELS", "UnreadableImageError", "check_image", "open_image", "pixel_limit", "to_rgb"]
+__all__ = ["MAX_IMAGE_PIXELS", "SINGLE_CHANNEL_MODES", "UnreadableImageError", "check_image", "open_image",
+           "pixel_limit", "to_rgb"]
 
 MAX_IMAGE_PIXELS = 1_500_000_000
 """Largest accepted image (pixels): above DOTA-v2's largest scenes (~29,000 x 27,000), far below a memory bomb."""
@@ -71,14 +73,15 @@ def check_image(path: str | os.PathLike) -> tuple[int, int]:
     return size
 
 
-def open_image(source: str | os.PathLike | Mapping[str, Any] | Image.Image) -> Image.Image:
-    """Decode an image (a path, a ``datasets`` ``{"path", "bytes"}`` dict, or a PIL image) to 8-bit RGB.
+def open_image(source: str | os.PathLike | Mapping[str, Any] | Image.Image, gray: bool = False) -> Image.Image:
+    """Decode an image (a path, a ``datasets`` ``{"path", "bytes"}`` dict, or a PIL image) to 8-bit RGB, or with
+    ``gray=True`` a single-channel image (:data:`SINGLE_CHANNEL_MODES`) to 8-bit ``L``.
 
     Raises:
         UnreadableImageError: naming the file when it cannot be decoded.
     """
     if isinstance(source, Image.Image):
-        return to_rgb(source)
+        return to_rgb(source, gray)
     name: Any = source
     try:
         with pixel_limit():
@@ -89,18 +92,19 @@ def open_image(source: str | os.PathLike | Mapping[str, Any] | Image.Image) -> I
             else:
                 image = Image.open(Path(source))
             image.load()
-        return to_rgb(image)
+        return to_rgb(image, gray)
     except Exception as err:
         raise UnreadableImageError(f"cannot read image {name}: {_describe(err)}") from err
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """8-bit RGB; 16/32-bit integer and float images scaled by their range, EXIF orientation applied."""
+def to_rgb(image: Image.Image, gray: bool = False) -> Image.Image:
+    """8-bit RGB (``gray``: 8-bit ``L`` for a single-channel image); 16/32-bit integer and float images scaled by
+    their range, EXIF orientation applied."""
     from PIL import ImageOps
 
     with contextlib.suppress(Exception):  # a bad EXIF block must not lose the image
         image = ImageOps.exif_transpose(image)
-    out = to_rgb_image(image)
+    out = to_rgb_image(image, gray)
     if isinstance(out, Image.Image):
         return out
     return Image.fromarray(out.permute(1, 2, 0).numpy())  # the (3, H, W) uint8 tensor of a high-depth image

@@ -100,5 +100,5 @@ class Mosaic(OtherRowsAugment):
         others = [self.load(int(j)) for j in torch.randint(self.num_rows, (3,))]
         low, high = self.center_range
         center = tuple((low + (high - low) * torch.rand(2)).tolist())
-        return mosaic([image] + [other for other, _ in others], [target] + [t for _, t in others], center,
-                      fill=self.fill)
+        return mosaic(self.common_channels([image] + [other for other, _ in others]),
+                      [target] + [t for _, t in others], center, fill=self.fill)

@@ -84,11 +84,12 @@ class RotatedDetectionAugment:
     rule of this module drops objects.
 
     Args:
-        image: PIL image or ``(3, H, W)`` uint8 tensor. target: ``"boxes"`` ``(N, 5)`` pixel rotated boxes,
+        image: PIL image or ``(C, H, W)`` uint8 tensor, ``C`` 3 or 1 (a grayscale image stays one channel: the
+            colour jitter's saturation and hue leave it as it is). target: ``"boxes"`` ``(N, 5)`` pixel rotated boxes,
             the per-object fields of :data:`PER_OBJECT_KEYS` (``(N, ...)``), optional ``"area"``, ``"polygon"``
             (recomputed), ``"size"`` (set to the new ``(H, W)``); other fields pass through.
     Returns:
-        ``(3, H', W')`` uint8 tensor and the new target (``boxes`` float32 le90).
+        ``(C, H', W')`` uint8 tensor and the new target (``boxes`` float32 le90).
     """
 
     def __init__(
@@ -134,7 +135,7 @@ class RotatedDetectionAugment:
 
     def __call__(self, image: Image.Image | Tensor, target: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
         if isinstance(image, Image.Image):
-            image = F.pil_to_tensor(image.convert("RGB"))
+            image = F.pil_to_tensor(image if image.mode in ("L", "RGB") else image.convert("RGB"))
         height, width = image.shape[-2:]
         boxes = torch.as_tensor(target["boxes"], dtype=torch.float32).reshape(-1, 5)
         tv_boxes = rboxes_to_torchvision(boxes, (height, width))
@@ -180,6 +181,14 @@ class OtherRowsAugment:
         if num_rows < 1:
             raise ValueError(f"{name} needs a dataset with at least one row")
         self.load, self.num_rows, self.prob = load, num_rows, prob
+
+    @staticmethod
+    def common_channels(images: Sequence[Tensor]) -> list[Tensor]:
+        """``(C, H, W)`` images with one channel count: single-channel images become three equal channels where
+        another image has three (a dataset of grayscale and colour images); otherwise unchanged."""
+        if len({image.shape[0] for image in images}) < 2:
+            return list(images)
+        return [image.expand(3, -1, -1) if image.shape[0] == 1 else image for image in images]
 
     def fires(self) -> bool:
         """Whether to apply it to the next example (no draw when ``prob`` is 0 or 1)."""

@@ -66,22 +66,26 @@ class DetectionTransform:
             "difficult": torch.tensor(difficult, dtype=torch.long)}
 
     def _row(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Row ``index`` of ``rows`` as a ``(3, H, W)`` uint8 image and its target (a mosaic's other images, a
-        copy-paste's source)."""
+        """Row ``index`` of ``rows`` as a ``(C, H, W)`` uint8 image (``C`` 1 for a grayscale image, else 3) and its
+        target (a mosaic's other images, a copy-paste's source)."""
         row = self.rows[index]
-        return pil_to_tensor(open_image(row["image"]).convert("RGB")), self._target(row["objects"], index)[1]
+        return pil_to_tensor(open_image(row["image"], gray=True)), self._target(row["objects"], index)[1]
 
     def _example(self, image: Any, objects: Mapping[str, Any], index: int) -> dict[str, Any]:
-        image = open_image(image)  # a path / {"path", "bytes"} decoded here: a broken file's error names it
+        # a path / {"path", "bytes"} decoded here: a broken file's error names it. A grayscale image stays one
+        # channel through the augmentation (a third of the work) and becomes three for the processor
+        image = open_image(image, gray=self.augment is not None or self.rows is not None)
         geometry, target = self._target(objects, index)
         if self.rows is not None:  # the mosaic and copy-paste work on uint8 tensors
-            image = pil_to_tensor(image.convert("RGB"))
+            image = pil_to_tensor(image)
         if self.mosaic is not None:
             image, target = self.mosaic(image, target)
         if self.copy_paste is not None:
             image, target = self.copy_paste(image, target)
         if self.augment is not None:
             image, target = self.augment(image, target)
+        if isinstance(image, torch.Tensor) and image.shape[0] == 1:
+            image = image.expand(3, -1, -1)
         annotation = {"image_id": index, "annotations": [
             {geometry: box, "category_id": int(c), "difficult": int(d)}
             for box, c, d in zip(target["boxes"].tolist(), target["class_labels"].tolist(),
