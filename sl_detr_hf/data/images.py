@@ -7,8 +7,9 @@ One rule for every reader of the package (``load_dota``, ``split_dota``, trainin
 - :func:`check_image` finds truncated or corrupt files cheaply (PNG: chunk CRCs without inflating; JPEG: a
   1/8-scale DCT decode; other formats: a full decode);
 - :func:`to_rgb` turns any mode into 8-bit RGB; 16-bit and 32-bit images are scaled by their own range
-  (``convert("RGB")`` would clip them to white); with ``gray=True`` a single-channel image stays one 8-bit channel
-  (thermal, SAR, panchromatic frames: the training augmentation then works on a third of the pixels).
+  (``convert("RGB")`` would clip them to white); with ``gray=True`` an image of one grey channel (a single-channel
+  mode, or RGB with three equal channels) stays one 8-bit channel (thermal, SAR, panchromatic frames: the training
+  augmentation then works on a third of the pixels).
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ def check_image(path: str | os.PathLike) -> tuple[int, int]:
 
 def open_image(source: str | os.PathLike | Mapping[str, Any] | Image.Image, gray: bool = False) -> Image.Image:
     """Decode an image (a path, a ``datasets`` ``{"path", "bytes"}`` dict, or a PIL image) to 8-bit RGB, or with
-    ``gray=True`` a single-channel image (:data:`SINGLE_CHANNEL_MODES`) to 8-bit ``L``.
+    ``gray=True`` an image of one grey channel (:data:`SINGLE_CHANNEL_MODES`, or RGB with three equal channels) to
+    8-bit ``L``.
 
     Raises:
         UnreadableImageError: naming the file when it cannot be decoded.
@@ -98,8 +100,8 @@ def open_image(source: str | os.PathLike | Mapping[str, Any] | Image.Image, gray
 
 
 def to_rgb(image: Image.Image, gray: bool = False) -> Image.Image:
-    """8-bit RGB (``gray``: 8-bit ``L`` for a single-channel image); 16/32-bit integer and float images scaled by
-    their range, EXIF orientation applied."""
+    """8-bit RGB (``gray``: 8-bit ``L`` for an image of one grey channel, as `to_rgb_image`); 16/32-bit integer and
+    float images scaled by their range, EXIF orientation applied."""
     from PIL import ImageOps
 
     with contextlib.suppress(Exception):  # a bad EXIF block must not lose the image
