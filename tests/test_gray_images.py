@@ -120,3 +120,20 @@ def test_a_grey_dataset_is_augmented_as_one_channel_and_fed_to_the_model_as_thre
         torch.testing.assert_close(levels[0], levels[1])
         torch.testing.assert_close(levels[0], levels[2])
     assert prepare_dataset(raw, processor)[1]["pixel_values"].shape[0] == 3  # no augmentation: as before
+
+
+def test_a_mosaic_keeps_grey_images_one_channel_and_mixes_grey_with_colour_as_three():
+    from sl_detr_hf.data.mosaic import Mosaic
+
+    box = {"boxes": torch.tensor([[20.0, 20.0, 8.0, 8.0, 0.0]]), "class_labels": torch.tensor([0])}
+    grey = torch.full((1, 40, 40), 100, dtype=torch.uint8)
+    colour = torch.zeros((3, 40, 40), dtype=torch.uint8)
+    colour[2] = 250  # blue
+    torch.manual_seed(0)
+    out, target = Mosaic(lambda i: (grey, box), 5, prob=1.0)(grey, box)
+    assert out.shape == (1, 40, 40) and len(target["boxes"]) == 4
+    torch.manual_seed(0)
+    out, _ = Mosaic(lambda i: (colour, box), 5, prob=1.0)(grey, box)  # the first quarter grey, three blue
+    assert out.shape == (3, 40, 40)
+    assert ((out[0] == 100) & (out[1] == 100) & (out[2] == 100)).any()  # the grey quarter, three equal channels
+    assert ((out[0] == 0) & (out[1] == 0) & (out[2] == 250)).any()  # the blue ones
