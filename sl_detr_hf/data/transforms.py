@@ -23,6 +23,7 @@ from torchvision.transforms.v2 import functional as F
 
 from ..geometry_conversions import rbox_area, rbox_to_poly, rboxes_from_torchvision, rboxes_to_torchvision
 from ..geometry_overlaps import box_iou_rotated
+from ..image_processing_sl_detr import to_rgb_image
 
 __all__ = ["PER_OBJECT_KEYS", "OtherRowsAugment", "RandomRotate90", "RotatedDetectionAugment", "select_objects",
            "visible_fraction"]
@@ -135,7 +136,7 @@ class RotatedDetectionAugment:
 
     def __call__(self, image: Image.Image | Tensor, target: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
         if isinstance(image, Image.Image):
-            image = F.pil_to_tensor(image if image.mode in ("L", "RGB") else image.convert("RGB"))
+            image = F.pil_to_tensor(image if image.mode == "L" else to_rgb_image(image))
         height, width = image.shape[-2:]
         boxes = torch.as_tensor(target["boxes"], dtype=torch.float32).reshape(-1, 5)
         tv_boxes = rboxes_to_torchvision(boxes, (height, width))
