@@ -38,6 +38,7 @@ _ROTATED_SAMPLING = ("rhino", "none")
 _MATCHER_BOX_COSTS = ("l1", "hausdorff")
 BACKBONE_NORMS = ("frozen", "batch_norm", "eval_batch_norm")
 BACKBONE_STEMS = ("resnet", "light")  # stem_sl_detr.py
+BACKBONE_DOWNSAMPLES = ("strided", "space_to_depth")  # space_to_depth_sl_detr.py
 
 CONFIG_VERSION = 2
 """What a `config.json` holds: 1 (no `config_version` key, written before 2026-12) or 2 (`numerics`, the rejected
@@ -248,6 +249,11 @@ class SlDetrConfig(DeformableDetrConfig):
         scratch, `backbone_norm="batch_norm"`): two 3x3 stride-2 convolutions (`stem_sl_detr.py`), the same
         output at about a third of the cost (BENCHMARKS.md "Angle range, dense encoder loss, stride 8 and a light
         stem on HIT-UAV").
+    backbone_downsample (`str`, defaults to `"strided"`):
+        `"strided"`: the ResNet's downsampling shortcuts are 1x1 stride-2 convolutions (one pixel of each 2 x 2
+        block). `"space_to_depth"` (transformers' ResNet): `pixel_unshuffle` by 2, then a 1x1 convolution from four
+        times the channels (`space_to_depth_sl_detr.py`, SPD-Conv's idea): the shortcut carries every pixel of a
+        small object to the next stage.
     backbone_norm (`str`, defaults to `"frozen"`):
         `"frozen"`: Deformable DETR's frozen batch norms (right for a pretrained backbone). `"batch_norm"`: the
         batch norms of the unfrozen stages learn (batch statistics while training), which a backbone trained
@@ -314,6 +320,7 @@ class SlDetrConfig(DeformableDetrConfig):
     backbone_frozen_stages: int = 1
     backbone_norm: str = "frozen"
     backbone_stem: str = "resnet"
+    backbone_downsample: str = "strided"
 
     def __post_init__(self, **kwargs):
         _refuse_removed_fields(self, kwargs)
@@ -483,6 +490,9 @@ class SlDetrConfig(DeformableDetrConfig):
         if self.backbone_stem == "light" and self.backbone_norm != "batch_norm":
             raise ValueError(f"`backbone_stem='light'` is for a backbone trained from scratch: it needs "
                              f"backbone_norm='batch_norm' (its batch norms learn), got {self.backbone_norm!r}")
+        if self.backbone_downsample not in BACKBONE_DOWNSAMPLES:
+            raise ValueError(f"`backbone_downsample` must be one of {BACKBONE_DOWNSAMPLES}, got "
+                             f"{self.backbone_downsample!r}")
         if self.query_selection_nms is not None and not 0 < self.query_selection_nms <= 1:
             raise ValueError(f"`query_selection_nms` must be None or in (0, 1], got {self.query_selection_nms!r}")
         if not self.position_embedding_temperature > 0:

@@ -72,6 +72,7 @@ from .query_selection_sl_detr import (
     proposal_scores,
     select_proposals,
 )
+from .space_to_depth_sl_detr import apply_backbone_downsample
 from .stem_sl_detr import apply_backbone_stem
 
 logger = logging.get_logger(__name__)
@@ -164,6 +165,7 @@ class SlDetrModel(SlDetrPreTrainedModel, DeformableDetrModel):
     def __init__(self, config: SlDetrConfig):
         super().__init__(config)
         apply_backbone_stem(self.backbone, config)
+        apply_backbone_downsample(self.backbone, config)
         apply_backbone_policy(self.backbone, config)
         use_folded_conv_norms(self.backbone)  # batch norms folded into their convolutions at inference
         if config.position_embedding_type == "sine":  # no parameters: the same module with RHINO's numbers as options

@@ -24,7 +24,8 @@ CODE_FILES = GEOMETRY_FILES | {
     "configuration_sl_detr.py", "modeling_sl_detr.py", "loss_sl_detr.py", "image_processing_sl_detr.py",
     "pipeline_oriented_detection.py", "matcher_sl_detr.py", "decoder_sl_detr.py", "attention_sl_detr.py",
     "query_selection_sl_detr.py", "denoising_sl_detr.py", "backbone_sl_detr.py", "heads_sl_detr.py",
-    "position_embedding_sl_detr.py", "encoder_sl_detr.py", "stem_sl_detr.py", "dense_loss_sl_detr.py",
+    "position_embedding_sl_detr.py", "encoder_sl_detr.py", "stem_sl_detr.py", "space_to_depth_sl_detr.py",
+    "dense_loss_sl_detr.py",
     "outputs_sl_detr.py", "precision_sl_detr.py", "deformable_sampling_sl_detr.py", "conv_norm_folding_sl_detr.py"}
 EXPECTED_FILES = CODE_FILES | {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"}
 

@@ -132,18 +132,26 @@ def test_map_class_heads_moves_rows_by_name():
 
 
 def test_a_run_begun_with_other_model_defaults_resumes_with_its_own_model(tmp_path, data):
-    """The tiny model's defaults changed (dense encoder loss, light stem, angle range chosen from the data): a run
-    begun before (here: the old parts, given by --config) continues with the model it began with, from its
-    checkpoint's config.json, and not with this command's model, whose stem has other weights."""
+    """The tiny model's defaults changed (dense encoder loss, light stem, angle range chosen from the data,
+    space-to-depth shortcuts): a run begun before (here: the old parts, given by --config, its config.json as the
+    release before `backbone_downsample` wrote it) continues with the model it began with, from its checkpoint's
+    config.json, and not with this command's model, whose stem and shortcuts have other weights."""
     out = tmp_path / "run"
     args = ["train", "--data_format", "dota", "--train_dir", str(data), "--output_dir", str(out), "--save_steps", "1",
             "--image_size", "64", "--num_queries", "10", "--use_cpu", "--report_to", "none"]
-    old = "d_model=32,num_denoising=10,dense_loss_coefficient=0,backbone_stem=resnet,angle_start=-90"
+    old = ("d_model=32,num_denoising=10,dense_loss_coefficient=0,backbone_stem=resnet,angle_start=-90,"
+           "backbone_downsample=strided")
     assert main([*args, "--max_steps", "1", "--config", old]) == 0
     first = load_file(out / "checkpoint-1" / "model.safetensors")
+    # as a release before `backbone_downsample` wrote it (its shortcuts were the strided ones)
+    saved = out / "checkpoint-1" / "config.json"
+    written = json.loads(saved.read_text())
+    assert written.pop("backbone_downsample") == "strided"
+    saved.write_text(json.dumps(written))
     assert main([*args, "--max_steps", "2", "--config", "d_model=32,num_denoising=10"]) == 0
     config = json.loads((out / "config.json").read_text())
-    assert (config["backbone_stem"], config["dense_loss_coefficient"], config["angle_start"]) == ("resnet", 0.0, -90)
+    assert (config["backbone_stem"], config["dense_loss_coefficient"], config["angle_start"],
+            config["backbone_downsample"]) == ("resnet", 0.0, -90, "strided")
     final = load_file(out / "model.safetensors")
     assert final.keys() == first.keys() and any(not torch.equal(final[k], first[k]) for k in first)
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 2

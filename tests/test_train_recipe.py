@@ -71,13 +71,18 @@ def test_tiny_model_stages_and_config_overrides():
 
 
 def test_a_new_tiny_model_gets_the_from_scratch_parts_unless_config_sets_them():
-    """The dense encoder loss and the light stem (BENCHMARKS.md "One recipe"): `sl-detr train`'s tiny model has
-    them, --config takes them off; the presets (the demo's model) do not."""
+    """The dense encoder loss, the light stem and the space-to-depth shortcuts (BENCHMARKS.md "One recipe",
+    "Space-to-depth shortcuts"): `sl-detr train`'s tiny model has them, --config takes them off; the presets (the
+    demo's model) do not."""
     model = build_model(ModelArguments(), ["a"], seed=0)
-    assert (model.config.dense_loss_coefficient, model.config.backbone_stem) == (1.0, "light")
-    config = build_model(ModelArguments(config="dense_loss_coefficient=0,backbone_stem=resnet"), ["a"], seed=0).config
-    assert (config.dense_loss_coefficient, config.backbone_stem) == (0, "resnet")
+    assert (model.config.dense_loss_coefficient, model.config.backbone_stem,
+            model.config.backbone_downsample) == (1.0, "light", "space_to_depth")
+    config = build_model(ModelArguments(config="dense_loss_coefficient=0,backbone_stem=resnet,"
+                                               "backbone_downsample=strided"), ["a"], seed=0).config
+    assert (config.dense_loss_coefficient, config.backbone_stem, config.backbone_downsample) == (0, "resnet",
+                                                                                                 "strided")
     assert SlDetrConfig.tiny({0: "a"}).dense_loss_coefficient == 0 and SlDetrConfig().backbone_stem == "resnet"
+    assert SlDetrConfig.tiny({0: "a"}).backbone_downsample == "strided"
 
 
 @pytest.mark.parametrize(("pretrained", "given", "expected"),

@@ -219,9 +219,10 @@ def model_to_resume(checkpoint: str, names: list[str], seed: int):
         raise SystemExit(f"error: the checkpoint {checkpoint} was trained on the classes {theirs}, the data has "
                          f"{list(names)}: resume with the data it was trained on, or train into a new --output_dir")
     set_seed(seed)
-    logger.info("the model is the checkpoint's (its config.json: %s stem, dense encoder loss x%g, angle range "
-                "[%d, %d)); this command's model options do not change a resumed run", config.backbone_stem,
-                config.dense_loss_coefficient, config.angle_start, config.angle_start + 180)
+    logger.info("the model is the checkpoint's (its config.json: %s stem, %s downsampling shortcuts, dense encoder "
+                "loss x%g, angle range [%d, %d)); this command's model options do not change a resumed run",
+                config.backbone_stem, config.backbone_downsample, config.dense_loss_coefficient, config.angle_start,
+                config.angle_start + 180)
     return SlDetrForObjectDetection(config)
 
 
@@ -330,8 +331,9 @@ def build_model(model_args: ModelArguments, names: list[str], seed: int, most_ob
         stages = [stage.strip() for stage in model_args.backbone_stages.split(",") if stage.strip()]
         overrides = {"use_sync_loc": not model_args.no_sync, "use_quality_cls": not model_args.no_sync,
                      "box_type": box_type, **FROM_SCRATCH_MODEL, **parse_config_overrides(model_args.config)}
-        logger.info("tiny SL-DETR: %d queries, backbone stages %s, dense encoder loss x%g, %s stem", queries,
-                    ",".join(stages), overrides["dense_loss_coefficient"], overrides["backbone_stem"])
+        logger.info("tiny SL-DETR: %d queries, backbone stages %s, dense encoder loss x%g, %s stem, %s downsampling "
+                    "shortcuts", queries, ",".join(stages), overrides["dense_loss_coefficient"],
+                    overrides["backbone_stem"], overrides["backbone_downsample"])
         config = SlDetrConfig.tiny(id2label, num_queries=queries, backbone_stages=stages, **overrides)
         auto = model_args.angle_range in (None, "auto")
         if box_type == "rotated" and auto and "angle_start" not in overrides:
@@ -438,11 +440,11 @@ def most_objects_per_image(dataset) -> int:
     return int(pc.max(pc.list_value_length(categories)).as_py() or 0)
 
 
-FROM_SCRATCH_MODEL = {"dense_loss_coefficient": 1.0, "backbone_stem": "light"}
+FROM_SCRATCH_MODEL = {"dense_loss_coefficient": 1.0, "backbone_stem": "light", "backbone_downsample": "space_to_depth"}
 """`SlDetrConfig` fields of the tiny model `sl-detr train` builds, unless `--config` sets them: the dense one-to-many
-encoder loss and the light stem (docs/architecture.md, "Parts for training from scratch in minutes"; measured on
-HIT-UAV and the airport photos, BENCHMARKS.md "One recipe"). With `--angle_range auto` (the tiny model's default) they
-are the from-scratch recipe's model side."""
+encoder loss, the light stem and the space-to-depth shortcuts (docs/architecture.md, "Parts for training from scratch
+in minutes"; measured on HIT-UAV and the airport photos, BENCHMARKS.md "One recipe" and "Space-to-depth shortcuts").
+With `--angle_range auto` (the tiny model's default) they are the from-scratch recipe's model side."""
 
 FROM_SCRATCH_RECIPE = {"learning_rate": 1e-3, "per_device_train_batch_size": 4, "warmup_steps": 100}
 """`TrainingArguments` for a tiny model trained from scratch, unless given (BENCHMARKS.md, "Real images"): DETR's
