@@ -251,9 +251,10 @@ class SlDetrConfig(DeformableDetrConfig):
         stem on HIT-UAV").
     backbone_downsample (`str`, defaults to `"strided"`):
         `"strided"`: the ResNet's downsampling shortcuts are 1x1 stride-2 convolutions (one pixel of each 2 x 2
-        block). `"space_to_depth"` (transformers' ResNet): `pixel_unshuffle` by 2, then a 1x1 convolution from four
-        times the channels (`space_to_depth_sl_detr.py`, SPD-Conv's idea): the shortcut carries every pixel of a
-        small object to the next stage.
+        block). `"space_to_depth"` (transformers' ResNet trained from scratch, `backbone_norm="batch_norm"`):
+        space-to-depth by 2, then a 1x1 convolution from four times the channels, computed as one 2 x 2
+        convolution with stride 2 (`space_to_depth_sl_detr.py`, SPD-Conv's idea): the shortcut carries every pixel
+        of a small object to the next stage.
     backbone_norm (`str`, defaults to `"frozen"`):
         `"frozen"`: Deformable DETR's frozen batch norms (right for a pretrained backbone). `"batch_norm"`: the
         batch norms of the unfrozen stages learn (batch statistics while training), which a backbone trained
@@ -493,6 +494,10 @@ class SlDetrConfig(DeformableDetrConfig):
         if self.backbone_downsample not in BACKBONE_DOWNSAMPLES:
             raise ValueError(f"`backbone_downsample` must be one of {BACKBONE_DOWNSAMPLES}, got "
                              f"{self.backbone_downsample!r}")
+        if self.backbone_downsample == "space_to_depth" and self.backbone_norm != "batch_norm":
+            raise ValueError(f"`backbone_downsample='space_to_depth'` is for a backbone trained from scratch (its "
+                             f"shortcuts start from random weights): it needs backbone_norm='batch_norm', got "
+                             f"{self.backbone_norm!r}")
         if self.query_selection_nms is not None and not 0 < self.query_selection_nms <= 1:
             raise ValueError(f"`query_selection_nms` must be None or in (0, 1], got {self.query_selection_nms!r}")
         if not self.position_embedding_temperature > 0:

@@ -4,12 +4,14 @@ In a ResNet the first block of each stage after the first halves the resolution,
 convolution with stride 2: it reads one pixel of every 2 x 2 and drops the other three. For an object of a few
 pixels (HIT-UAV's people: 12-28 px at 640 px, one or two stride-16 cells) the shortcut then carries a quarter of
 what the previous stage saw of it. SPD-Conv (Sunkara and Luo, "No More Strided Convolutions or Pooling", ECML
-PKDD 2022) replaces strided downsampling by space-to-depth (`pixel_unshuffle`: each 2 x 2 block becomes 4
-channels) followed by a convolution without stride. Here only the shortcut changes: `pixel_unshuffle(x, 2)` then
-a 1x1 convolution from `4 * C_in` to `C_out` channels and the batch norm, so that the shortcut passes every pixel
-of the block (ResNet-D's 2 x 2 average pool before the 1x1 convolution is the special case of equal weights).
-The residual branch (3x3 stride-2 convolutions) is unchanged, and so are the output shapes: an odd side is padded
-with zeros at the bottom / right to `ceil(H / 2)` rows, what the strided shortcut gives.
+PKDD 2022) replaces strided downsampling by space-to-depth (each 2 x 2 block becomes 4 channels) followed by a
+convolution without stride. Here only the shortcut changes, to space-to-depth then a 1x1 convolution from `4 * C_in`
+to `C_out` channels, then the batch norm: computed as one 2 x 2 convolution with stride 2 (the same function, its
+weight `(C_out, C_in, 2, 2)` holding the 1x1 convolution's `4 * C_in` inputs), so the shortcut passes every pixel of
+the block (ResNet-D's 2 x 2 average pool before the 1x1 convolution is the special case of equal weights). The
+residual branch (3x3 stride-2 convolutions) is unchanged, and so are the output shapes: the input gets one row and
+one column of zeros at the bottom / right, so that an odd side gives `ceil(H / 2)` rows, what the strided shortcut
+gives (on an even side the padding is never read), with no branch on the input's shape (ONNX export).
 
 At inference the batch norm is folded into the convolution (`conv_norm_folding_sl_detr.py`).
 
@@ -17,6 +19,8 @@ This file ships with `trust_remote_code` checkpoints: it imports only torch, tra
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -29,24 +33,26 @@ __all__ = ["BACKBONE_DOWNSAMPLES", "SlDetrSpaceToDepthShortCut", "apply_backbone
 
 
 class SlDetrSpaceToDepthShortCut(nn.Module):
-    """`pixel_unshuffle` by 2, 1x1 convolution, batch norm: `(B, C_in, H, W) -> (B, C_out, ceil(H/2), ceil(W/2))`.
+    """2 x 2 convolution with stride 2 (space-to-depth, then 1x1) and batch norm: `(B, C_in, H, W) -> (B, C_out,
+    ceil(H/2), ceil(W/2))`.
 
-    Its parameters keep the names of transformers' `ResNetShortCut` (`convolution`, `normalization`); the
-    convolution's weight is `(C_out, 4 C_in, 1, 1)`, input channel `4 c + 2 i + j` being channel `c` at row
-    offset `i` and column offset `j` of each 2 x 2 block (torch's `pixel_unshuffle` order).
+    Its parameters keep the names of transformers' `ResNetShortCut` (`convolution`, `normalization`); weight
+    `(C_out, C_in, 2, 2)`: `weight[o, c, i, j]` reads channel `c` at row offset `i` and column offset `j` of each
+    block.
     """
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.convolution = nn.Conv2d(4 * in_channels, out_channels, kernel_size=1, bias=False)
+        self.convolution = nn.Conv2d(in_channels, out_channels, kernel_size=2, stride=2, bias=False)
         self.normalization = nn.BatchNorm2d(out_channels)
-        nn.init.kaiming_normal_(self.convolution.weight, mode="fan_out", nonlinearity="relu")  # ResNet's init
+        # ResNet's init of the 1x1 convolution it stands for (kaiming normal, fan_out = C_out; a 2 x 2 kernel would
+        # get half that spread); kept by the model's `post_init`
+        nn.init.normal_(self.convolution.weight, std=math.sqrt(2.0 / out_channels))
+        self.convolution.weight._is_hf_initialized = True
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        height, width = hidden_states.shape[-2:]
-        if height % 2 or width % 2:
-            hidden_states = nn.functional.pad(hidden_states, (0, width % 2, 0, height % 2))
-        return conv_norm(nn.functional.pixel_unshuffle(hidden_states, 2), self.convolution, self.normalization)
+        padded = nn.functional.pad(hidden_states, (0, 1, 0, 1))
+        return conv_norm(padded, self.convolution, self.normalization)
 
 
 def apply_backbone_downsample(conv_encoder: nn.Module, config) -> None:

@@ -270,3 +270,24 @@ def test_per_image_normalization_travels_with_the_file():
     assert abs(pixel_values[0, :, :64, :96].std() - 1) < 1e-4 and pixel_values[2].max() == 0
     plain = export_settings(tiny_model("rotated"), fixed_processor("rotated"), (SIZE, SIZE), NUM_QUERIES, False, 18)
     assert plain["normalize_per_image"] is False
+
+
+def test_the_from_scratch_backbone_exports(tmp_path):
+    """The backbone `sl-detr train` builds (light stem, space-to-depth shortcuts, learning batch norms, folded at
+    inference) exports, and onnxruntime gives torch's outputs (odd stage sizes: 66 px is 17 at stride 4)."""
+    model = tiny_model("rotated", backbone_norm="batch_norm", backbone_frozen_stages=-1, backbone_stem="light",
+                       backbone_downsample="space_to_depth")
+    model.train()
+    with torch.no_grad():
+        model(pixel_values=torch.randn(2, 3, 66, 66))  # running statistics away from their start
+    model.eval()
+    processor = SlDetrImageProcessor(size={"height": 66, "width": 66}, max_detections=NUM_QUERIES)
+    path = export_onnx(model, tmp_path / "scratch.onnx", processor, image_size=(66, 66))
+    pixel_values = torch.randn(1, 3, 66, 66, generator=torch.Generator().manual_seed(3))
+    pixel_mask = torch.ones(1, 66, 66, dtype=torch.long)
+    with torch.no_grad():
+        expected = model(pixel_values=pixel_values, pixel_mask=pixel_mask)
+    logits, pred_boxes = session(path).run(["logits", "pred_boxes"], {
+        "pixel_values": pixel_values.numpy(), "pixel_mask": pixel_mask.numpy()})
+    np.testing.assert_allclose(logits, expected.logits.numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(pred_boxes, expected.pred_boxes.numpy(), atol=1e-4, rtol=0)

@@ -1,5 +1,5 @@
 """`backbone_downsample="space_to_depth"`: the ResNet's stride-2 shortcuts read every pixel of each 2 x 2 block
-(space_to_depth_sl_detr.py)."""
+(space_to_depth_sl_detr.py), one 2 x 2 stride-2 convolution."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def test_hand_computed_block():
     shortcut = SlDetrSpaceToDepthShortCut(1, 1)
     _identity_norm(shortcut)
     with torch.no_grad():
-        shortcut.convolution.weight.copy_(torch.tensor([10.0, 20.0, 30.0, 40.0]).view(1, 4, 1, 1))
+        shortcut.convolution.weight.copy_(torch.tensor([[10.0, 20.0], [30.0, 40.0]]).view(1, 1, 2, 2))
         out = shortcut(torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]]))
     assert out.shape == (1, 1, 1, 1) and out.item() == pytest.approx(300.0)
 
@@ -49,10 +49,10 @@ def test_top_left_weights_are_the_strided_shortcut_and_equal_weights_resnet_d(si
     with torch.no_grad():
         strided.convolution.weight.copy_(weight)
         spd.convolution.weight.zero_()
-        spd.convolution.weight[:, 0::4] = weight  # input channel 4 c + 0: channel c at offset (0, 0)
+        spd.convolution.weight[:, :, :1, :1] = weight  # offset (0, 0) of each block only
         expected = strided(x)
         torch.testing.assert_close(spd(x), expected)
-        spd.convolution.weight.copy_(weight.repeat_interleave(4, dim=1) / 4)
+        spd.convolution.weight.copy_(weight.expand(-1, -1, 2, 2) / 4)
         padded = nn.functional.pad(x, (0, size[1] % 2, 0, size[0] % 2))
         average = nn.functional.avg_pool2d(padded, 2)
         torch.testing.assert_close(spd(x), nn.functional.conv2d(average, weight))
@@ -68,7 +68,7 @@ def test_folded_at_inference_equals_unfolded():
     spd.eval()
     with torch.no_grad():
         folded = spd(x)
-    expected = spd.normalization(spd.convolution(nn.functional.pixel_unshuffle(x, 2)))
+    expected = spd.normalization(spd.convolution(nn.functional.pad(x, (0, 1, 0, 1))))
     torch.testing.assert_close(folded, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -81,8 +81,11 @@ def test_model_uses_it_on_every_stride_two_shortcut_trains_and_round_trips(tmp_p
     shortcuts = [stage.layers[0].shortcut for stage in stages]
     assert not isinstance(shortcuts[0], SlDetrSpaceToDepthShortCut)  # stage 1 keeps its stride and channels
     assert all(isinstance(shortcut, SlDetrSpaceToDepthShortCut) for shortcut in shortcuts[1:])
-    assert [tuple(s.convolution.weight.shape) for s in shortcuts[1:]] == [(64, 128, 1, 1), (128, 256, 1, 1),
-                                                                         (256, 512, 1, 1)]
+    assert [tuple(s.convolution.weight.shape) for s in shortcuts[1:]] == [(64, 32, 2, 2), (128, 64, 2, 2),
+                                                                         (256, 128, 2, 2)]
+    for shortcut in shortcuts[1:]:  # ResNet's init of the 1x1 convolution it stands for, not reset by post_init
+        out_channels = shortcut.convolution.out_channels
+        assert shortcut.convolution.weight.std().item() == pytest.approx((2 / out_channels) ** 0.5, rel=0.1)
     pixel_values = torch.randn(2, 3, 66, 94)  # odd stage sizes: 17 x 24 at stride 4, 9 x 12 at stride 8
     labels = [{"class_labels": torch.tensor([0]), "boxes": torch.tensor([[0.4, 0.5, 0.3, 0.2, 0.3]])}] * 2
     model.train()
@@ -100,10 +103,14 @@ def test_default_is_strided_and_names_are_checked():
     assert SlDetrConfig().backbone_downsample == SlDetrConfig.tiny({0: "a"}).backbone_downsample == "strided"
     with pytest.raises(StrictDataclassClassValidationError, match="backbone_downsample"):
         SlDetrConfig.tiny({0: "a"}, backbone_downsample="pool")
+    # random shortcuts in a pretrained (frozen-norm) backbone would undo its training
+    with pytest.raises(StrictDataclassClassValidationError, match="batch_norm"):
+        SlDetrConfig.tiny({0: "a"}, backbone_downsample="space_to_depth", backbone_norm="frozen")
 
 
 def test_needs_transformers_resnet():
     config = SlDetrConfig.paper(backbone="resnet18", use_timm_backbone=True, use_pretrained_backbone=False,
+                                backbone_norm="batch_norm", backbone_frozen_stages=-1,
                                 backbone_downsample="space_to_depth")
     with pytest.raises(ValueError, match="ResNet backbone"):
         SlDetrForObjectDetection(config)
