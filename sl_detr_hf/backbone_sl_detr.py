@@ -33,7 +33,7 @@ from torch import nn
 from transformers.models.deformable_detr.modeling_deformable_detr import DeformableDetrFrozenBatchNorm2d
 
 __all__ = ["SlDetrEvalBatchNorm2d", "apply_backbone_policy", "check_feature_sizes", "check_pixel_inputs",
-           "frozen_backbone_prefixes"]
+           "frozen_backbone_prefixes", "resnet_kind"]
 
 _RESNET_STAGES = 4
 
@@ -53,7 +53,7 @@ def frozen_backbone_prefixes(frozen_stages: int, timm: bool = False) -> tuple[st
     return ("embedder.", *(f"encoder.stages.{i}." for i in range(stages)))
 
 
-def _resnet_kind(config) -> str | None:
+def resnet_kind(config) -> str | None:
     """``"transformers"`` / ``"timm"`` for the two ResNet backbones the policy knows, else ``None``."""
     backbone = config.backbone_config
     if backbone is None:
@@ -131,7 +131,7 @@ def apply_backbone_policy(conv_encoder: nn.Module, config) -> None:
     Idempotent: applied when the model is built and again after `from_pretrained` (which makes every loaded
     parameter trainable), so that a loaded model trains the parameters a fresh one does.
     """
-    kind = _resnet_kind(config)
+    kind = resnet_kind(config)
     if kind is None:
         return
     frozen = frozen_backbone_prefixes(config.backbone_frozen_stages, timm=kind == "timm")

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from transformers.models.resnet.modeling_resnet import ResNetShortCut
 
-from .backbone_sl_detr import _resnet_kind
+from .backbone_sl_detr import resnet_kind
 from .configuration_sl_detr import BACKBONE_DOWNSAMPLES
 from .conv_norm_folding_sl_detr import conv_norm
 
@@ -63,7 +63,7 @@ def apply_backbone_downsample(conv_encoder: nn.Module, config) -> None:
     if config.backbone_downsample == "strided":
         return
     backbone = conv_encoder.model
-    if _resnet_kind(config) != "transformers":
+    if resnet_kind(config) != "transformers":
         raise ValueError(f"backbone_downsample={config.backbone_downsample!r} needs transformers' ResNet backbone "
                          f"(backbone_config a ResNetConfig), got {type(backbone).__name__}")
     for module in list(backbone.modules()):  # listed first: the loop replaces children
