@@ -5,7 +5,10 @@ detection of a car on a bicycle counts); then, for every ground-truth box that a
 at IoU >= 0.1 (score >= ``--min_score``, the best-overlapping one), the median IoU, the predicted / true long and
 short sides, the angle error (degrees, modulo 180, measured on the long sides) and the centre error (pixels).
 An AP that rises from IoU 0.5 to 0.3 with a short-side ratio far from 1 says the boxes are found but misplaced
-(BENCHMARKS.md, "Where HIT-UAV's mAP goes").
+(BENCHMARKS.md, "Where HIT-UAV's mAP goes"). Last, the class confusion: for every ground-truth box, the class of
+the best-scoring detection of any class that overlaps it at IoU >= 0.3 (score >= ``--min_score``), or none: a
+class-agnostic AP far above the mean AP with large off-diagonal counts says the boxes are found and placed but
+given the wrong class.
 
     python benchmarks/box_errors.py --model OUT --val_dir $HIT_VALID
     python benchmarks/box_errors.py --model OUT --val_dir $HIT_VALID --cache OUT/val_detections.pt   # predict once
@@ -55,6 +58,29 @@ def box_errors(detections: list[dict], truths: list[dict], class_id: int, min_sc
     return torch.cat(rows).numpy() if rows else np.zeros((0, 5))
 
 
+def class_confusion(detections: list[dict], truths: list[dict], num_classes: int, min_score: float,
+                    min_iou: float = 0.3) -> np.ndarray:
+    """``(C, C + 1)`` counts: row = a ground-truth box's class, column = the class of the best-scoring detection
+    (score >= ``min_score``, any class) that overlaps it at IoU >= ``min_iou``; the last column counts the boxes
+    that no such detection overlaps."""
+    counts = np.zeros((num_classes, num_classes + 1), np.int64)
+    for det, truth in zip(detections, truths):
+        labels = torch.as_tensor(truth["labels"], dtype=torch.long)
+        if not len(labels):
+            continue
+        keep = torch.as_tensor(det["scores"]) >= min_score
+        pred = torch.as_tensor(det["rboxes"]).float()[keep]
+        pred_labels = torch.as_tensor(det["labels"], dtype=torch.long)[keep]
+        found = torch.full_like(labels, num_classes)
+        if len(pred):
+            overlap = box_iou_rotated(poly_to_rbox(torch.as_tensor(truth["polygons"]).float()), pred) >= min_iou
+            scores = torch.as_tensor(det["scores"]).float()[keep]
+            best = torch.where(overlap, scores, -1.0).argmax(1)
+            found = torch.where(overlap.any(1), pred_labels[best], found)
+        np.add.at(counts, (labels.numpy(), found.numpy()), 1)
+    return counts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, required=True, help="a trained SL-DETR folder")
@@ -91,6 +117,12 @@ def main() -> None:
     print(f"class-agnostic AP30 {agnostic[0.3]:.3f}, AP50 {agnostic[0.5]:.3f}")
     print("(AP: VOC07 at that IoU; the error columns are medians over the matched ground-truth boxes: predicted / "
           "true side, |angle| in degrees, centre distance in pixels)")
+    confusion = class_confusion(detections, truths, len(names), args.min_score)
+    print(f"\nclass confusion (rows: ground truth; columns: its best-scoring detection at IoU >= 0.3, score >= "
+          f"{args.min_score:g})")
+    print(" ".join(f"{h:>12}" for h in ("truth", *names, "none")))
+    for name, row in zip(names, confusion):
+        print(f"{name:>12} " + " ".join(f"{n:12d}" for n in row))
 
 
 if __name__ == "__main__":
