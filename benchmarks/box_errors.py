@@ -68,13 +68,13 @@ def class_confusion(detections: list[dict], truths: list[dict], num_classes: int
         labels = torch.as_tensor(truth["labels"], dtype=torch.long)
         if not len(labels):
             continue
-        keep = torch.as_tensor(det["scores"]) >= min_score
-        pred = torch.as_tensor(det["rboxes"]).float()[keep]
+        scores = torch.as_tensor(det["scores"]).float()
+        keep = scores >= min_score
+        pred, scores = torch.as_tensor(det["rboxes"]).float()[keep], scores[keep]
         pred_labels = torch.as_tensor(det["labels"], dtype=torch.long)[keep]
         found = torch.full_like(labels, num_classes)
         if len(pred):
             overlap = box_iou_rotated(poly_to_rbox(torch.as_tensor(truth["polygons"]).float()), pred) >= min_iou
-            scores = torch.as_tensor(det["scores"]).float()[keep]
             best = torch.where(overlap, scores, -1.0).argmax(1)
             found = torch.where(overlap.any(1), pred_labels[best], found)
         np.add.at(counts, (labels.numpy(), found.numpy()), 1)
