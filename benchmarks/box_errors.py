@@ -8,10 +8,15 @@ An AP that rises from IoU 0.5 to 0.3 with a short-side ratio far from 1 says the
 (BENCHMARKS.md, "Where HIT-UAV's mAP goes"). Last, the class confusion: for every ground-truth box, the class of
 the best-scoring detection of any class that overlaps it at IoU >= 0.3 (score >= ``--min_score``), or none: a
 class-agnostic AP far above the mean AP with large off-diagonal counts says the boxes are found and placed but
-given the wrong class.
+given the wrong class. With ``--stage_recall`` (a second pass of the model), the recall at IoU 0.5 of each stage
+of a two-stage model, any class, any score: of every valid encoder proposal, of the proposals the decoder starts
+from (its initial references) and of its final boxes: an object no proposal reaches was lost by the encoder, one
+the proposals reach and the references do not by the query selection, one the references reach and the final
+boxes do not by the decoder.
 
     python benchmarks/box_errors.py --model OUT --val_dir $HIT_VALID
     python benchmarks/box_errors.py --model OUT --val_dir $HIT_VALID --cache OUT/val_detections.pt   # predict once
+    python benchmarks/box_errors.py --model OUT --val_dir $HIT_VALID --stage_recall
 """
 
 from __future__ import annotations
@@ -29,10 +34,11 @@ from real_data import ground_truth, predict_sl_detr
 
 from sl_detr_hf import SlDetrConfig
 from sl_detr_hf.evaluation import evaluate_dota
-from sl_detr_hf.geometry_conversions import poly_to_rbox, regularize_rboxes, wrap_angle_range
+from sl_detr_hf.geometry_conversions import denormalize_rboxes, poly_to_rbox, regularize_rboxes, wrap_angle_range
 from sl_detr_hf.geometry_overlaps import box_iou_rotated
 
 AP_THRESHOLDS = (0.1, 0.3, 0.5)
+STAGES = ("proposals", "references", "final")
 ERROR_COLUMNS = ("matched", "IoU", "long ratio", "short ratio", "angle err", "centre err")
 
 
@@ -81,12 +87,56 @@ def class_confusion(detections: list[dict], truths: list[dict], num_classes: int
     return counts
 
 
+def stage_boxes(outputs, angle_offset: float) -> dict[str, torch.Tensor]:
+    """The normalized rotated boxes ``(N, 5)`` of each stage of a two-stage rotated model's output for one image:
+    every valid encoder proposal (finite logits), the decoder's initial references, its final boxes."""
+    logits = outputs.enc_outputs_coord_logits[0].float()
+    proposals = logits[torch.isfinite(logits).all(-1)].sigmoid()
+    proposals = torch.cat((proposals[:, :4], (proposals[:, 4:] + angle_offset) * torch.pi), 1)
+    references = torch.cat((outputs.init_reference_points[0].float(),
+                            (outputs.init_reference_angles[0].float() + angle_offset) * torch.pi), 1)
+    return {"proposals": proposals, "references": references, "final": outputs.pred_boxes[0].float()}
+
+
+def stage_recall(model_dir: Path, images: list[Path], truths: list[dict], num_classes: int,
+                 iou_threshold: float = 0.5) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Ground-truth boxes per class ``(C,)`` and, per stage of :data:`STAGES`, how many of them some box of the
+    stage overlaps at IoU >= ``iou_threshold`` (any class, any score)."""
+    from PIL import Image
+
+    from sl_detr_hf import SlDetrForObjectDetection, SlDetrImageProcessor
+
+    model = SlDetrForObjectDetection.from_pretrained(model_dir).eval()
+    if not (model.config.two_stage and model.config.box_type == "rotated"):
+        raise SystemExit("--stage_recall needs a two-stage rotated model")
+    processor = SlDetrImageProcessor.from_pretrained(model_dir)
+    counts = np.zeros(num_classes, np.int64)
+    found = {stage: np.zeros(num_classes, np.int64) for stage in STAGES}
+    with torch.inference_mode():
+        for path, truth in zip(images, truths):
+            labels = np.asarray(truth["labels"], np.int64)
+            if not len(labels):
+                continue
+            image = Image.open(path).convert("RGB")
+            inputs = processor(images=[image], return_tensors="pt")
+            outputs = model(pixel_values=inputs["pixel_values"], pixel_mask=inputs["pixel_mask"])
+            gt = poly_to_rbox(torch.as_tensor(truth["polygons"]).float())
+            np.add.at(counts, labels, 1)
+            for stage, boxes in stage_boxes(outputs, model.config.angle_offset).items():
+                pixels = denormalize_rboxes(boxes, (image.height, image.width))
+                hit = (box_iou_rotated(gt, pixels).amax(1) >= iou_threshold).numpy() if len(pixels) else 0
+                np.add.at(found[stage], labels, hit)
+    return counts, found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, required=True, help="a trained SL-DETR folder")
     parser.add_argument("--val_dir", type=Path, required=True, help="a DOTA folder (images/, labelTxt/)")
     parser.add_argument("--min_score", type=float, default=0.05)
     parser.add_argument("--cache", type=Path, default=None, help="detections file: written once, then read")
+    parser.add_argument("--stage_recall", action="store_true",
+                        help="also the recall at IoU 0.5 of the proposals, the initial references and the final boxes")
     args = parser.parse_args()
 
     names = list(SlDetrConfig.from_pretrained(args.model).id2label.values())
@@ -123,6 +173,13 @@ def main() -> None:
     print(" ".join(f"{h:>12}" for h in ("truth", *names, "none")))
     for name, row in zip(names, confusion):
         print(f"{name:>12} " + " ".join(f"{n:12d}" for n in row))
+    if args.stage_recall:
+        counts, found = stage_recall(args.model, images, truths, len(names))
+        print("\nrecall at IoU 0.5 by stage (any class, any score; rows: ground truth)")
+        print(" ".join(f"{h:>12}" for h in ("truth", "boxes", *STAGES)))
+        for class_id, name in enumerate(names):
+            shares = [found[stage][class_id] / max(counts[class_id], 1) for stage in STAGES]
+            print(f"{name:>12} {counts[class_id]:12d} " + " ".join(f"{share:12.3f}" for share in shares))
 
 
 if __name__ == "__main__":
