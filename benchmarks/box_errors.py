@@ -36,6 +36,7 @@ from sl_detr_hf import SlDetrConfig
 from sl_detr_hf.evaluation import evaluate_dota
 from sl_detr_hf.geometry_conversions import denormalize_rboxes, poly_to_rbox, regularize_rboxes, wrap_angle_range
 from sl_detr_hf.geometry_overlaps import box_iou_rotated
+from sl_detr_hf.modeling_sl_detr import angle_from_sigmoid
 
 AP_THRESHOLDS = (0.1, 0.3, 0.5)
 STAGES = ("proposals", "references", "final")
@@ -92,9 +93,9 @@ def stage_boxes(outputs, angle_offset: float) -> dict[str, torch.Tensor]:
     every valid encoder proposal (finite logits), the decoder's initial references, its final boxes."""
     logits = outputs.enc_outputs_coord_logits[0].float()
     proposals = logits[torch.isfinite(logits).all(-1)].sigmoid()
-    proposals = torch.cat((proposals[:, :4], (proposals[:, 4:] + angle_offset) * torch.pi), 1)
+    proposals = torch.cat((proposals[:, :4], angle_from_sigmoid(proposals[:, 4:], angle_offset)), 1)
     references = torch.cat((outputs.init_reference_points[0].float(),
-                            (outputs.init_reference_angles[0].float() + angle_offset) * torch.pi), 1)
+                            angle_from_sigmoid(outputs.init_reference_angles[0].float(), angle_offset)), 1)
     return {"proposals": proposals, "references": references, "final": outputs.pred_boxes[0].float()}
 
 
