@@ -89,14 +89,18 @@ def class_confusion(detections: list[dict], truths: list[dict], num_classes: int
 
 
 def stage_boxes(outputs, angle_offset: float) -> dict[str, torch.Tensor]:
-    """The normalized rotated boxes ``(N, 5)`` of each stage of a two-stage rotated model's output for one image:
-    every valid encoder proposal (finite logits), the decoder's initial references, its final boxes."""
+    """The normalized rotated boxes ``(N, 5)`` of each stage of a two-stage rotated model's output for one image,
+    theta in le90 as ``pred_boxes``: every valid encoder proposal (finite logits), the decoder's initial references,
+    its final boxes."""
+
+    def le90(box_sigmoids: torch.Tensor, angle_sigmoids: torch.Tensor) -> torch.Tensor:
+        return torch.cat((box_sigmoids, wrap_angle_range(angle_from_sigmoid(angle_sigmoids, angle_offset))), 1)
+
     logits = outputs.enc_outputs_coord_logits[0].float()
     proposals = logits[torch.isfinite(logits).all(-1)].sigmoid()
-    proposals = torch.cat((proposals[:, :4], angle_from_sigmoid(proposals[:, 4:], angle_offset)), 1)
-    references = torch.cat((outputs.init_reference_points[0].float(),
-                            angle_from_sigmoid(outputs.init_reference_angles[0].float(), angle_offset)), 1)
-    return {"proposals": proposals, "references": references, "final": outputs.pred_boxes[0].float()}
+    return {"proposals": le90(proposals[:, :4], proposals[:, 4:]),
+            "references": le90(outputs.init_reference_points[0].float(), outputs.init_reference_angles[0].float()),
+            "final": outputs.pred_boxes[0].float()}
 
 
 def stage_recall(model_dir: Path, images: list[Path], truths: list[dict], num_classes: int,
