@@ -8,11 +8,13 @@ An AP that rises from IoU 0.5 to 0.3 with a short-side ratio far from 1 says the
 (BENCHMARKS.md, "Where HIT-UAV's mAP goes"). Last, the class confusion: for every ground-truth box, the class of
 the best-scoring detection of any class that overlaps it at IoU >= 0.3 (score >= ``--min_score``), or none: a
 class-agnostic AP far above the mean AP with large off-diagonal counts says the boxes are found and placed but
-given the wrong class. With ``--stage_recall`` (a second pass of the model), the recall at IoU 0.5 of each stage
-of a two-stage model, any class, any score: of every valid encoder proposal, of the proposals the decoder starts
-from (its initial references) and of its final boxes: an object no proposal reaches was lost by the encoder, one
-the proposals reach and the references do not by the query selection, one the references reach and the final
-boxes do not by the decoder.
+given the wrong class; each cell also gives the median long side of its boxes, so that a class taken for another
+only at the other's sizes (cars from a greater height called bicycles) shows the classifier reading size. With
+``--stage_recall`` (a second pass of the model), the recall at IoU 0.5 of each stage of a two-stage model, any
+class, any score: of every valid encoder proposal, of the proposals the decoder starts from (its initial
+references) and of its final boxes: an object no proposal reaches was lost by the encoder, one the proposals reach
+and the references do not by the query selection, one the references reach and the final boxes do not by the
+decoder.
 
     python benchmarks/box_errors.py --model OUT --val_dir $HIT_VALID
     python benchmarks/box_errors.py --model OUT --val_dir $HIT_VALID --cache OUT/val_detections.pt   # predict once
@@ -65,27 +67,42 @@ def box_errors(detections: list[dict], truths: list[dict], class_id: int, min_sc
     return torch.cat(rows).numpy() if rows else np.zeros((0, 5))
 
 
-def class_confusion(detections: list[dict], truths: list[dict], num_classes: int, min_score: float,
-                    min_iou: float = 0.3) -> np.ndarray:
-    """``(C, C + 1)`` counts: row = a ground-truth box's class, column = the class of the best-scoring detection
-    (score >= ``min_score``, any class) that overlaps it at IoU >= ``min_iou``; the last column counts the boxes
-    that no such detection overlaps."""
-    counts = np.zeros((num_classes, num_classes + 1), np.int64)
+def truth_outcomes(detections: list[dict], truths: list[dict], num_classes: int, min_score: float,
+                   min_iou: float = 0.3) -> np.ndarray:
+    """``(M, 4)`` rows, one per ground-truth box: its class, the class of the best-scoring detection (score >=
+    ``min_score``, any class) that overlaps it at IoU >= ``min_iou`` (``num_classes`` when none does), its long and
+    its short side in pixels."""
+    rows = []
     for det, truth in zip(detections, truths):
         labels = torch.as_tensor(truth["labels"], dtype=torch.long)
         if not len(labels):
             continue
+        gt = poly_to_rbox(torch.as_tensor(truth["polygons"]).float())
         scores = torch.as_tensor(det["scores"]).float()
         keep = scores >= min_score
         pred, scores = torch.as_tensor(det["rboxes"]).float()[keep], scores[keep]
         pred_labels = torch.as_tensor(det["labels"], dtype=torch.long)[keep]
         found = torch.full_like(labels, num_classes)
         if len(pred):
-            overlap = box_iou_rotated(poly_to_rbox(torch.as_tensor(truth["polygons"]).float()), pred) >= min_iou
+            overlap = box_iou_rotated(gt, pred) >= min_iou
             best = torch.where(overlap, scores, -1.0).argmax(1)
             found = torch.where(overlap.any(1), pred_labels[best], found)
-        np.add.at(counts, (labels.numpy(), found.numpy()), 1)
-    return counts
+        sides = gt[:, 2:4].sort(dim=1, descending=True).values
+        rows.append(torch.cat((labels[:, None].float(), found[:, None].float(), sides), 1))
+    return torch.cat(rows).numpy() if rows else np.zeros((0, 4))
+
+
+def class_confusion(outcomes: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """From :func:`truth_outcomes`: ``(C, C + 1)`` counts (row = a ground-truth box's class, column = the class of
+    its best-scoring overlapping detection, the last column: none) and the median long side of each cell's boxes
+    (NaN for an empty cell)."""
+    counts = np.zeros((num_classes, num_classes + 1), np.int64)
+    long_sides = np.full((num_classes, num_classes + 1), np.nan)
+    truth, found = outcomes[:, 0].astype(np.int64), outcomes[:, 1].astype(np.int64)
+    np.add.at(counts, (truth, found), 1)
+    for row, column in zip(*counts.nonzero()):
+        long_sides[row, column] = np.median(outcomes[(truth == row) & (found == column), 2])
+    return counts, long_sides
 
 
 def stage_boxes(outputs, angle_offset: float) -> dict[str, torch.Tensor]:
@@ -172,12 +189,13 @@ def main() -> None:
     print(f"class-agnostic AP30 {agnostic[0.3]:.3f}, AP50 {agnostic[0.5]:.3f}")
     print("(AP: VOC07 at that IoU; the error columns are medians over the matched ground-truth boxes: predicted / "
           "true side, |angle| in degrees, centre distance in pixels)")
-    confusion = class_confusion(detections, truths, len(names), args.min_score)
+    confusion, long_sides = class_confusion(truth_outcomes(detections, truths, len(names), args.min_score),
+                                            len(names))
     print(f"\nclass confusion (rows: ground truth; columns: its best-scoring detection at IoU >= 0.3, score >= "
-          f"{args.min_score:g})")
-    print(" ".join(f"{h:>12}" for h in ("truth", *names, "none")))
-    for name, row in zip(names, confusion):
-        print(f"{name:>12} " + " ".join(f"{n:12d}" for n in row))
+          f"{args.min_score:g}); in brackets the median long side of those boxes, pixels")
+    print(" ".join(f"{h:>16}" for h in ("truth", *names, "none")))
+    for name, row, sides in zip(names, confusion, long_sides):
+        print(f"{name:>16} " + " ".join(f"{f'{n} ({s:.0f})' if n else '0':>16}" for n, s in zip(row, sides)))
     if args.stage_recall:
         counts, found = stage_recall(args.model, images, truths, len(names))
         print("\nrecall at IoU 0.5 by stage (any class, any score; rows: ground truth)")
