@@ -87,7 +87,7 @@ def truth_outcomes(detections: list[dict], truths: list[dict], num_classes: int,
             overlap = box_iou_rotated(gt, pred) >= min_iou
             best = torch.where(overlap, scores, -1.0).argmax(1)
             found = torch.where(overlap.any(1), pred_labels[best], found)
-        sides = gt[:, 2:4].sort(dim=1, descending=True).values
+        sides = regularize_rboxes(gt)[:, 2:4]  # le90: w the long side
         rows.append(torch.cat((labels[:, None].float(), found[:, None].float(), sides), 1))
     return torch.cat(rows).numpy() if rows else np.zeros((0, 4))
 
